@@ -1,0 +1,3 @@
+from chimuf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""The `chimuf` command: the edge where config is loaded, inputs checked and errors printed.
+
+Every chimuf error becomes one clear line on stderr and a non-zero exit; SIGTERM and Ctrl-C stop
+the study cleanly, leaving the run marked `interrupted` so that a rerun resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from chimuf import __version__
+from chimuf.console import Console
+from chimuf.errors import ChimufError, Interrupted
+
+if TYPE_CHECKING:
+    from chimuf.config import StudyConfig
+
+PROJECT_DIR = Path.cwd()
+STAGES = ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chimuf",
+        description=(
+            "Run a complete, reproducible CNN study for binary image classification "
+            "(Chihuahua vs Muffin, or any folder of two image classes) and write its report."
+        ),
+        epilog="Start with `chimuf study --profile smoke --data DIR`; `chimuf COMMAND --help` "
+        "tells more.",
+    )
+    parser.add_argument("--version", action="version", version=f"chimuf {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    study = commands.add_parser(
+        "study", help="run or resume the whole study, report included",
+        description="Run the study stage by stage (audit, split, cache, six trainings, tuning, "
+        "final model, evaluation, k-fold, explanation, report). A rerun with the same settings "
+        "skips finished stages and resumes an interrupted training where it stopped.",
+    )
+    add_config_options(study)
+    study.add_argument("--data", metavar="DIR",
+                       help="data folder with one sub-folder per class (default: data.dir from "
+                       "the config, else $CHIMUF_DATA, else ./data)")
+    study.add_argument("--out", metavar="RUN_DIR",
+                       help="run folder (default: runs/<profile>); an existing one is resumed")
+    study.add_argument("--seed", type=int, help="override the config's seed")
+    study.add_argument("--stop-after", choices=STAGES, default="",
+                       help="stop after this stage (the run stays resumable)")
+
+    audit = commands.add_parser(
+        "audit", help="check every file of a data folder",
+        description="List every file under DIR (one sub-folder per class) with a verdict: usable, "
+        "usable after conversion, or rejected, with the reason; and find exact and near "
+        "duplicates.",
+    )
+    audit.add_argument("dir", metavar="DIR", type=Path)
+    audit.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    audit.add_argument("--out", metavar="FILE", type=Path, help="also write the manifest here")
+    add_config_options(audit)
+
+    report = commands.add_parser(
+        "report", help="render the report of a run (HTML and PDF)",
+        description="Render the report of a finished or partial run from its results.json and "
+        "figures: Quarto where installed, else pandoc (HTML) and Typst (PDF).",
+    )
+    report.add_argument("run", metavar="RUN_DIR", type=Path)
+    report.add_argument("--format", dest="formats", action="append", choices=("html", "pdf"),
+                        help="render only this format (repeatable; default: both)")
+    report.add_argument("--engine", choices=("auto", "quarto", "pandoc"), default="auto")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a saved model on a labelled folder",
+        description="Accuracy, ROC AUC, confusion matrix (rows true, columns predicted) and "
+        "per-class metrics of MODEL (.keras) on DIR (one sub-folder per class, named as the "
+        "model's classes). Files the audit rejects are listed and skipped.",
+    )
+    evaluate.add_argument("model", metavar="MODEL", type=Path)
+    evaluate.add_argument("dir", metavar="DIR", type=Path)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a saved model",
+        description="Class and probability for each IMAGE. A bad file is reported by name and "
+        "reason and the others are still predicted; the exit status is 1 if any file failed.",
+    )
+    predict.add_argument("model", metavar="MODEL", type=Path)
+    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+")
+    fmt = predict.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_const", dest="format", const="json")
+    fmt.add_argument("--csv", action="store_const", dest="format", const="csv")
+    predict.add_argument("--explain", metavar="OUTDIR", type=Path,
+                         help="also write a Grad-CAM overlay per image into OUTDIR")
+
+    config = commands.add_parser(
+        "config", help="print the effective study config as commented TOML",
+        description="Print every setting with its explanation; save it, edit it, pass it back "
+        "with --config.",
+    )
+    add_config_options(config)
+    return parser
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="TOML", type=Path, help="study config file")
+    parser.add_argument("--profile", choices=("paper", "quick", "smoke"),
+                        help="preset to start from (default: the file's `profile`, else paper)")
+
+
+def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
+    from chimuf.config import load_config
+
+    return load_config(args.config, args.profile, overrides or None)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_study(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.study import StudyPaths, resolve_data_dir, run_study
+
+    overrides = {"seed": args.seed} if args.seed is not None else {}
+    config = load(args, **overrides)
+    data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
+    run_dir = Path(args.out) if args.out else PROJECT_DIR / "runs" / config.profile
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else PROJECT_DIR / "runs" / "cache"
+    console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
+    console.info(f"run folder {run_dir}")
+    run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
+              stop_after=args.stop_after)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    from chimuf import audit
+    from chimuf.engine import atomic_write_json
+    from chimuf.results import dumps
+
+    config = load(args)
+    outcome = audit.audit_folder(args.dir, config.audit, console)
+    if args.out:
+        atomic_write_json(args.out, outcome)
+    print(dumps(outcome) if args.json else audit.summary(outcome))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from dataclasses import replace
+
+    from chimuf import report
+    from chimuf.config import ReportConfig
+
+    cfg = ReportConfig()
+    cfg = replace(cfg, formats=tuple(args.formats or cfg.formats), engine=args.engine)
+    outcome = report.build_report(args.run, cfg, console)
+    for label, rel in (("HTML", outcome.html), ("PDF", outcome.pdf)):
+        if rel:
+            console.info(f"{label}: {args.run / rel}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from chimuf import evaluate
+    from chimuf.config import AuditConfig
+
+    evaluation = evaluate.evaluate_folder(args.model, args.dir, AuditConfig(), console)
+    print(evaluate.format_folder_evaluation(evaluation, as_json=args.json))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from chimuf import predict
+    from chimuf.config import AuditConfig
+
+    predictions = predict.predict_files(args.model, args.images, AuditConfig(), console)
+    if args.explain:
+        from chimuf import explain
+
+        explain.explain_files(args.model, args.images, args.explain, AuditConfig(), console)
+    print(predict.format_predictions(predictions, args.format or "table"))
+    return 1 if any(p.error for p in predictions) else 0
+
+
+def cmd_config(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.config import to_toml
+
+    print(to_toml(load(args)), end="")
+    return 0
+
+
+COMMANDS = {
+    "study": cmd_study,
+    "audit": cmd_audit,
+    "report": cmd_report,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "config": cmd_config,
+}
+
+
+# --- the edge ----------------------------------------------------------------------------------
+
+
+def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}; rerun the same command to resume")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(quiet=args.quiet)
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        return COMMANDS[args.command](args, console)
+    except ChimufError as exc:
+        print(f"chimuf {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"chimuf {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return Interrupted.exit_code
+    except OSError as exc:
+        # Disk full, permissions: say which file, leave the run marked failed (engine did).
+        where = f" `{exc.filename}`" if exc.filename else ""
+        print(f"chimuf {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    finally:
+        console.log_to(None)

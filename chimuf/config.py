@@ -1,0 +1,389 @@
+"""The study config: every default of the paper protocol, in one place.
+
+Defaults are the paper's protocol (paper.txt sections 3-8). A profile (`paper`, `quick`, `smoke`)
+overrides a few of them; a TOML file overrides the profile; command-line flags override the file.
+Unknown keys and bad values are errors that name the key and say what is allowed.
+
+    [train]
+    epochs = 30          # overrides train.epochs of the chosen profile
+
+`chimuf config` prints the effective config as commented TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from chimuf.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its one-line explanation (shown by `chimuf config`)."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return field(default=default, metadata={"help": help})
+
+
+# --- one dataclass per stage -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = opt("", "data folder, one sub-folder per class; '' means --data, CHIMUF_DATA, data/")
+    image_size: int = opt(128, "images are resized to image_size x image_size pixels, RGB")
+    max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs")
+    cache_dir: str = opt("", "where decoded images are cached; '' means runs/cache")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    min_side: int = opt(32, "images with a side shorter than this (pixels) are rejected")
+    max_pixels: int = opt(50_000_000, "images with more pixels are rejected unread (decompression bombs)")
+    max_file_mb: float = opt(50.0, "files larger than this (MiB) are rejected unread")
+    near_duplicate_distance: int = opt(
+        4, "two images whose 64-bit perceptual hashes differ in at most this many bits are near duplicates"
+    )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_fraction: float = opt(0.2, "share of all usable images held out for the test (paper 3.1)")
+    validation_fraction: float = opt(0.125, "share of the remaining images used for validation (paper 3.1)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The paper's ImageDataGenerator settings (paper 3.2), as Keras preprocessing layers."""
+
+    rotation_range: float = opt(20.0, "random rotation, +- degrees")
+    width_shift_range: float = opt(0.2, "random horizontal shift, fraction of the width")
+    height_shift_range: float = opt(0.2, "random vertical shift, fraction of the height")
+    shear_range: float = opt(0.2, "random shear intensity (fraction, as Keras' RandomShear)")
+    zoom_range: float = opt(0.2, "random zoom, +- fraction")
+    channel_shift_range: float = opt(20.0, "random per-channel shift, +- pixel values (0-255 scale)")
+    horizontal_flip: bool = opt(True, "random left-right flip")
+    augment_validation: bool = opt(
+        False, "also augment the validation data, as the paper did (off: unbiased validation)"
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    models: tuple[int, ...] = opt((1, 2, 3), "which of the paper's models to train (section 4)")
+    epochs: int = opt(50, "maximum epochs per training")
+    batch_size: int = opt(64, "images per batch")
+    learning_rate: float = opt(1e-3, "Adam learning rate")
+    patience: int = opt(5, "early stopping: epochs without val_loss improvement (paper 3.3)")
+    start_from_epoch: int = opt(15, "early stopping: epochs before val_loss is watched (paper 3.3)")
+    precision: str = opt(
+        "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'"
+    )
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Bayesian optimisation of the model-3 family (paper 6); ranges are [min, max, step]."""
+
+    max_trials: int = opt(10, "hyperparameter sets to try")
+    epochs: int = opt(20, "maximum epochs per trial (early stopping as in training)")
+    conv1_filters: tuple[int, ...] = opt((16, 64, 16), "filters of conv block 1: [min, max, step]")
+    conv2_filters: tuple[int, ...] = opt((32, 128, 32), "filters of conv block 2: [min, max, step]")
+    conv3_filters: tuple[int, ...] = opt((64, 256, 64), "filters of conv block 3: [min, max, step]")
+    dense_units: tuple[int, ...] = opt((32, 128, 32), "units of the dense layer: [min, max, step]")
+    dropout_conv: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout after each conv block")
+    dropout_dense: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout before the output layer")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals")
+    confidence: float = opt(0.95, "confidence level of the intervals")
+    calibration_bins: int = opt(10, "bins of the reliability diagram and ECE")
+
+
+@dataclass(frozen=True)
+class KFoldConfig:
+    folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)")
+    epochs: int = opt(0, "maximum epochs per fold; 0 means train.epochs")
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    max_images: int = opt(8, "misclassified test images explained, most confident first")
+    activation_images: int = opt(4, "test images whose activation maps are drawn")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'")
+    engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'")
+    timeout_s: int = opt(300, "a render running longer is stopped with an error")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    profile: str = opt("paper", "the profile these values start from: paper, quick or smoke")
+    seed: int = opt(42, "seed of the split, shuffling, augmentation, initialisation and tuning")
+    data: DataConfig = field(default_factory=DataConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    kfold: KFoldConfig = field(default_factory=KFoldConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # The paper's full protocol.
+    "paper": {},
+    # Full data, smaller images and short trainings: the whole study in minutes.
+    "quick": {
+        "data": {"image_size": 64},
+        "train": {"epochs": 8, "start_from_epoch": 4, "patience": 2},
+        "tune": {"max_trials": 3, "epochs": 5},
+        "kfold": {"folds": 3, "epochs": 5},
+        "evaluate": {"bootstrap_samples": 1000},
+        "explain": {"max_images": 6, "activation_images": 2},
+    },
+    # A tiny subset, tiny images, a couple of epochs: the pipeline end to end, for CI.
+    "smoke": {
+        "data": {"image_size": 32, "max_per_class": 50},
+        "audit": {"min_side": 16},
+        "train": {"epochs": 2, "start_from_epoch": 1, "patience": 1, "batch_size": 16},
+        "tune": {"max_trials": 2, "epochs": 2},
+        "kfold": {"folds": 2, "epochs": 2},
+        "evaluate": {"bootstrap_samples": 200},
+        "explain": {"max_images": 2, "activation_images": 1},
+    },
+}
+
+
+# --- loading and validation --------------------------------------------------------------------
+
+
+def load_config(
+    path: Path | None = None,
+    profile: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> StudyConfig:
+    """Defaults, then the profile, then the TOML file at `path`, then `overrides`.
+
+    The profile comes from `profile`, else from the file's top-level `profile` key, else `paper`.
+    """
+    from_file = read_toml(path) if path is not None else {}
+    chosen = profile or from_file.get("profile") or "paper"
+    if chosen not in PROFILES:
+        raise ConfigError(
+            f"unknown profile `{chosen}`; allowed: {', '.join(PROFILES)}"
+        )
+    layers = [PROFILES[chosen], from_file, overrides or {}]
+    merged: dict[str, Any] = {"profile": chosen}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged[key] = value
+    merged["profile"] = chosen
+    config = build(StudyConfig, merged, where="")
+    check_config(config)
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file `{path}` does not exist; pass a TOML file to --config")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file `{path}` is not valid TOML: {exc}") from None
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Make dataclass `cls` from `values`, refusing unknown keys and values of the wrong type."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"`{where.rstrip('.')}` must be a table, got {values!r}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean `{where}{close[0]}`?" if close else ""
+            raise ConfigError(
+                f"unknown config key `{where}{key}`{hint} allowed here: {', '.join(known)}"
+            )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build(hint, value, where=f"{where}{name}.")
+        else:
+            kwargs[name] = coerce(value, hint, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin is tuple:
+        (item_type, _ellipsis) = get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}` must be a list, got {value!r}")
+        return tuple(coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"`{key}` must be a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`{key}` must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"config field {key} has unsupported type {hint}")
+
+
+def require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}` must be {allowed}, got {value!r}")
+
+
+def check_config(c: StudyConfig) -> None:
+    """Range checks that types alone cannot express."""
+    require(c.data.image_size >= 16, "data.image_size", "at least 16", c.data.image_size)
+    require(c.data.max_per_class >= 0, "data.max_per_class", "0 (all) or more", c.data.max_per_class)
+    require(c.audit.min_side >= 1, "audit.min_side", "at least 1", c.audit.min_side)
+    require(c.audit.max_pixels >= 1, "audit.max_pixels", "at least 1", c.audit.max_pixels)
+    require(0 <= c.audit.near_duplicate_distance <= 32, "audit.near_duplicate_distance",
+            "between 0 and 32 bits", c.audit.near_duplicate_distance)
+    require(0 < c.split.test_fraction < 1, "split.test_fraction", "between 0 and 1 (exclusive)",
+            c.split.test_fraction)
+    require(0 < c.split.validation_fraction < 1, "split.validation_fraction",
+            "between 0 and 1 (exclusive)", c.split.validation_fraction)
+    a = c.augment
+    require(0 <= a.rotation_range <= 180, "augment.rotation_range", "between 0 and 180 degrees",
+            a.rotation_range)
+    for name in ("width_shift_range", "height_shift_range", "shear_range", "zoom_range"):
+        value = getattr(a, name)
+        require(0 <= value < 1, f"augment.{name}", "between 0 and 1", value)
+    require(0 <= a.channel_shift_range <= 255, "augment.channel_shift_range", "between 0 and 255",
+            a.channel_shift_range)
+    t = c.train
+    require(len(t.models) > 0 and set(t.models) <= {1, 2, 3}, "train.models",
+            "a non-empty list of 1, 2, 3", list(t.models))
+    require(t.epochs >= 1, "train.epochs", "at least 1", t.epochs)
+    require(t.batch_size >= 1, "train.batch_size", "at least 1", t.batch_size)
+    require(t.learning_rate > 0, "train.learning_rate", "positive", t.learning_rate)
+    require(t.patience >= 0, "train.patience", "0 or more", t.patience)
+    require(t.start_from_epoch >= 0, "train.start_from_epoch", "0 or more", t.start_from_epoch)
+    require(t.precision in ("auto", "float32", "mixed_bfloat16"), "train.precision",
+            "'auto', 'float32' or 'mixed_bfloat16'", t.precision)
+    u = c.tune
+    require(u.max_trials >= 1, "tune.max_trials", "at least 1", u.max_trials)
+    require(u.epochs >= 1, "tune.epochs", "at least 1", u.epochs)
+    for name in ("conv1_filters", "conv2_filters", "conv3_filters", "dense_units",
+                 "dropout_conv", "dropout_dense"):
+        lo_hi_step = getattr(u, name)
+        require(len(lo_hi_step) == 3 and lo_hi_step[0] <= lo_hi_step[1] and lo_hi_step[2] > 0,
+                f"tune.{name}", "[min, max, step] with min <= max and step > 0", list(lo_hi_step))
+    for name in ("dropout_conv", "dropout_dense"):
+        require(getattr(u, name)[0] >= 0 and getattr(u, name)[1] < 1, f"tune.{name}",
+                "within [0, 1)", list(getattr(u, name)))
+    e = c.evaluate
+    require(e.bootstrap_samples >= 10, "evaluate.bootstrap_samples", "at least 10",
+            e.bootstrap_samples)
+    require(0.5 <= e.confidence < 1, "evaluate.confidence", "between 0.5 and 1", e.confidence)
+    require(e.calibration_bins >= 2, "evaluate.calibration_bins", "at least 2", e.calibration_bins)
+    require(c.kfold.folds >= 2, "kfold.folds", "at least 2", c.kfold.folds)
+    require(c.kfold.epochs >= 0, "kfold.epochs", "0 (train.epochs) or more", c.kfold.epochs)
+    require(c.explain.max_images >= 0, "explain.max_images", "0 or more", c.explain.max_images)
+    require(c.explain.activation_images >= 0, "explain.activation_images", "0 or more",
+            c.explain.activation_images)
+    require(len(c.report.formats) > 0 and set(c.report.formats) <= {"html", "pdf"},
+            "report.formats", "a non-empty list of 'html', 'pdf'", list(c.report.formats))
+    require(c.report.engine in ("auto", "quarto", "pandoc"), "report.engine",
+            "'auto', 'quarto' or 'pandoc'", c.report.engine)
+    require(c.report.timeout_s >= 1, "report.timeout_s", "at least 1 second", c.report.timeout_s)
+
+
+# --- showing -----------------------------------------------------------------------------------
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """The config as plain JSON/TOML values (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = as_dict(value) if dataclasses.is_dataclass(value) else plain(value)
+    return out
+
+
+def differences(config: StudyConfig, base: StudyConfig | None = None) -> list[tuple[str, Any, Any]]:
+    """(key, base value, this value) for every setting that differs from `base` (the paper)."""
+    base = base or StudyConfig()
+    flat_here, flat_base = flatten(as_dict(config)), flatten(as_dict(base))
+    return [(k, flat_base.get(k), v) for k, v in flat_here.items() if flat_base.get(k) != v]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def to_toml(config: StudyConfig) -> str:
+    """The config as commented TOML, ready to edit and pass back with --config."""
+    lines = [f"# chimuf study config (profile {config.profile}); every key is optional.", ""]
+    sections = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            sections.append((f.name, value))
+        else:
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"{f.name} = {toml_value(value)}")
+    for name, section in sections:
+        lines += ["", f"[{name}]"]
+        for f in fields(section):
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"{f.name} = {toml_value(getattr(section, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,137 @@
+"""What the user sees while a study runs: messages, and progress of long work.
+
+On a terminal, progress is a live bar (rich); elsewhere (CI logs, pipes) it is a plain line every
+few seconds, so logs stay readable. Every message also goes to the run's log file when one is set.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+class Progress:
+    """Progress of one long piece of work: `update(advance, status)`; use as a context manager."""
+
+    def __init__(self, console: Console, description: str, total: int | None, unit: str):
+        self.console = console
+        self.description = description
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.status = ""
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> Progress:
+        if self.console.live:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                transient=True,
+                console=self.console.rich,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, status="")
+        return self
+
+    def update(self, advance: int = 1, status: str = "") -> None:
+        self.done += advance
+        self.status = status or self.status
+        if self._bar is not None:
+            self._bar.update(self._task, advance=advance, status=self.status)
+            return
+        now = time.monotonic()
+        finished = self.total is not None and self.done >= self.total
+        if finished or now - self._last_line >= self.console.plain_interval_s:
+            self._last_line = now
+            self.console.write(f"  {self.description}: {self.summary()}", log=False)
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+        eta = ""
+        if self.total and 0 < self.done < self.total:
+            eta = f", ETA {format_seconds(elapsed / self.done * (self.total - self.done))}"
+        status = f" {self.status}" if self.status else ""
+        return f"{count} {self.unit} in {format_seconds(elapsed)}{eta}{status}".replace("  ", " ")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self.console.write(f"  {self.description}: {self.summary()}", echo=False)
+
+
+class Console:
+    """Messages for the user and the run log. One per process, made at the edge (the CLI)."""
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.quiet = quiet
+        self.plain_interval_s = 10.0
+        self.log_file: TextIO | None = None
+        self._rich = None
+
+    @property
+    def rich(self):
+        if self._rich is None:
+            from rich.console import Console as RichConsole
+
+            self._rich = RichConsole(file=self.stream, highlight=False)
+        return self._rich
+
+    def log_to(self, path: Path | None) -> None:
+        """Append every later message to `path` (the run's log)."""
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_file = path.open("a", encoding="utf-8")
+
+    def write(self, message: str, echo: bool = True, log: bool = True) -> None:
+        if echo and not self.quiet:
+            print(message, file=self.stream, flush=True)
+        if log and self.log_file is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.log_file.write(f"{stamp} {message}\n")
+            self.log_file.flush()
+
+    def info(self, message: str) -> None:
+        self.write(message)
+
+    def warn(self, message: str) -> None:
+        self.write(f"warning: {message}")
+
+    def progress(self, description: str, total: int | None = None, unit: str = "") -> Progress:
+        return Progress(self, description, total, unit)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

@@ -1,0 +1,312 @@
+"""The study engine: a run folder, stages that are skipped when their inputs are unchanged,
+atomic results, and an honest run status.
+
+The engine knows stages, not models. A stage is a name, the inputs it depends on (its slice of
+the config, digests of the data and of upstream outcomes) and a function that does the work and
+returns an outcome dataclass. Layout of a run folder:
+
+    runs/<run-id>/
+        run.json             status: running | finished | failed | interrupted
+        study.log            everything the console said
+        stages/<name>.json   a finished stage: inputs, their fingerprint, outcome
+        <name>/              the stage's own files (models, figures, checkpoints)
+        results.json         every finished outcome, gathered for the report
+
+A rerun reads stages/<name>.json; if the fingerprint of the new inputs matches, the stage is
+skipped. If not, the engine says which input changed and runs it again. A stage's folder keeps
+partial work (checkpoints, finished sub-units) for a rerun with the same inputs; with different
+inputs it is emptied first, so stale work is never resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chimuf.console import Console, format_seconds
+from chimuf.errors import ChimufError, Interrupted, StageError
+from chimuf.results import StageFact, digest, dumps, from_jsonable, to_jsonable
+
+T = TypeVar("T")
+
+RUN_STATES = ("running", "finished", "failed", "interrupted")
+
+
+# --- atomic files ------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    Temp file in the same folder, fsync, os.replace, then fsync of the folder so the rename
+    itself survives a crash.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, dumps(value) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON at `path`, or None when there is none. Files are only ever written atomically,
+    so a file that does not parse was damaged outside chimuf: that is an error, not a skip."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StageError(
+            f"`{path}` is damaged ({exc}); delete it to redo that step, then rerun"
+        ) from None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# --- what changed between two sets of inputs ---------------------------------------------------
+
+
+def changed_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable list of the leaves that differ: ["train.epochs: 50 → 2", ...]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += changed_inputs(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old != new:
+        name = prefix.rstrip(".")
+        if isinstance(old, str) and isinstance(new, str) and len(old) == 64 == len(new):
+            return [f"{name} changed"]  # digests: the values say nothing to a reader
+        return [f"{name}: {short(old)} → {short(new)}"]
+    return []
+
+
+def short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- stage context -----------------------------------------------------------------------------
+
+
+@dataclass
+class StageContext:
+    """What a running stage gets from the engine: its folder, the console, and unit memoising."""
+
+    name: str
+    dir: Path  # the stage's own folder, runs/<id>/<name>/
+    run_dir: Path
+    console: Console
+
+    def rel(self, path: Path) -> str:
+        """`path` relative to the run folder, as outcomes store it."""
+        return Path(path).resolve().relative_to(self.run_dir.resolve()).as_posix()
+
+    def unit(self, name: str, outcome_type: type[T], work: Callable[[], T]) -> T:
+        """Run one resumable piece of a stage (a training, a fold) once.
+
+        Its outcome is saved atomically under units/<name>.json; a rerun of the same stage with
+        the same inputs returns the saved outcome instead of doing the work again.
+        """
+        path = self.dir / "units" / f"{name}.json"
+        saved = read_json(path)
+        if saved is not None:
+            self.console.info(f"  {name}: already done, reused")
+            return from_jsonable(outcome_type, saved)
+        outcome = work()
+        atomic_write_json(path, outcome)
+        return outcome
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+class Run:
+    """A run folder and its status. Stages run through `stage`; status through `activate`."""
+
+    def __init__(self, root: Path, console: Console):
+        self.root = root
+        self.console = console
+        self.facts: dict[str, StageFact] = {}
+        self.state = self.read_state()
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    # 1. status ---------------------------------------------------------------------------------
+
+    def read_state(self) -> dict[str, Any]:
+        return read_json(self.root / "run.json") or {}
+
+    def write_state(self, **changes: Any) -> None:
+        self.state.update(changes, updated_at=now_iso())
+        self.state["stages"] = [to_jsonable(f) for f in self.facts.values()]
+        atomic_write_json(self.root / "run.json", self.state)
+
+    @contextlib.contextmanager
+    def activate(self, info: dict[str, Any]) -> Iterator[Run]:
+        """Mark the run `running` for the duration; `failed` or `interrupted` if it ends badly.
+
+        The caller marks it `finished` (with `finish`) only when every stage has completed.
+        """
+        self.check_writable()
+        previous = self.state.get("status")
+        if previous == "running" and pid_alive(self.state.get("pid")):
+            raise StageError(
+                f"run folder `{self.root}` is in use by process {self.state.get('pid')}; "
+                "wait for it, stop it, or choose another folder with --out"
+            )
+        if previous == "running":
+            self.console.warn("the previous attempt of this run was killed; resuming it")
+        elif previous in ("failed", "interrupted"):
+            self.console.info(f"the previous attempt {previous}; resuming")
+        self.state.setdefault("started_at", now_iso())
+        self.write_state(status="running", pid=os.getpid(), error="", **info)
+        try:
+            yield self
+        except (Interrupted, KeyboardInterrupt):
+            self.write_state(status="interrupted", error="stopped by a signal")
+            raise
+        except ChimufError as exc:
+            self.write_state(status="failed", error=str(exc))
+            raise
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                self.write_state(status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def finish(self) -> None:
+        self.write_state(status="finished")
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StageError(
+                f"run folder `{self.root}` is not writable ({exc.strerror}); "
+                "choose another with --out or fix its permissions"
+            ) from None
+
+    # 2. stages ---------------------------------------------------------------------------------
+
+    def outcome_path(self, name: str) -> Path:
+        return self.root / "stages" / f"{name}.json"
+
+    def load_outcome(self, name: str, outcome_type: type[T]) -> T | None:
+        saved = read_json(self.outcome_path(name))
+        return None if saved is None else from_jsonable(outcome_type, saved["outcome"])
+
+    def stage(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        outcome_type: type[T],
+        work: Callable[[StageContext], T],
+    ) -> T:
+        """Run stage `name` unless a finished outcome with the same inputs exists."""
+        inputs = to_jsonable(inputs)
+        fingerprint = digest(inputs)
+        saved = read_json(self.outcome_path(name))
+        if saved is not None and saved.get("fingerprint") == fingerprint:
+            self.console.info(f"[{name}] unchanged since {saved.get('finished_at', '?')}: reused")
+            self.facts[name] = StageFact(name, "skipped", saved.get("wall_s", 0.0))
+            self.write_state()
+            return from_jsonable(outcome_type, saved["outcome"])
+        if saved is not None:
+            changes = changed_inputs(saved.get("inputs", {}), inputs) or ["inputs changed"]
+            self.console.info(f"[{name}] redone because " + "; ".join(changes))
+
+        stage_dir = self.root / name
+        self.prepare_stage_dir(stage_dir, fingerprint)
+        self.console.info(f"[{name}] running")
+        self.facts[name] = StageFact(name, "running", 0.0)
+        self.write_state(current_stage=name)
+        started = time.monotonic()
+        context = StageContext(name, stage_dir, self.root, self.console)
+        try:
+            outcome = work(context)
+        except BaseException:
+            self.facts[name] = StageFact(name, "failed", time.monotonic() - started)
+            raise
+        wall_s = time.monotonic() - started
+        atomic_write_json(
+            self.outcome_path(name),
+            {
+                "stage": name,
+                "fingerprint": fingerprint,
+                "inputs": inputs,
+                "finished_at": now_iso(),
+                "wall_s": wall_s,
+                "outcome": outcome,
+            },
+        )
+        self.facts[name] = StageFact(name, "done", wall_s)
+        self.write_state(current_stage="")
+        self.console.info(f"[{name}] done in {format_seconds(wall_s)}")
+        return outcome
+
+    def prepare_stage_dir(self, stage_dir: Path, fingerprint: str) -> None:
+        """Keep partial work made from the same inputs; discard work made from other inputs."""
+        marker = stage_dir / ".inputs"
+        if stage_dir.exists():
+            old = marker.read_text().strip() if marker.exists() else ""
+            if old == fingerprint:
+                return
+            self.console.info(f"  discarding partial work in `{stage_dir.name}/` (other inputs)")
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir(parents=True)
+        atomic_write_text(marker, fingerprint + "\n")
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()

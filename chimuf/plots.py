@@ -1,0 +1,33 @@
+"""Shared matplotlib set-up: a headless backend and atomic figure files.
+
+Each stage draws its own figures; this module only makes sure no display is needed and that a
+figure file is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from chimuf.engine import atomic_write_bytes
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "font.size": 9})
+    return plt
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write `figure` to `path` (PNG) atomically and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    pyplot().close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

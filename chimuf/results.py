@@ -1,0 +1,413 @@
+"""What each stage hands on: plain dataclasses, saved as JSON, read by later stages and the report.
+
+This module is the contract between the stages and the report. It imports nothing heavy, so the
+report can read a run without TensorFlow. Paths inside outcomes are relative to the run folder
+(figures, models, CSVs) or to the data folder (image files), so a run folder can be moved.
+
+`results.json` in the run folder gathers every finished stage's outcome under `Results`; its
+layout is documented in docs/results.md and versioned by SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+from dataclasses import dataclass, field
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Figure:
+    path: str  # relative to the run folder
+    caption: str
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileRecord:
+    path: str  # relative to the data folder, POSIX separators
+    label: str  # class = sub-folder name
+    verdict: str  # "usable" | "converted" | "rejected"
+    reason: str  # why converted or rejected; "" when usable as is
+    size_bytes: int
+    sha256: str = ""
+    format: str = ""  # Pillow format: JPEG, PNG, ...
+    mode: str = ""  # Pillow mode before conversion: RGB, L, P, RGBA, CMYK, I;16, ...
+    width: int = 0
+    height: int = 0
+    phash: str = ""  # 64-bit perceptual hash as 16 hex digits; "" when rejected
+
+
+@dataclass
+class DuplicateGroup:
+    kind: str  # "exact" (same SHA-256) | "near" (perceptual hashes within the threshold)
+    files: list[str]  # relative paths, sorted
+    labels: list[str]  # class of each file, same order
+    cross_class: bool  # the group spans classes: possible label noise
+
+
+@dataclass
+class ClassCount:
+    label: str
+    usable: int  # usable as is + usable after conversion
+    converted: int
+    rejected: int
+
+
+@dataclass
+class AuditOutcome:
+    data_dir: str  # absolute path as audited
+    classes: list[str]  # sorted class names; index = label id (sigmoid output = P(classes[1]))
+    files: list[FileRecord]
+    counts: list[ClassCount]
+    duplicate_groups: list[DuplicateGroup]
+    skipped: list[str]  # nested folders and other entries not walked, with reasons
+    digest: str  # SHA-256 over the usable files' (path, label, sha256): the data's identity
+    wall_s: float = 0.0
+
+
+# --- split and cache ---------------------------------------------------------------------------
+
+
+@dataclass
+class SplitCount:
+    label: str
+    train: int
+    validation: int
+    test: int
+
+
+@dataclass
+class SplitOutcome:
+    classes: list[str]
+    train: list[str]  # relative paths, sorted
+    validation: list[str]
+    test: list[str]
+    counts: list[SplitCount]
+    groups: list[list[str]]  # near-duplicate groups (paths) kept inside one split
+    digest: str
+
+
+@dataclass
+class CacheOutcome:
+    images_path: str  # .npy file, uint8 (N, size, size, 3), memory-mapped by later stages
+    paths: list[str]  # row i of the array is this file (relative to the data folder)
+    labels: list[int]  # label id of row i
+    image_size: int
+    digest: str
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    auc: float = float("nan")
+    val_auc: float = float("nan")
+    wall_s: float = 0.0
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str  # Conv2D, MaxPooling2D, Dropout, ...
+    output_shape: str  # e.g. "(None, 64, 64, 32)"
+    params: int
+
+
+@dataclass
+class TrainingOutcome:
+    name: str  # "model1", "model1_aug", ..., "final", "fold3"
+    architecture: str  # "model1" | "model2" | "model3" | "tuned"
+    augmented: bool
+    params: int
+    layers: list[LayerRow]
+    epochs_run: int
+    best_epoch: int  # 1-based epoch whose weights were kept
+    stopped_early: bool
+    best_val_loss: float
+    best_val_accuracy: float
+    history: list[EpochRecord]
+    history_csv: str
+    model_path: str  # .keras file, relative to the run folder
+    figure: Figure | None
+    wall_s: float
+    images_per_s: float
+    precision: str  # "float32" | "mixed_bfloat16"
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainOutcome:
+    trainings: list[TrainingOutcome]
+    comparison_figures: list[Figure]  # per model: with vs without augmentation
+
+
+# --- tuning ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchDimension:
+    name: str
+    values: list[float]  # every value the search may pick
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    status: str  # "COMPLETED" | "FAILED" | ...
+    hyperparameters: dict[str, float]
+    score: float | None  # best val_accuracy of the trial
+    epochs: int
+    wall_s: float
+    history: list[EpochRecord]
+    error: str = ""
+
+
+@dataclass
+class TuneOutcome:
+    objective: str
+    max_trials: int
+    search_space: list[SearchDimension]
+    trials: list[Trial]
+    best_hyperparameters: dict[str, float]
+    best_score: float
+    wall_s: float
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+@dataclass
+class Interval:
+    low: float
+    high: float
+
+
+@dataclass
+class ClassMetrics:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    f1_interval: Interval | None = None
+
+
+@dataclass
+class ThresholdMetrics:
+    threshold: float
+    accuracy: float
+    confusion_matrix: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
+    per_class: list[ClassMetrics]
+
+
+@dataclass
+class McNemarTest:
+    model_a: str
+    model_b: str
+    only_a_right: int
+    only_b_right: int
+    statistic: float
+    p_value: float
+
+
+@dataclass
+class EvaluateOutcome:
+    model: str  # which training was evaluated ("final")
+    classes: list[str]
+    n_images: int
+    accuracy: float
+    accuracy_interval: Interval
+    roc_auc: float
+    roc_auc_interval: Interval
+    confusion_matrix: list[list[int]]  # rows = true class, columns = predicted, threshold 0.5
+    per_class: list[ClassMetrics]
+    macro_f1: float
+    at_validation_threshold: ThresholdMetrics  # threshold chosen on the validation split only
+    expected_calibration_error: float
+    mcnemar: list[McNemarTest]
+    leakage_free_accuracy: float | None  # on test images with no near duplicate in train+val
+    leakage_free_n: int
+    keras_accuracy: float  # Keras' own evaluate(), must agree with `accuracy`
+    predictions_csv: str  # per image: path, true label, probability of classes[1]
+    figures: list[Figure]  # confusion matrix, ROC, reliability diagram
+    confidence: float = 0.95
+    bootstrap_samples: int = 0
+
+
+@dataclass
+class FoldOutcome:
+    fold: int  # 1-based
+    status: str  # "COMPLETED" | "FAILED"
+    n_train: int
+    n_validation: int
+    accuracy: float
+    loss: float
+    epochs_run: int
+    wall_s: float
+    error: str = ""
+
+
+@dataclass
+class KFoldOutcome:
+    folds: list[FoldOutcome]
+    mean_accuracy: float
+    std_accuracy: float
+    mean_loss: float
+    std_loss: float
+    figure: Figure | None
+
+
+# --- explanation -------------------------------------------------------------------------------
+
+
+@dataclass
+class ExplainedImage:
+    path: str  # relative to the data folder
+    true_label: str
+    predicted_label: str
+    probability_true: float  # the probability the model gave the true class
+    figure: Figure | None = None  # Grad-CAM per conv layer for this image
+
+
+@dataclass
+class ExplainOutcome:
+    conv_layers: list[str]
+    kernel_figures: list[Figure]
+    activation_figures: list[Figure]
+    gradcam_figures: list[Figure]
+    method_figures: list[Figure]  # Grad-CAM, Grad-CAM++, Score-CAM, SmoothGrad side by side
+    gallery_figure: Figure | None
+    misclassified: list[ExplainedImage]  # most confident mistakes first
+    n_misclassified: int
+
+
+# --- report and run facts ----------------------------------------------------------------------
+
+
+@dataclass
+class ReportOutcome:
+    markdown: str  # relative to the run folder
+    html: str
+    pdf: str
+    engine: str  # "quarto" | "pandoc"
+
+
+@dataclass
+class StageFact:
+    name: str
+    status: str  # "done" | "skipped" (reused) | "failed" | "not run"
+    wall_s: float
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    status: str  # "running" | "finished" | "failed" | "interrupted"
+    profile: str
+    seed: int
+    config: dict[str, Any]
+    config_differences: list[list[Any]]  # [key, paper value, this run's value]
+    data_dir: str
+    data_digest: str
+    packages: dict[str, str]
+    hardware: str
+    started_at: str
+    updated_at: str
+    stages: list[StageFact]
+    chimuf_version: str = ""
+    error: str = ""
+
+
+@dataclass
+class Results:
+    schema_version: int
+    run: RunInfo
+    audit: AuditOutcome | None = None
+    split: SplitOutcome | None = None
+    cache: CacheOutcome | None = None
+    train: TrainOutcome | None = None
+    tune: TuneOutcome | None = None
+    final: TrainingOutcome | None = None
+    evaluate: EvaluateOutcome | None = None
+    kfold: KFoldOutcome | None = None
+    explain: ExplainOutcome | None = None
+
+
+# --- to and from JSON --------------------------------------------------------------------------
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, tuples and NaN-bearing floats as strict JSON values (NaN becomes null)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return to_jsonable(value.item())
+    return value
+
+
+def from_jsonable(cls: Any, data: Any) -> Any:
+    """Rebuild a value of type `cls` (dataclass, list[...], dict, Optional) from JSON data."""
+    if data is None:
+        if cls is float:
+            return float("nan")
+        return None
+    origin = get_origin(cls)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(cls) if a is not type(None)]
+        return from_jsonable(options[0], data)
+    if origin is list:
+        (item,) = get_args(cls)
+        return [from_jsonable(item, v) for v in data]
+    if origin is dict:
+        _key, item = get_args(cls)
+        return {k: from_jsonable(item, v) for k, v in data.items()}
+    if dataclasses.is_dataclass(cls):
+        hints = get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: from_jsonable(hints[k], v) for k, v in data.items() if k in known})
+    if cls is float:
+        return float(data)
+    return data
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value), indent=1, ensure_ascii=False, allow_nan=False)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of a value's canonical JSON: the identity of an outcome or config slice."""
+    text = json.dumps(to_jsonable(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_results(text: str) -> Results:
+    data = json.loads(text)
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        from chimuf.errors import ReportError
+
+        raise ReportError(
+            f"results.json has schema_version {version!r}; this chimuf reads version "
+            f"{SCHEMA_VERSION}. Rerun the study with this chimuf, or use a matching chimuf."
+        )
+    return from_jsonable(Results, data)
+

@@ -1,0 +1,280 @@
+"""The whole study, stage by stage, as the paper ran it.
+
+    audit → split → cache → train ×6 → tune → final → evaluate → kfold → explain → report
+
+Each stage is a module named for it; this file only calls them in order and says what each one
+depends on, so the engine can skip a stage whose inputs are unchanged and resume the rest.
+After every stage the run's results.json is rewritten, so even a partial run has a report.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from chimuf import __version__
+from chimuf.config import StudyConfig, as_dict, differences
+from chimuf.console import Console
+from chimuf.engine import Run, atomic_write_json, now_iso
+from chimuf.errors import DataError
+from chimuf.results import (
+    SCHEMA_VERSION,
+    AuditOutcome,
+    CacheOutcome,
+    EvaluateOutcome,
+    ExplainOutcome,
+    KFoldOutcome,
+    ReportOutcome,
+    Results,
+    RunInfo,
+    SplitOutcome,
+    TrainingOutcome,
+    TrainOutcome,
+    TuneOutcome,
+    digest,
+)
+
+PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
+            "pillow", "matplotlib", "pypandoc-binary", "typst")
+
+
+@dataclass
+class StudyPaths:
+    data_dir: Path
+    run_dir: Path
+    cache_dir: Path
+
+
+def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
+              stop_after: str = "") -> Results:
+    """Run (or resume) every stage of the study in `paths.run_dir`; return its results."""
+    from chimuf import audit, cache, evaluate, explain, kfold, report, split, train, tune
+
+    run = Run(paths.run_dir, console)
+    console.log_to(paths.run_dir / "study.log")
+    seed = config.seed
+    with run.activate({"profile": config.profile, "seed": seed, "data_dir": str(paths.data_dir)}):
+        results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
+
+        def save(stage: str, outcome: object) -> bool:
+            """Record `outcome` in results.json; True when the study should stop here."""
+            setattr(results, stage, outcome)
+            write_results(run, results, config, paths)
+            return stage == stop_after
+
+        # 1. Which files are usable, and what is wrong with the others.
+        results.audit = run.stage(
+            "audit",
+            {"audit": config.audit, "max_per_class": config.data.max_per_class, "seed": seed,
+             "listing": audit.listing_fingerprint(paths.data_dir)},
+            AuditOutcome,
+            lambda ctx: audit.audit_folder(paths.data_dir, config.audit, console,
+                                           max_per_class=config.data.max_per_class, seed=seed),
+        )
+        if save("audit", results.audit):
+            return results
+
+        # 2. Train / validation / test lists, near-duplicate groups kept whole (paper 3.1).
+        results.split = run.stage(
+            "split",
+            {"split": config.split, "seed": seed, "data": results.audit.digest},
+            SplitOutcome,
+            lambda ctx: split.split_dataset(results.audit, config.split, seed),
+        )
+        if save("split", results.split):
+            return results
+
+        # 3. Decode every usable image once, at the configured size.
+        results.cache = run.stage(
+            "cache",
+            {"image_size": config.data.image_size, "data": results.audit.digest},
+            CacheOutcome,
+            lambda ctx: cache.build_cache(results.audit, paths.data_dir, config.data.image_size,
+                                          paths.cache_dir, console),
+        )
+        if save("cache", results.cache):
+            return results
+        common = {"cache": results.cache.digest, "split": results.split.digest, "seed": seed,
+                  "train": config.train, "augment": config.augment}
+
+        # 4. Models 1-3, each without and with augmentation (paper 4-5).
+        results.train = run.stage(
+            "train", common, TrainOutcome,
+            lambda ctx: train.run_trainings(ctx, results.cache, results.split, config.train,
+                                            config.augment, seed),
+        )
+        if save("train", results.train):
+            return results
+
+        # 5. Bayesian search over the model-3 family (paper 6).
+        results.tune = run.stage(
+            "tune", {**common, "tune": config.tune}, TuneOutcome,
+            lambda ctx: tune.run_tuning(ctx, results.cache, results.split, config.tune,
+                                        config.train, config.augment, seed),
+        )
+        if save("tune", results.tune):
+            return results
+        best = results.tune.best_hyperparameters
+
+        # 6. The final model: best hyperparameters, trained with augmentation (paper 6).
+        results.final = run.stage(
+            "final", {**common, "hyperparameters": best}, TrainingOutcome,
+            lambda ctx: train.train_final(ctx, results.cache, results.split, best, config.train,
+                                          config.augment, seed),
+        )
+        if save("final", results.final):
+            return results
+
+        # 7. Test-split metrics with intervals, ROC, calibration, McNemar (paper 7).
+        results.evaluate = run.stage(
+            "evaluate",
+            {"final": digest(results.final), "train": digest(results.train),
+             "split": results.split.digest, "audit": results.audit.digest,
+             "evaluate": config.evaluate, "seed": seed},
+            EvaluateOutcome,
+            lambda ctx: evaluate.evaluate_final(ctx, results.cache, results.split, results.audit,
+                                                results.final, results.train, config.evaluate,
+                                                config.train, seed),
+        )
+        if save("evaluate", results.evaluate):
+            return results
+
+        # 8. n-fold cross-validation of the final architecture (paper 8).
+        results.kfold = run.stage(
+            "kfold", {**common, "hyperparameters": best, "kfold": config.kfold,
+                      "audit": results.audit.digest},
+            KFoldOutcome,
+            lambda ctx: kfold.run_kfold(ctx, results.cache, results.split, results.audit, best,
+                                        config.kfold, config.train, config.augment, seed),
+        )
+        if save("kfold", results.kfold):
+            return results
+
+        # 9. Kernels, activations and Grad-CAM on the mistakes (paper 9).
+        results.explain = run.stage(
+            "explain",
+            {"final": digest(results.final), "evaluate": digest(results.evaluate),
+             "explain": config.explain, "seed": seed},
+            ExplainOutcome,
+            lambda ctx: explain.explain_errors(ctx, results.cache, results.split, results.final,
+                                               results.evaluate, config.explain, seed),
+        )
+        if save("explain", results.explain):
+            return results
+
+        # 10. The report, from results.json and the figures alone.
+        rendered = run.stage(
+            "report",
+            {"results": digest(results_without_run(results)), "report": config.report},
+            ReportOutcome,
+            lambda ctx: report.build_report(paths.run_dir, config.report, console),
+        )
+        run.finish()
+        write_results(run, results, config, paths)
+        print_headline(console, paths.run_dir, results, rendered)
+        return results
+
+
+def results_without_run(results: Results) -> list[object]:
+    """The stage outcomes alone: what the report's content depends on."""
+    return [results.audit, results.split, results.train, results.tune, results.final,
+            results.evaluate, results.kfold, results.explain]
+
+
+def write_results(run: Run, results: Results, config: StudyConfig, paths: StudyPaths) -> None:
+    results.run = run_info(run, config, paths, results.audit.digest if results.audit else "")
+    atomic_write_json(paths.run_dir / "results.json", results)
+
+
+def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str) -> RunInfo:
+    return RunInfo(
+        run_id=run.run_id,
+        status=run.state.get("status", "running"),
+        profile=config.profile,
+        seed=config.seed,
+        config=as_dict(config),
+        config_differences=[list(d) for d in differences(config) if d[0] != "profile"],
+        data_dir=str(paths.data_dir),
+        data_digest=data_digest,
+        packages=package_versions(),
+        hardware=hardware_summary(),
+        started_at=run.state.get("started_at", now_iso()),
+        updated_at=now_iso(),
+        stages=list(run.facts.values()),
+        chimuf_version=__version__,
+        error=run.state.get("error", ""),
+    )
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def hardware_summary() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def print_headline(console: Console, run_dir: Path, results: Results,
+                   rendered: ReportOutcome) -> None:
+    e = results.evaluate
+    console.info("")
+    if e is not None:
+        console.info(
+            f"test accuracy {e.accuracy:.3f} [{e.accuracy_interval.low:.3f}, "
+            f"{e.accuracy_interval.high:.3f}], ROC AUC {e.roc_auc:.3f} on {e.n_images} images"
+        )
+    if results.kfold is not None:
+        k = results.kfold
+        console.info(f"{len(k.folds)}-fold accuracy {k.mean_accuracy:.3f} ± {k.std_accuracy:.3f}")
+    for label, rel in (("HTML", rendered.html), ("PDF", rendered.pdf)):
+        if rel:
+            console.info(f"{label} report: {run_dir / rel}")
+
+
+# --- where the data is -------------------------------------------------------------------------
+
+DATA_HELP = (
+    "Get the Kaggle dataset 'Muffin vs chihuahua image classification' (samuelcortinhas/"
+    "muffin-vs-chihuahua-image-classification), e.g. with `python -c \"import kagglehub; "
+    "print(kagglehub.dataset_download('samuelcortinhas/muffin-vs-chihuahua-image-classification'))\"`"
+    ", or use any folder with one sub-folder of images per class; then pass it with --data DIR, "
+    "set `data.dir` in the config, or set CHIMUF_DATA."
+)
+
+
+def resolve_data_dir(flag: str | None, config: StudyConfig, project_dir: Path) -> Path:
+    """--data, else the config's data.dir, else $CHIMUF_DATA, else data/ in the project."""
+    candidates = [
+        ("--data", flag),
+        ("data.dir in the config", config.data.dir or None),
+        ("CHIMUF_DATA", os.environ.get("CHIMUF_DATA")),
+        ("the project's data/ folder", str(project_dir / "data")),
+    ]
+    for source, value in candidates:
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise DataError(f"data folder `{path}` (from {source}) does not exist. {DATA_HELP}")
+            if not any(child.is_dir() for child in path.iterdir()):
+                raise DataError(
+                    f"data folder `{path}` (from {source}) has no class sub-folders. {DATA_HELP}"
+                )
+            return path.resolve()
+    raise AssertionError("unreachable: the project data/ candidate is always set")

@@ -1,0 +1,136 @@
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from chimuf.console import Console
+from chimuf.engine import Run, atomic_write_json, changed_inputs, read_json
+from chimuf.errors import Interrupted, StageError
+
+
+@dataclass
+class Count:
+    value: int
+
+
+def quiet_console() -> tuple[Console, io.StringIO]:
+    stream = io.StringIO()
+    return Console(stream=stream, live=False), stream
+
+
+def make_run(tmp_path: Path) -> tuple[Run, io.StringIO]:
+    console, stream = quiet_console()
+    return Run(tmp_path / "run", console), stream
+
+
+def test_stage_is_skipped_when_inputs_are_unchanged(tmp_path):
+    calls = []
+    run, _ = make_run(tmp_path)
+
+    def work(ctx):
+        calls.append(1)
+        return Count(len(calls))
+
+    assert run.stage("count", {"a": 1}, Count, work) == Count(1)
+    again, stream = make_run(tmp_path)
+    assert again.stage("count", {"a": 1}, Count, work) == Count(1)
+    assert calls == [1]
+    assert "reused" in stream.getvalue()
+
+
+def test_changed_input_is_named_and_the_stage_redone(tmp_path):
+    run, _ = make_run(tmp_path)
+    run.stage("count", {"train": {"epochs": 50}}, Count, lambda ctx: Count(1))
+    again, stream = make_run(tmp_path)
+    assert again.stage("count", {"train": {"epochs": 2}}, Count, lambda ctx: Count(2)) == Count(2)
+    assert "train.epochs: 50 → 2" in stream.getvalue()
+
+
+def test_partial_work_is_kept_for_same_inputs_and_discarded_for_others(tmp_path):
+    run, _ = make_run(tmp_path)
+
+    def crash(ctx):
+        (ctx.dir / "checkpoint").write_text("epoch 3")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run.stage("train", {"a": 1}, Count, crash)
+    seen = []
+
+    def look(ctx):
+        seen.append((ctx.dir / "checkpoint").exists())
+        return Count(0)
+
+    run.stage("train", {"a": 1}, Count, look)
+    assert seen == [True]
+    run.stage("train", {"a": 2}, Count, look)
+    assert seen == [True, False]
+
+
+def test_units_are_done_once_per_stage(tmp_path):
+    run, _ = make_run(tmp_path)
+    calls = []
+
+    def work(ctx):
+        a = ctx.unit("one", Count, lambda: calls.append("one") or Count(1))
+        if len(calls) == 1:
+            raise RuntimeError("killed after unit one")
+        return a
+
+    with pytest.raises(RuntimeError):
+        run.stage("s", {}, Count, work)
+    calls.append("restart")
+    run.stage("s", {}, Count, work)
+    assert calls == ["one", "restart"]
+
+
+def test_status_is_honest(tmp_path):
+    run, _ = make_run(tmp_path)
+    with run.activate({}):
+        assert read_json(run.root / "run.json")["status"] == "running"
+    assert read_json(run.root / "run.json")["status"] == "running"  # not finished unless told
+    with pytest.raises(Interrupted), run.activate({}):
+        raise Interrupted("SIGTERM")
+    assert read_json(run.root / "run.json")["status"] == "interrupted"
+    with pytest.raises(StageError), run.activate({}):
+        raise StageError("disk full")
+    state = read_json(run.root / "run.json")
+    assert state["status"] == "failed" and state["error"] == "disk full"
+    with run.activate({}):
+        run.finish()
+    assert read_json(run.root / "run.json")["status"] == "finished"
+
+
+def test_run_folder_in_use_by_a_live_process_is_refused(tmp_path):
+    run, _ = make_run(tmp_path)
+    atomic_write_json(run.root / "run.json", {"status": "running", "pid": 1})
+    again = Run(run.root, quiet_console()[0])
+    with pytest.raises(StageError, match="in use by process 1"), again.activate({}):
+        pass
+
+
+def test_atomic_write_leaves_no_temp_files_and_damaged_json_is_an_error(tmp_path):
+    path = tmp_path / "x" / "a.json"
+    atomic_write_json(path, {"v": float("nan"), "t": (1, 2)})
+    assert json.loads(path.read_text()) == {"v": None, "t": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+    path.write_text('{"v": ')
+    with pytest.raises(StageError, match="damaged"):
+        read_json(path)
+
+
+def test_unwritable_run_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run = Run(blocker / "run", quiet_console()[0])
+    with pytest.raises(StageError, match="not writable"), run.activate({}):
+        pass
+
+
+def test_changed_inputs_lists_leaves():
+    assert changed_inputs({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 4}) == [
+        "a.c: 2 → 3",
+        "d: null → 4",
+    ]
