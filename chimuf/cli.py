@@ -7,6 +7,7 @@ the study cleanly, leaving the run marked `interrupted` so that a rerun resumes 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -130,7 +131,8 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     config = load(args, **overrides)
     data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
     run_dir = Path(args.out) if args.out else PROJECT_DIR / "runs" / config.profile
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else PROJECT_DIR / "runs" / "cache"
+    cache_dir = Path(config.data.cache_dir or os.environ.get("CHIMUF_CACHE_DIR")
+                     or PROJECT_DIR / "runs" / "cache")
     console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
     console.info(f"run folder {run_dir}")
     run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,

@@ -42,7 +42,7 @@ class DataConfig:
     dir: str = opt("", "data folder, one sub-folder per class; '' means --data, CHIMUF_DATA, data/")
     image_size: int = opt(128, "images are resized to image_size x image_size pixels, RGB")
     max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs")
-    cache_dir: str = opt("", "where decoded images are cached; '' means runs/cache")
+    cache_dir: str = opt("", "where decoded images are cached; '' means $CHIMUF_CACHE_DIR, else runs/cache")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ class Progress:
         self.done = 0
         self.status = ""
         self.started = time.monotonic()
-        self._last_line = 0.0
+        self._last_line = self.started  # the first plain line comes after one interval
         self._bar = None
         self._task = None
 

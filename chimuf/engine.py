@@ -53,6 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared and read
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -244,12 +245,18 @@ class Run:
         inputs: dict[str, Any],
         outcome_type: type[T],
         work: Callable[[StageContext], T],
+        still_valid: Callable[[T], bool] = lambda outcome: True,
     ) -> T:
-        """Run stage `name` unless a finished outcome with the same inputs exists."""
+        """Run stage `name` unless a finished outcome with the same inputs exists.
+
+        `still_valid` checks a saved outcome against the world outside the run folder (a
+        shared cache file that may have been deleted); when it says no, the stage runs again.
+        """
         inputs = to_jsonable(inputs)
         fingerprint = digest(inputs)
         saved = read_json(self.outcome_path(name))
-        if saved is not None and saved.get("fingerprint") == fingerprint:
+        if (saved is not None and saved.get("fingerprint") == fingerprint
+                and still_valid(from_jsonable(outcome_type, saved["outcome"]))):
             self.console.info(f"[{name}] unchanged since {saved.get('finished_at', '?')}: reused")
             self.facts[name] = StageFact(name, "skipped", saved.get("wall_s", 0.0))
             self.write_state()

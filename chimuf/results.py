@@ -70,6 +70,8 @@ class AuditOutcome:
     skipped: list[str]  # nested folders and other entries not walked, with reasons
     digest: str  # SHA-256 over the usable files' (path, label, sha256): the data's identity
     wall_s: float = 0.0
+    near_duplicate_distance: int = 0  # the threshold (bits) the near groups were found with
+    max_per_class: int = 0  # > 0: a seeded sample of this many files per class was audited
 
 
 # --- split and cache ---------------------------------------------------------------------------
@@ -96,7 +98,9 @@ class SplitOutcome:
 
 @dataclass
 class CacheOutcome:
-    images_path: str  # .npy file, uint8 (N, size, size, 3), memory-mapped by later stages
+    # ABSOLUTE path of the .npy file, uint8 (N, size, size, 3), memory-mapped by later stages. The
+    # cache is shared by every run on the same data and size, so it lives outside the run folder.
+    images_path: str
     paths: list[str]  # row i of the array is this file (relative to the data folder)
     labels: list[int]  # label id of row i
     image_size: int
@@ -211,6 +215,7 @@ class ThresholdMetrics:
     accuracy: float
     confusion_matrix: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
     per_class: list[ClassMetrics]
+    rule: str = ""  # how the threshold was chosen, e.g. "maximum accuracy on the validation split"
 
 
 @dataclass
@@ -221,6 +226,7 @@ class McNemarTest:
     only_b_right: int
     statistic: float
     p_value: float
+    method: str = ""  # "exact binomial" (few discordant pairs) | "chi-square, continuity-corrected"
 
 
 @dataclass
@@ -245,6 +251,7 @@ class EvaluateOutcome:
     figures: list[Figure]  # confusion matrix, ROC, reliability diagram
     confidence: float = 0.95
     bootstrap_samples: int = 0
+    validation_predictions_csv: str = ""  # the same for the validation split (threshold choice)
 
 
 @dataclass
@@ -258,6 +265,7 @@ class FoldOutcome:
     epochs_run: int
     wall_s: float
     error: str = ""
+    history: list[EpochRecord] = field(default_factory=list)  # per epoch, on this fold's held-out part
 
 
 @dataclass
@@ -292,6 +300,10 @@ class ExplainOutcome:
     gallery_figure: Figure | None
     misclassified: list[ExplainedImage]  # most confident mistakes first
     n_misclassified: int
+    # the test images of activation_figures, in the same order (figure = its activation figure)
+    activation_images: list[ExplainedImage] = field(default_factory=list)
+    n_test: int = 0  # test images in the evaluate stage's predictions
+    threshold: float = 0.5  # p > threshold predicts classes[1], as the evaluate stage counts
 
 
 # --- report and run facts ----------------------------------------------------------------------

@@ -94,6 +94,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
             CacheOutcome,
             lambda ctx: cache.build_cache(results.audit, paths.data_dir, config.data.image_size,
                                           paths.cache_dir, console),
+            still_valid=lambda outcome: Path(outcome.images_path).is_file(),
         )
         if save("cache", results.cache):
             return results
