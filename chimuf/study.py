@@ -166,7 +166,11 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         if save("explain", results.explain):
             return results
 
-        # 10. The report, from results.json and the figures alone.
+        # 10. The report, from results.json and the figures alone. Every analysis stage is done,
+        #     so the run is recorded finished first and the report says so; a failing render
+        #     marks it failed again.
+        run.finish()
+        write_results(run, results, config, paths)
         rendered = run.stage(
             "report",
             {"results": digest(results_without_run(results)), "report": config.report},

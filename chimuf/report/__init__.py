@@ -1,0 +1,108 @@
+"""The report of a run: results.json and its figures → Markdown → HTML and PDF.
+
+The report knows results, not TensorFlow: it reads `RUN/results.json` and the figure files it
+names, and nothing else; it never recomputes a number. Three steps, each in its own module:
+
+1. results → Markdown, a pure function (markdown.py; the text is in templates/*.j2, and every
+   value from the run is escaped as literal text by default, escape.py);
+2. write RUN/report/ as a Quarto project: _quarto.yml, include/, index.qmd and the figures
+   under figures/ (render.py, figures.py);
+3. render HTML and PDF: `quarto render` where Quarto is installed, else pandoc for HTML and
+   pandoc's Typst writer plus the typst package for PDF (render.py).
+
+A partial run renders too: a stage without results gets a section that says it has not run yet.
+
+    chimuf report runs/paper        # → runs/paper/report/index.html and index.pdf
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chimuf.config import ReportConfig
+from chimuf.console import Console
+from chimuf.errors import ReportError
+from chimuf.report.figures import embedded, place_figures, plan_figures
+from chimuf.report.markdown import render_markdown
+from chimuf.report.render import (
+    Deadline,
+    check_typst,
+    choose_engine,
+    pandoc_path,
+    render_html_pandoc,
+    render_pdf_pandoc,
+    render_quarto,
+    write_project,
+)
+from chimuf.results import ReportOutcome, Results, load_results
+
+__all__ = ["build_report", "read_results"]
+
+
+def build_report(run_dir: Path, cfg: ReportConfig, console: Console) -> ReportOutcome:
+    """Render the report of the run in `run_dir` into `run_dir/report/`; paths in the outcome are
+    relative to `run_dir`. Raises ReportError (missing results or tool, failing tool, timeout)."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
+    engine = choose_engine(cfg.engine)
+    if engine == "pandoc":
+        pandoc_path()
+        if "pdf" in cfg.formats:
+            check_typst()
+
+    # 1. Which figures, under which names; paths leading out of the run are refused here.
+    plan = plan_figures(results)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    placed, missing = place_figures(run_dir, report_dir, plan)
+    for path in missing:
+        console.warn(f"figure `{path}` named in results.json is missing; the report says so")
+
+    # 2. The Markdown and the Quarto project around it.
+    index = write_project(report_dir, render_markdown(results, placed))
+    console.info(f"  report: {len(placed)} figures, Markdown in {index}")
+
+    # 3. HTML and PDF, within cfg.timeout_s for the whole render.
+    deadline = Deadline(cfg.timeout_s)
+    outputs: dict[str, Path] = {}
+    if engine == "quarto":
+        console.info("  report: rendering with Quarto")
+        outputs = render_quarto(report_dir, tuple(cfg.formats), deadline)
+    else:
+        if "html" in cfg.formats:
+            console.info("  report: rendering HTML with pandoc")
+            html_markdown = render_markdown(results, embedded(report_dir, placed))
+            outputs["html"] = render_html_pandoc(report_dir, html_markdown, deadline)
+        if "pdf" in cfg.formats:
+            console.info("  report: rendering PDF with pandoc and Typst")
+            outputs["pdf"] = render_pdf_pandoc(report_dir, deadline)
+
+    def rel(path: Path | None) -> str:
+        return path.resolve().relative_to(run_dir.resolve()).as_posix() if path else ""
+
+    return ReportOutcome(markdown=rel(index), html=rel(outputs.get("html")),
+                         pdf=rel(outputs.get("pdf")), engine=engine)
+
+
+def read_results(run_dir: Path) -> Results:
+    """The run's results.json, or a ReportError that says what to do."""
+    path = run_dir / "results.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportError(
+            f"no results.json in `{run_dir}`: this is not a chimuf run folder, or its study has not "
+            "finished a stage yet. Run `chimuf study --out RUN_DIR` first, then `chimuf report RUN_DIR`."
+        ) from None
+    except OSError as exc:
+        raise ReportError(f"cannot read `{path}` ({exc.strerror or exc})") from None
+    try:
+        return load_results(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"`{path}` is not valid JSON ({exc}); rerun the study to rewrite it") from None
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ReportError(
+            f"`{path}` does not have the layout of results.json (docs/results.md): {exc!r}; "
+            "rerun the study with this chimuf to rewrite it"
+        ) from None

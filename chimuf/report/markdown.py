@@ -1,0 +1,115 @@
+"""Results → Markdown: a pure function of a run's results and the figures it has.
+
+The text lives in `templates/*.j2`, one template per section of the paper plus `report.md.j2`,
+which includes them in order. This module builds the one Jinja environment: every filter and
+helper the templates use is registered in `environment` (formats and building blocks from
+blocks.py, views of the results from views.py), and escaping is the default (escape.py). It
+reads results only: every number shown was computed by a stage and saved in results.json.
+
+The Markdown stays within what both pandoc and Quarto read: YAML front matter, ATX headings with
+ids, pipe tables, `![caption](path){#fig-id}` figures, emphasis and block quotes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from chimuf.config import flatten
+from chimuf.errors import ReportError
+from chimuf.report import blocks, views
+from chimuf.report.escape import Trusted, finalize, yaml_string
+from chimuf.report.figures import ImageRef
+from chimuf.results import Results
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+
+MAIN_TEMPLATE = "report.md.j2"
+
+
+# --- the one environment -----------------------------------------------------------------------
+
+
+def environment() -> Any:
+    """The Jinja environment of the report: templates folder, escaping, every filter and helper."""
+    import jinja2
+
+    if not (TEMPLATES_DIR / MAIN_TEMPLATE).is_file():
+        raise ReportError(
+            f"the report templates are missing: expected `{TEMPLATES_DIR / MAIN_TEMPLATE}`. "
+            "Run chimuf from its source tree (the templates/ folder sits beside chimuf/), or reinstall it."
+        )
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        finalize=finalize,  # every {{ value }} is escaped unless Trusted
+        autoescape=False,  # HTML autoescape would be wrong for Markdown; finalize does it
+        undefined=jinja2.StrictUndefined,
+        # `{#sec-x}` is Markdown (a heading id), so Jinja comments are `{## ... ##}` here.
+        comment_start_string="{##",
+        comment_end_string="##}",
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        num=blocks.num,
+        count=blocks.count,
+        counted=blocks.counted,
+        interval=blocks.interval,
+        with_interval=blocks.with_interval,
+        seconds=blocks.seconds,
+        plain=blocks.plain,
+        hyperparameters=blocks.hyperparameters,
+        architecture=blocks.architecture,
+        slug=blocks.slug,
+        yaml=yaml_string,
+        trusted=Trusted,  # the explicit opt-out, for Markdown a template has built itself
+    )
+    env.globals.update(
+        table=blocks.table,
+        figure=jinja2.pass_context(blocks.figure),
+        not_run=blocks.not_run,
+        paper=views.PAPER,
+        paper_rows=views.paper_rows,
+        trial_table=views.trial_table,
+        layer_table=views.layer_table,
+        architectures=views.architectures,
+        evaluation_figures=views.evaluation_figures,
+        best_training=views.best_training,
+        augmentation_pairs=views.augmentation_pairs,
+        stage_rows=views.stage_rows,
+        config_rows=views.config_rows,
+        audit_count_rows=views.audit_count_rows,
+        file_rows=views.file_rows,
+        duplicate_rows=views.duplicate_rows,
+        split_rows=views.split_rows,
+        training_rows=views.training_rows,
+        pair_rows=views.pair_rows,
+        search_rows=views.search_rows,
+        failed_trial_rows=views.failed_trial_rows,
+        hyperparameter_rows=views.hyperparameter_rows,
+        confusion_table=views.confusion_table,
+        class_rows=views.class_rows,
+        threshold_table=views.threshold_table,
+        mcnemar_rows=views.mcnemar_rows,
+        fold_rows=views.fold_rows,
+        misclassified_rows=views.misclassified_rows,
+        difference_rows=views.difference_rows,
+    )
+    return env
+
+
+def render_markdown(results: Results, images: Mapping[str, ImageRef]) -> str:
+    """The whole report as Markdown; `images` maps a figure path in results.json to its ref.
+
+    A figure of results.json without an entry in `images` is named in the text as missing.
+    """
+    template = environment().get_template(MAIN_TEMPLATE)
+    return template.render(
+        r=results,
+        images=images,
+        classes=views.class_names(results),
+        config=flatten(results.run.config),
+        missing=views.missing_stages(results),
+    )

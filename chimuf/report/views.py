@@ -1,0 +1,317 @@
+"""Views of a run's results that the templates would find clumsy to write in Jinja.
+
+Which training was best, which of the evaluation's figures is the ROC curve, the rows of every
+table, and the paper's headline numbers beside the run's. Everything here selects, arranges and
+compares numbers that a stage computed and saved in results.json; nothing is measured again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chimuf.config import flatten
+from chimuf.report.blocks import (
+    architecture,
+    count,
+    hyperparameters,
+    is_missing,
+    num,
+    plain,
+    seconds,
+    strong,
+    table,
+    with_interval,
+    yesno,
+)
+from chimuf.report.escape import Trusted
+from chimuf.results import (
+    AuditOutcome,
+    ClassMetrics,
+    DuplicateGroup,
+    EvaluateOutcome,
+    ExplainedImage,
+    Figure,
+    FileRecord,
+    FoldOutcome,
+    LayerRow,
+    McNemarTest,
+    Results,
+    SearchDimension,
+    SplitOutcome,
+    TrainingOutcome,
+    TrainOutcome,
+    Trial,
+    TuneOutcome,
+)
+
+# The stages whose outcomes the report shows, in study order (chimuf/study.py).
+STAGES = ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain")
+
+
+# --- which stages, which trainings, which figures ----------------------------------------------
+
+
+def class_names(results: Results) -> list[str]:
+    for outcome in (results.evaluate, results.split, results.audit):
+        if outcome is not None:
+            return list(outcome.classes)
+    return []
+
+
+def missing_stages(results: Results) -> list[str]:
+    return [name for name in STAGES if getattr(results, name) is None]
+
+
+def architectures(train: TrainOutcome) -> list[TrainingOutcome]:
+    """One training per architecture, in order, preferring the one without augmentation.
+
+    Its layer table is the architecture's (the augmentation layers, where a model carries them,
+    are a detail of the training, not of the architecture).
+    """
+    chosen: dict[str, TrainingOutcome] = {}
+    for t in sorted(train.trainings, key=lambda t: (t.architecture, t.augmented)):
+        chosen.setdefault(t.architecture, t)
+    return list(chosen.values())
+
+
+def best_training(train: TrainOutcome) -> TrainingOutcome | None:
+    """The training with the highest best validation accuracy (the paper's 5.5)."""
+    scored = [t for t in train.trainings if not is_missing(t.best_val_accuracy)]
+    return max(scored, key=lambda t: t.best_val_accuracy, default=None)
+
+
+def augmentation_pairs(train: TrainOutcome) -> list[tuple[str, TrainingOutcome, TrainingOutcome]]:
+    """(architecture, without, with) for every architecture trained both ways (paper 5.4)."""
+    pairs = []
+    for arch in sorted({t.architecture for t in train.trainings}):
+        plain_run = next((t for t in train.trainings if t.architecture == arch and not t.augmented), None)
+        augmented = next((t for t in train.trainings if t.architecture == arch and t.augmented), None)
+        if plain_run is not None and augmented is not None:
+            pairs.append((arch, plain_run, augmented))
+    return pairs
+
+
+@dataclass
+class EvaluationFigures:
+    confusion: Figure | None
+    roc: Figure | None
+    reliability: Figure | None
+    others: list[Figure]
+
+
+def evaluation_figures(e: EvaluateOutcome) -> EvaluationFigures:
+    """Which of the evaluation's figures is the confusion matrix, the ROC curve, the reliability
+    diagram (by the words in their path or caption); the rest are shown after them."""
+    remaining = list(e.figures)
+
+    def take(*stems: str) -> Figure | None:
+        for fig in remaining:
+            words = re.findall(r"[a-z]+", f"{fig.path} {fig.caption}".lower())
+            if any(word.startswith(stem) for word in words for stem in stems):
+                remaining.remove(fig)
+                return fig
+        return None
+
+    confusion = take("confusion")
+    roc = take("roc")
+    reliability = take("reliability", "calibration")
+    return EvaluationFigures(confusion, roc, reliability, remaining)
+
+
+# --- the paper's own figures (paper.txt sections 6 and 7) beside the run's ---------------------
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """The paper's numbers, as it prints them."""
+
+    test_images: str = "1,184"
+    accuracy: str = "0.94"
+    roc_auc: str = "0.983"
+    # class → (precision, recall, F1), section 7.1
+    per_class: tuple[tuple[str, str, str, str], ...] = (
+        ("chihuahua", "0.92", "0.97", "0.95"),
+        ("muffin", "0.97", "0.90", "0.94"),
+    )
+    # section 6, under the names of chimuf's search space (config.TuneConfig)
+    hyperparameters: tuple[tuple[str, str, str], ...] = (
+        ("conv1_filters", "Filters, convolution 1", "16"),
+        ("conv2_filters", "Filters, convolution 2", "96"),
+        ("conv3_filters", "Filters, convolution 3", "192"),
+        ("dense_units", "Units, dense layer", "96"),
+        ("dropout_conv", "Dropout, convolution blocks (paper: hidden layer)", "0.05"),
+        ("dropout_dense", "Dropout, dense layer (paper: flatten layer)", "0.4"),
+    )
+
+
+PAPER = PaperFigures()
+
+OTHER_DATA = "n/a (other data)"
+
+
+def paper_rows(results: Results) -> list[list[object]]:
+    """The paper's headline numbers beside this run's (with its intervals).
+
+    The paper's column applies only to its own data: when the run's classes are not chihuahua
+    and muffin (matched case-insensitively), it reads "n/a (other data)".
+    """
+    classes = class_names(results)
+    same_data = sorted(c.lower() for c in classes) == ["chihuahua", "muffin"]
+
+    def paper_value(value: str) -> str:
+        return value if same_data else OTHER_DATA
+
+    e, tune = results.evaluate, results.tune
+    rows: list[list[object]] = [
+        ["Test images", paper_value(PAPER.test_images), count(e.n_images if e else None)],
+        ["Accuracy", paper_value(PAPER.accuracy),
+         with_interval(e.accuracy, e.accuracy_interval) if e else num(None)],
+        ["ROC AUC", paper_value(PAPER.roc_auc),
+         with_interval(e.roc_auc, e.roc_auc_interval) if e else num(None)],
+    ]
+    for label, precision, recall, f1 in PAPER.per_class:
+        metrics = class_metrics(e, label) if e else None
+        shown = metrics.label if metrics else label
+        rows += [
+            [f"Precision, {shown}", paper_value(precision), num(metrics.precision if metrics else None)],
+            [f"Recall, {shown}", paper_value(recall), num(metrics.recall if metrics else None)],
+            [f"F1, {shown}", paper_value(f1),
+             with_interval(metrics.f1, metrics.f1_interval) if metrics else num(None)],
+        ]
+    best = tune.best_hyperparameters if tune else {}
+    for key, label, value in PAPER.hyperparameters:
+        rows.append([f"Best {label[0].lower()}{label[1:]}", paper_value(value), plain(best.get(key))])
+    return rows
+
+
+def class_metrics(e: EvaluateOutcome, label: str) -> ClassMetrics | None:
+    return next((m for m in e.per_class if m.label.lower() == label), None)
+
+
+# --- table rows, one helper per table of the templates -----------------------------------------
+
+
+def audit_count_rows(audit: AuditOutcome) -> list[list[object]]:
+    rows: list[list[object]] = [[c.label, count(c.usable), count(c.converted), count(c.rejected)]
+                                for c in audit.counts]
+    total = [sum(getattr(c, k) for c in audit.counts) for k in ("usable", "converted", "rejected")]
+    return [*rows, [strong("all"), *(strong(count(n)) for n in total)]]
+
+
+def file_rows(files: Sequence[FileRecord]) -> list[list[object]]:
+    return [[f.path, f.label, f.reason] for f in files]
+
+
+def duplicate_rows(groups: Sequence[DuplicateGroup]) -> list[list[object]]:
+    return [[g.kind, "; ".join(g.files), ", ".join(sorted(set(g.labels))),
+             strong("cross-class") if g.cross_class else "no"] for g in groups]
+
+
+def split_rows(split: SplitOutcome) -> list[list[object]]:
+    rows: list[list[object]] = [[c.label, count(c.train), count(c.validation), count(c.test),
+                                 count(c.train + c.validation + c.test)] for c in split.counts]
+    totals = [sum(getattr(c, k) for c in split.counts) for k in ("train", "validation", "test")]
+    return [*rows, [strong("all"), *(strong(count(n)) for n in (*totals, sum(totals)))]]
+
+
+def layer_table(layers: Sequence[LayerRow]) -> Trusted:
+    return table(["Layer", "Type", "Output shape", "Parameters"],
+                 [[row.name, row.kind, row.output_shape, count(row.params)] for row in layers],
+                 "lllr")
+
+
+def training_rows(trainings: Sequence[TrainingOutcome]) -> list[list[object]]:
+    return [[t.name, yesno(t.augmented), num(t.best_val_accuracy), num(t.best_val_loss),
+             f"{t.epochs_run}{', stopped early' if t.stopped_early else ''}", t.best_epoch,
+             seconds(t.wall_s), num(t.images_per_s, 0)]
+            for t in trainings]
+
+
+def pair_rows(pairs: Sequence[tuple[str, TrainingOutcome, TrainingOutcome]]) -> list[list[object]]:
+    return [[architecture(arch), num(a.best_val_accuracy), num(b.best_val_accuracy),
+             num(a.best_val_loss), num(b.best_val_loss)] for arch, a, b in pairs]
+
+
+def search_rows(space: Sequence[SearchDimension]) -> list[list[object]]:
+    return [[d.name, plain(d.values)] for d in space]
+
+
+def trial_table(tune: TuneOutcome) -> Trusted:
+    """One row per trial; its hyperparameters in one cell (there may be many of them)."""
+    rows = [[trial.trial_id, trial.status, hyperparameters(trial.hyperparameters), num(trial.score, 4),
+             trial.epochs, seconds(trial.wall_s)] for trial in tune.trials]
+    return table(["Trial", "Status", "Hyperparameters", tune.objective, "Epochs", "Wall time"], rows,
+                 "lllrrr")
+
+
+def failed_trial_rows(trials: Sequence[Trial]) -> list[list[object]]:
+    return [[t.trial_id, t.status, t.error or "no error message"] for t in trials]
+
+
+def hyperparameter_rows(values: Mapping[str, float]) -> list[list[object]]:
+    return [[k, plain(v)] for k, v in values.items()]
+
+
+def confusion_table(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> Trusted:
+    """Rows true class, columns predicted class, in `classes` order (as results.json keeps it)."""
+    header = ["True ↓ / predicted →", *classes]
+    rows = [[strong(label), *(count(n) for n in row)] for label, row in zip(classes, matrix, strict=False)]
+    return table(header, rows, "l" + "r" * len(classes))
+
+
+def class_rows(per_class: Sequence[ClassMetrics]) -> list[list[object]]:
+    return [[m.label, num(m.precision), num(m.recall), with_interval(m.f1, m.f1_interval), count(m.support)]
+            for m in per_class]
+
+
+def threshold_table(e: EvaluateOutcome) -> Trusted:
+    """Test accuracy and per-class recall at 0.5 and at the validation-chosen threshold."""
+    t = e.at_validation_threshold
+    header = ["Threshold", "Test accuracy", *(f"Recall, {label}" for label in e.classes)]
+    at_half = [num(0.5), num(e.accuracy), *(num(m.recall) for m in e.per_class)]
+    chosen = [num(t.threshold), num(t.accuracy), *(num(m.recall) for m in t.per_class)]
+    return table(header, [at_half, chosen], "r" * len(header))
+
+
+def mcnemar_rows(tests: Sequence[McNemarTest]) -> list[list[object]]:
+    return [[m.model_a, m.model_b, count(m.only_a_right), count(m.only_b_right), m.method or "n/a",
+             num(m.statistic), num(m.p_value, 4)] for m in tests]
+
+
+def fold_rows(folds: Sequence[FoldOutcome]) -> list[list[object]]:
+    return [[f.fold, f.status, count(f.n_train), count(f.n_validation), num(f.accuracy), num(f.loss),
+             f.epochs_run, seconds(f.wall_s)] for f in folds]
+
+
+def misclassified_rows(images: Sequence[ExplainedImage]) -> list[list[object]]:
+    return [[m.path, m.true_label, m.predicted_label, num(m.probability_true)] for m in images]
+
+
+def difference_rows(differences: Sequence[Sequence[Any]]) -> list[list[object]]:
+    return [[str(d[0]), plain(d[1]), plain(d[2])] for d in differences if len(d) == 3]
+
+
+def stage_rows(results: Results) -> list[list[object]]:
+    """Every stage of the study with its status and wall time; stages never started: "not run".
+
+    The report stage itself is listed only once a run has recorded it (it is running now)."""
+    facts = {f.name: f for f in results.run.stages}
+    rows: list[list[object]] = []
+    for name in STAGES:
+        fact = facts.pop(name, None)
+        rows.append([name, fact.status if fact else "not run", seconds(fact.wall_s) if fact else ""])
+    rows += [[f.name, f.status, seconds(f.wall_s)] for f in facts.values()]
+    return rows
+
+
+def config_rows(results: Results) -> list[list[object]]:
+    """The run's whole config, flattened; keys that differ from the paper's protocol in bold."""
+    differing = {str(d[0]) for d in results.run.config_differences if d}
+    rows: list[list[object]] = []
+    for key, value in flatten(results.run.config).items():
+        cells = [key, plain(value)]
+        rows.append([strong(c) for c in cells] if key in differing else cells)
+    return rows
