@@ -1,0 +1,204 @@
+"""n-fold cross-validation of the final architecture (paper section 8).
+
+The paper splits its data into n equal folds, trains the model n times, each time holding one
+fold out for validation, and reports accuracy and loss per fold with their average. Here the
+folds are made from train+validation only, so the test split stays untouched by every model:
+
+    train + validation paths → split.fold_assignments (stratified; near-duplicate groups whole)
+      → for fold i: the "tuned" model with the best hyperparameters, trained with augmentation
+        on the other folds (chimuf.train.fit: same early stopping, resumable), then evaluated
+        on fold i without augmentation → FoldOutcome
+      → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
+
+As in the paper, early stopping watches the held-out fold, which makes the fold scores slightly
+optimistic; the test-split numbers of the evaluate stage carry no such bias.
+
+Each fold is a unit of the stage (ctx.unit): a finished fold is not trained again when the stage
+resumes. A fold that fails (diverged, out of memory) is recorded as FAILED with its error and
+the other folds go on; it is not memoised, so a rerun tries it again. If every fold fails, the
+stage stops.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chimuf.errors import ModelError, StageError
+from chimuf.results import Figure, FoldOutcome, KFoldOutcome
+
+if TYPE_CHECKING:
+    from chimuf.cache import ImageSet
+    from chimuf.config import AugmentConfig, KFoldConfig, TrainConfig
+    from chimuf.engine import StageContext
+    from chimuf.results import AuditOutcome, CacheOutcome, SplitOutcome
+
+
+def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
+              hyperparameters: dict[str, float], cfg: KFoldConfig, train_cfg: TrainConfig,
+              augment: AugmentConfig, seed: int) -> KFoldOutcome:
+    """Train and score the tuned architecture on each fold of train+validation."""
+    from chimuf.cache import load_images
+
+    images = load_images(cache)
+    held_out = make_folds(split, audit, cfg.folds, seed)
+    epochs = cfg.epochs or train_cfg.epochs
+    folds = []
+    for number, paths in enumerate(held_out, start=1):
+        others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
+        work = functools.partial(train_fold, ctx, number, images, others, paths, hyperparameters,
+                                 train_cfg, augment, seed, epochs)
+        folds.append(run_fold(ctx, number, work, len(others), len(paths)))
+        ctx.console.info(fold_line(folds[-1], cfg.folds))
+
+    completed = [f for f in folds if f.status == "COMPLETED"]
+    if not completed:
+        raise StageError(f"every one of the {cfg.folds} folds failed; the first error: {folds[0].error}")
+    accuracies = np.array([f.accuracy for f in completed])
+    losses = np.array([f.loss for f in completed])
+    return KFoldOutcome(
+        folds=folds,
+        mean_accuracy=float(accuracies.mean()),
+        std_accuracy=sample_std(accuracies),
+        mean_loss=float(losses.mean()),
+        std_loss=sample_std(losses),
+        figure=save_figure(ctx, folds),
+    )
+
+
+# --- 1. the folds ------------------------------------------------------------------------------
+
+
+def make_folds(split: SplitOutcome, audit: AuditOutcome, folds: int, seed: int) -> list[list[str]]:
+    """Held-out paths of each fold: train+validation, stratified, duplicate groups never cut."""
+    from chimuf.split import fold_assignments
+
+    paths = sorted(split.train + split.validation)
+    label_of = {r.path: split.classes.index(r.label) for r in audit.files}
+    labels = [label_of[p] for p in paths]
+    groups = [*split.groups, *(g.files for g in audit.duplicate_groups)]
+    assignment = fold_assignments(paths, labels, groups, folds, seed)  # fold 0..folds-1 per path
+    return [[p for p, a in zip(paths, assignment, strict=True) if a == fold] for fold in range(folds)]
+
+
+# --- 2. one fold -------------------------------------------------------------------------------
+
+# What a fold may fail of without the study failing: a diverged training (StageError from
+# chimuf.train), a model that cannot be built or saved, TensorFlow running out of memory.
+# A stop signal (Interrupted) is none of these, and ends the study as it should.
+def fold_failures() -> tuple[type[BaseException], ...]:
+    import tensorflow as tf
+
+    return (StageError, ModelError, tf.errors.OpError, MemoryError)
+
+
+def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validation: int) -> FoldOutcome:
+    """The fold's outcome: reused if finished before, else trained now; FAILED if it failed."""
+    started = time.monotonic()
+    try:
+        return ctx.unit(f"fold{number}", FoldOutcome, work)
+    except fold_failures() as exc:
+        ctx.console.warn(f"fold {number} failed: {exc}")
+        nan = float("nan")
+        return FoldOutcome(fold=number, status="FAILED", n_train=n_train, n_validation=n_validation,
+                           accuracy=nan, loss=nan, epochs_run=0, wall_s=time.monotonic() - started,
+                           error=f"{type(exc).__name__}: {exc}")
+
+
+def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],
+               held_out_paths: list[str], hyperparameters: dict[str, float], train_cfg: TrainConfig,
+               augment: AugmentConfig, seed: int, epochs: int) -> FoldOutcome:
+    """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
+    import keras
+
+    from chimuf.models import build_model, compile_model, resolve_precision
+    from chimuf.pipeline import WEIGHTS, derive_seed, make_dataset
+    from chimuf.train import fit
+
+    # 1. The final model's architecture and starting weights (the trainings' seed).
+    keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
+    model = build_model("tuned", images.images.shape[1], hyperparameters,
+                        resolve_precision(train_cfg.precision))
+    compile_model(model, train_cfg.learning_rate)
+
+    # 2. Train, resumably, in the fold's own work folder.
+    train_rows, held_rows = images.rows(train_paths), images.rows(held_out_paths)
+    name = f"fold{number}"
+    result = fit(model, (images.images[train_rows], images.labels[train_rows]),
+                 (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
+                 ctx.dir / name, ctx.console, name, max_epochs=epochs)
+
+    # 3. Score the kept (best) weights on the held-out fold as it is, not augmented.
+    held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,
+                        seed=seed)
+    scores = model.evaluate(held, verbose=0, return_dict=True)
+    return FoldOutcome(fold=number, status="COMPLETED", n_train=len(train_rows),
+                       n_validation=len(held_rows), accuracy=float(scores["accuracy"]),
+                       loss=float(scores["loss"]), epochs_run=result.epochs_run, wall_s=result.wall_s,
+                       history=result.history)
+
+
+def fold_line(fold: FoldOutcome, folds: int) -> str:
+    if fold.status != "COMPLETED":
+        return f"  fold {fold.fold}/{folds} failed: {fold.error}"
+    return (f"  fold {fold.fold}/{folds}: accuracy {fold.accuracy:.3f}, loss {fold.loss:.3f} on "
+            f"{fold.n_validation} held-out images after {fold.epochs_run} epochs")
+
+
+def sample_std(values: np.ndarray) -> float:
+    """Standard deviation with n − 1 in the denominator; NaN (undefined) for a single value."""
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+# --- 3. the figure (paper fig. 11) -------------------------------------------------------------
+
+
+def save_figure(ctx: StageContext, folds: list[FoldOutcome]) -> Figure | None:
+    from chimuf.plots import save_figure as save_png
+
+    completed = [f for f in folds if f.status == "COMPLETED"]
+    if not completed:
+        return None
+    path = save_png(draw_folds(completed), ctx.dir / "kfold.png")
+    return Figure(ctx.rel(path), f"{len(folds)}-fold cross-validation: held-out accuracy (solid) and "
+                                 "loss (dashed) per epoch for each fold (left), and of each fold's "
+                                 "kept model with their means (right)")
+
+
+def draw_folds(folds: list[FoldOutcome]) -> Any:
+    """Left: per fold, validation accuracy (solid) and loss (dashed) per epoch. Right: the final
+    accuracy and loss of each fold, with their means."""
+    from chimuf.plots import pyplot
+
+    plt = pyplot()
+    fig, (curves, final) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    curves_loss = curves.twinx()
+    for i, fold in enumerate(folds):
+        colour = f"C{i % 10}"
+        epochs = [r.epoch for r in fold.history]
+        curves.plot(epochs, [r.val_accuracy for r in fold.history], color=colour, linestyle="-",
+                    label=f"fold {fold.fold}")
+        curves_loss.plot(epochs, [r.val_loss for r in fold.history], color=colour, linestyle="--")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation accuracy (solid)")
+    curves_loss.set_ylabel("validation loss (dashed)")
+    curves.legend(loc="center right", fontsize=7)
+
+    numbers = [f.fold for f in folds]
+    final_loss = final.twinx()
+    final.plot(numbers, [f.accuracy for f in folds], marker="o", linestyle="-", color="C0",
+               label="accuracy")
+    final_loss.plot(numbers, [f.loss for f in folds], marker="s", linestyle="--", color="C3", label="loss")
+    final.axhline(float(np.mean([f.accuracy for f in folds])), color="C0", linewidth=0.8, alpha=0.5)
+    final_loss.axhline(float(np.mean([f.loss for f in folds])), color="C3", linewidth=0.8, alpha=0.5,
+                       linestyle="--")
+    final.set_xticks(numbers)
+    final.set_xlabel("fold")
+    final.set_ylabel("accuracy (solid)", color="C0")
+    final_loss.set_ylabel("loss (dashed)", color="C3")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,105 @@
+"""`chimuf predict`: bad files are reported by name and reason, the others still predicted."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from chimuf import modelfile, predict
+from chimuf.config import AuditConfig
+from chimuf.console import Console
+from chimuf.errors import ConfigError
+from chimuf.imagefile import load_rgb, model_array
+from tests.conftest import make_image
+
+
+def quiet() -> Console:
+    return Console(stream=io.StringIO(), live=False)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    import keras
+
+    from chimuf.models import build_model
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_model("model1", 24).save(path)
+    modelfile.write_classes(path, ["chihuahua", "muffin"])
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    good = [make_image(tmp_path / f"photo{i}.png", size=40, seed=i) for i in range(3)]
+    jpeg = make_image(tmp_path / "big.jpg", size=128, fmt="JPEG")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    return [good[0], truncated, good[1], text, good[2], tmp_path / "missing.png"]
+
+
+def test_bad_files_get_their_reason_and_the_others_are_predicted(model_path, files):
+    predictions = predict.predict_files(model_path, files, AuditConfig(), quiet())
+    assert [p.path for p in predictions] == [str(f) for f in files]
+    errors = [p.error for p in predictions]
+    assert [bool(e) for e in errors] == [False, True, False, True, False, True]
+    assert "truncated" in errors[1].lower()
+    assert "not a JPEG" in errors[3]
+    assert "not found" in errors[5]
+    for p in predictions:
+        if not p.error:
+            assert p.label in ("chihuahua", "muffin")
+            assert 0.5 <= p.probability <= 1.0
+        else:
+            assert p.label == "" and math.isnan(p.probability)
+
+
+def test_probability_is_that_of_the_predicted_class_from_the_cache_resize(model_path, files):
+    model = modelfile.load_model(model_path)
+    pixels = model_array(load_rgb(files[0], AuditConfig()), 24)[np.newaxis].astype(np.float32)
+    p_muffin = float(model(pixels, training=False)[0, 0])
+    (first, *_) = predict.predict_files(model_path, files[:1], AuditConfig(), quiet())
+    expected = ("muffin", p_muffin) if p_muffin > 0.5 else ("chihuahua", 1 - p_muffin)
+    assert first.label == expected[0]
+    assert first.probability == pytest.approx(expected[1], abs=1e-5)
+
+
+def test_formats_json_and_csv_carry_every_file(model_path, files):
+    predictions = predict.predict_files(model_path, files, AuditConfig(), quiet())
+    as_json = json.loads(predict.format_predictions(predictions, "json"))
+    assert [item["path"] for item in as_json] == [str(f) for f in files]
+    assert as_json[1]["probability"] is None and as_json[1]["error"]
+    rows = list(csv.DictReader(io.StringIO(predict.format_predictions(predictions, "csv"))))
+    assert list(rows[0]) == ["path", "label", "probability", "error"]
+    assert rows[3]["error"] and rows[3]["probability"] == ""
+    table = predict.format_predictions(predictions, "table")
+    assert "error:" in table and str(files[0]) in table
+    with pytest.raises(ConfigError, match="table, json, csv"):
+        predict.format_predictions(predictions, "xml")
+
+
+def test_cli_predict_exits_1_when_any_file_failed(model_path, files, capsys):
+    from chimuf.cli import main
+
+    assert main(["-q", "predict", str(model_path), str(files[0]), "--csv"]) == 0
+    assert capsys.readouterr().out.startswith("path,label,probability,error")
+    assert main(["-q", "predict", str(model_path), str(files[0]), str(files[3]), "--json"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert [bool(p["error"]) for p in printed] == [False, True]
+
+
+def test_without_a_classes_file_labels_are_indices_with_a_warning(model_path, files, tmp_path):
+    bare = tmp_path / "bare.keras"
+    bare.write_bytes(model_path.read_bytes())
+    stream = io.StringIO()
+    (p,) = predict.predict_files(bare, files[:1], AuditConfig(), Console(stream=stream, live=False))
+    assert p.label in ("0", "1")
+    assert "bare.classes.json" in stream.getvalue()
