@@ -177,6 +177,7 @@ class Trial:
     wall_s: float
     history: list[EpochRecord]
     error: str = ""
+    worker: str = ""  # distributed search: the id of the worker that ran it; "" when run locally
 
 
 @dataclass
@@ -396,9 +397,7 @@ def from_jsonable(cls: Any, data: Any) -> Any:
         hints = get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: from_jsonable(hints[k], v) for k, v in data.items() if k in known})
-    if cls is float:
-        return float(data)
-    return data
+    return data  # ints stay ints (JSON keeps 48 and 48.0 apart), so a round trip is exact
 
 
 def dumps(value: Any) -> str:

@@ -1,0 +1,220 @@
+"""The paper's three CNNs (section 4) and the tuned model-3 family (section 6), as Keras models.
+
+Every model is a Keras 3 Functional model that takes raw pixels:
+
+    image (None, S, S, 3) float32, 0-255
+      → rescale (×1/255)
+      → [conv_i 3×3 'same' ReLU → pool_i 2×2/2 → (dropout_conv_i)]  for each conv block
+      → flatten → dense ReLU → (dropout_dense) → output Dense(1, sigmoid), float32
+
+Model 1 has two conv blocks (32, 64 filters) and no dropout; model 2 adds dropout 0.25 after each
+pool and 0.3 before the output; model 3 adds a third block of 128 filters. The "tuned" family is
+model 3 with its filters, dense units and dropout rates taken from a hyperparameter dict, which is
+how the tuner builds its trials and how the final model is made.
+
+Why these choices: the rescale sits inside the model so a saved `.keras` file is the whole
+classifier (no preprocessing to remember); every layer has a fixed name because Grad-CAM
+(tf-keras-vis) finds conv layers by name; only built-in layers are used, so models load in
+Keras safe mode. Mixed precision is set per layer (`dtype="mixed_bfloat16"`), never through the
+global policy, so building one model cannot change another; the output layer stays float32 so
+the probabilities and the loss are computed at full precision.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chimuf.engine import fsync_dir
+from chimuf.errors import ConfigError
+from chimuf.results import LayerRow
+
+if TYPE_CHECKING:
+    import keras
+
+ARCHITECTURES = ("model1", "model2", "model3", "tuned")
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+# The tuned family's hyperparameters, set to model 3's values (paper 4.3): the family's default.
+MODEL3_HYPERPARAMETERS: dict[str, float] = {
+    "conv1_filters": 32,
+    "conv2_filters": 64,
+    "conv3_filters": 128,
+    "dense_units": 64,
+    "dropout_conv": 0.25,
+    "dropout_dense": 0.3,
+}
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """What differs between the architectures; `None` dropout means no Dropout layer at all."""
+
+    filters: tuple[int, ...]
+    dense_units: int
+    dropout_conv: float | None
+    dropout_dense: float | None
+
+
+def blueprint(architecture: str, hyperparameters: dict[str, float] | None) -> Blueprint:
+    """The layer plan of `architecture` (paper 4.1-4.3, or the tuned family of paper 6)."""
+    if architecture == "model1":
+        return Blueprint((32, 64), 64, None, None)
+    if architecture == "model2":
+        return Blueprint((32, 64), 64, 0.25, 0.3)
+    if architecture == "model3":
+        return Blueprint((32, 64, 128), 64, 0.25, 0.3)
+    if architecture == "tuned":
+        h = check_hyperparameters(hyperparameters or MODEL3_HYPERPARAMETERS)
+        return Blueprint(
+            (int(h["conv1_filters"]), int(h["conv2_filters"]), int(h["conv3_filters"])),
+            int(h["dense_units"]),
+            float(h["dropout_conv"]),
+            float(h["dropout_dense"]),
+        )
+    raise ConfigError(f"unknown architecture `{architecture}`; allowed: {', '.join(ARCHITECTURES)}")
+
+
+def check_hyperparameters(hyperparameters: dict[str, float]) -> dict[str, float]:
+    """The tuned family's hyperparameters, checked: exactly the six known keys, sane values."""
+    expected = set(MODEL3_HYPERPARAMETERS)
+    given = set(hyperparameters)
+    if given != expected:
+        missing = ", ".join(sorted(expected - given)) or "none"
+        unknown = ", ".join(sorted(given - expected)) or "none"
+        raise ConfigError(
+            f"hyperparameters of the `tuned` model must be exactly {', '.join(sorted(expected))}; "
+            f"missing: {missing}; unknown: {unknown}"
+        )
+    for key in ("conv1_filters", "conv2_filters", "conv3_filters", "dense_units"):
+        value = hyperparameters[key]
+        if value < 1 or value != int(value):
+            raise ConfigError(f"hyperparameter `{key}` must be a whole number of at least 1, got {value!r}")
+    for key in ("dropout_conv", "dropout_dense"):
+        value = hyperparameters[key]
+        if not 0 <= value < 1:
+            raise ConfigError(f"hyperparameter `{key}` must be a rate within [0, 1), got {value!r}")
+    return hyperparameters
+
+
+def build_model(
+    architecture: str,
+    image_size: int,
+    hyperparameters: dict[str, float] | None = None,
+    precision: str = "float32",
+) -> keras.Model:
+    """A fresh, uncompiled model of `architecture` for `image_size`² RGB images of raw pixels.
+
+    Weights are initialised from Keras' global seed: call `keras.utils.set_random_seed` first
+    for a reproducible initialisation.
+    """
+    import keras
+
+    plan = blueprint(architecture, hyperparameters)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got `{precision}`")
+    blocks = len(plan.filters)
+    if image_size < 2**blocks:
+        raise ConfigError(
+            f"image_size {image_size} is too small for {architecture}: its {blocks} pooling layers "
+            f"need at least {2**blocks} pixels; raise data.image_size"
+        )
+    p = precision
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale", dtype=p)(inputs)
+    for i, filters in enumerate(plan.filters, start=1):
+        # (None, s, s, c) → conv → (None, s, s, filters) → pool → (None, s/2, s/2, filters)
+        x = keras.layers.Conv2D(filters, (3, 3), activation="relu", padding="same",
+                                name=f"conv{i}", dtype=p)(x)
+        x = keras.layers.MaxPooling2D(pool_size=(2, 2), strides=2, name=f"pool{i}", dtype=p)(x)
+        if plan.dropout_conv is not None:
+            x = keras.layers.Dropout(plan.dropout_conv, name=f"dropout{i}", dtype=p)(x)
+    x = keras.layers.Flatten(name="flatten", dtype=p)(x)
+    x = keras.layers.Dense(plan.dense_units, activation="relu", name="dense", dtype=p)(x)
+    if plan.dropout_dense is not None:
+        x = keras.layers.Dropout(plan.dropout_dense, name="dropout_dense", dtype=p)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="output", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=architecture)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam on binary cross-entropy, reporting accuracy and ROC AUC (the paper's set-up)."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
+
+
+def layer_rows(model: keras.Model) -> list[LayerRow]:
+    """One row per layer (input layer left out), as `model.summary()` shows them."""
+    rows = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        rows.append(LayerRow(layer.name, kind, str(tuple(layer.output.shape)), layer.count_params()))
+    return rows
+
+
+def conv_layer_names(model: keras.Model) -> list[str]:
+    """Names of the conv layers, first to last: what Grad-CAM and activation maps walk."""
+    return [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
+
+
+def model_precision(model: keras.Model) -> str:
+    """"mixed_bfloat16" or "float32": the dtype policy the model's conv layers were built with."""
+    return model.get_layer("conv1").dtype_policy.name
+
+
+def resolve_precision(setting: str) -> str:
+    """The precision to train with: `setting` itself, or for "auto" the fastest safe one here.
+
+    bfloat16 needs no loss scaling and keeps float32's range, so where the hardware computes it
+    natively (any GPU TensorFlow sees; a CPU with AVX-512 BF16 or AMX) "auto" picks
+    mixed_bfloat16; elsewhere bf16 would be emulated and slower, so float32.
+    """
+    if setting in PRECISIONS:
+        return setting
+    if setting != "auto":
+        raise ConfigError(
+            f"`train.precision` must be 'auto', 'float32' or 'mixed_bfloat16', got `{setting}`"
+        )
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU") or cpu_has_bf16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU advertises native bfloat16 arithmetic (AVX-512 BF16 or AMX BF16)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def save_model(model: keras.Model, path: Path) -> Path:
+    """Save `model` (with its optimizer state) as a `.keras` file, atomically.
+
+    Keras writes the archive in place, so it goes to a temporary name in the same folder first
+    and is renamed over `path` only when complete: a reader sees the old model or the new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial.keras")
+    model.save(partial)
+    with partial.open("rb") as handle:
+        os.fsync(handle.fileno())
+    partial.replace(path)
+    fsync_dir(path.parent)
+    return path
