@@ -7,6 +7,7 @@ the study cleanly, leaving the run marked `interrupted` so that a rerun resumes 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from chimuf import __version__
 from chimuf.console import Console
-from chimuf.errors import ChimufError, Interrupted
+from chimuf.errors import ChimufError, ConfigError, Interrupted
 
 if TYPE_CHECKING:
     from chimuf.config import StudyConfig
@@ -55,6 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=int, help="override the config's seed")
     study.add_argument("--stop-after", choices=STAGES, default="",
                        help="stop after this stage (the run stays resumable)")
+    study.add_argument("--tune-chief", metavar="HOST:PORT",
+                       help="tune on several machines: during the tuning stage, serve its trials at "
+                       "HOST:PORT to `chimuf tune-worker` processes (docs/distributed.md)")
+
+    worker = commands.add_parser(
+        "tune-worker", help="run trials for a study's tuning chief on this machine",
+        description="Connect to a study started with --tune-chief, run trials of its search until "
+        "it says the search is over, and report each epoch and result to it. Give the worker the "
+        "chief's config, profile and seed; it reads the split and image cache from --out when that "
+        "is the chief's run folder, and makes them from --data otherwise.",
+    )
+    worker.add_argument("--chief", metavar="HOST:PORT", required=True,
+                        help="the address the chief's --tune-chief listens on")
+    add_config_options(worker)
+    worker.add_argument("--data", metavar="DIR",
+                        help="data folder, needed only when --out holds no finished split and cache")
+    worker.add_argument("--out", metavar="RUN_DIR",
+                        help="the chief's run folder if shared, else a folder of this machine "
+                        "(default: runs/<profile>); the worker's files go to RUN_DIR/tune-workers/ID/")
+    worker.add_argument("--seed", type=int, help="override the config's seed (use the chief's)")
+    worker.add_argument("--id", help="worker id (default: worker-<hostname>-<pid>); a worker restarted "
+                        "with the same id resumes its unfinished trial")
+    worker.add_argument("--chief-timeout", metavar="SECONDS", type=float, default=600.0,
+                        help="how long to wait for the chief to answer, at start and for each request "
+                        "(default: %(default)g)")
 
     audit = commands.add_parser(
         "audit", help="check every file of a data folder",
@@ -125,19 +151,47 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 
 
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.distributed import parse_address
     from chimuf.study import StudyPaths, resolve_data_dir, run_study
 
+    tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
     overrides = {"seed": args.seed} if args.seed is not None else {}
     config = load(args, **overrides)
     data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
-    run_dir = Path(args.out) if args.out else PROJECT_DIR / "runs" / config.profile
-    cache_dir = Path(config.data.cache_dir or os.environ.get("CHIMUF_CACHE_DIR")
-                     or PROJECT_DIR / "runs" / "cache")
+    run_dir = run_folder(args.out, config)
+    cache_dir = cache_folder(config)
     console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
     console.info(f"run folder {run_dir}")
     run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
-              stop_after=args.stop_after)
+              stop_after=args.stop_after, tune_chief=tune_chief)
     return 0
+
+
+def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.distributed import WorkerSetup, check_worker_id, default_worker_id, parse_address, run_worker
+    from chimuf.study import resolve_data_dir
+
+    chief = parse_address(args.chief, "--chief")
+    worker_id = check_worker_id(args.id) if args.id is not None else default_worker_id()
+    if not args.chief_timeout > 0:
+        raise ConfigError(f"`--chief-timeout` must be a positive number of seconds, got {args.chief_timeout}")
+    overrides = {"seed": args.seed} if args.seed is not None else {}
+    config = load(args, **overrides)
+    run_dir = run_folder(args.out, config)
+    console.info(f"chimuf tune-worker {worker_id}: chief {chief}, profile {config.profile}, "
+                 f"seed {config.seed}, run folder {run_dir}")
+    setup = WorkerSetup(chief, worker_id, run_dir.resolve(), cache_folder(config).resolve(),
+                        lambda: resolve_data_dir(args.data, config, PROJECT_DIR), args.chief_timeout)
+    run_worker(config, setup, console)
+    return 0
+
+
+def run_folder(out: str | None, config: StudyConfig) -> Path:
+    return Path(out) if out else PROJECT_DIR / "runs" / config.profile
+
+
+def cache_folder(config: StudyConfig) -> Path:
+    return Path(config.data.cache_dir or os.environ.get("CHIMUF_CACHE_DIR") or PROJECT_DIR / "runs" / "cache")
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
@@ -199,6 +253,7 @@ def cmd_config(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS = {
     "study": cmd_study,
+    "tune-worker": cmd_tune_worker,
     "audit": cmd_audit,
     "report": cmd_report,
     "evaluate": cmd_evaluate,
@@ -214,10 +269,19 @@ def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(f"stopped by {signal.Signals(signum).name}; rerun the same command to resume")
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up chatter and tf.function retracing notes are not for users;
+    chimuf says what matters itself. (Set before TensorFlow is imported; a user's own
+    TF_CPP_MIN_LOG_LEVEL wins.)"""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(quiet=args.quiet)
     signal.signal(signal.SIGTERM, raise_interrupted)
+    quiet_tensorflow()
     try:
         return COMMANDS[args.command](args, console)
     except ChimufError as exc:

@@ -102,6 +102,10 @@ class TuneConfig:
     dense_units: tuple[int, ...] = opt((32, 128, 32), "units of the dense layer: [min, max, step]")
     dropout_conv: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout after each conv block")
     dropout_dense: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout before the output layer")
+    worker_timeout_s: float = opt(
+        3600.0, "distributed search: a worker silent this long (no epoch reported) has its trial marked "
+        "failed; must exceed one epoch plus building a model"
+    )
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,8 @@ def check_config(c: StudyConfig) -> None:
         lo_hi_step = getattr(u, name)
         require(len(lo_hi_step) == 3 and lo_hi_step[0] <= lo_hi_step[1] and lo_hi_step[2] > 0,
                 f"tune.{name}", "[min, max, step] with min <= max and step > 0", list(lo_hi_step))
+    require(u.worker_timeout_s > 0, "tune.worker_timeout_s", "a positive number of seconds",
+            u.worker_timeout_s)
     for name in ("dropout_conv", "dropout_dense"):
         require(getattr(u, name)[0] >= 0 and getattr(u, name)[1] < 1, f"tune.{name}",
                 "within [0, 1)", list(getattr(u, name)))

@@ -115,15 +115,14 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
     import keras
 
-    from chimuf.models import build_model, compile_model, resolve_precision
+    from chimuf.models import build_trainable_model, resolve_precision
     from chimuf.pipeline import WEIGHTS, derive_seed, make_dataset
     from chimuf.train import fit
 
     # 1. The final model's architecture and starting weights (the trainings' seed).
     keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
-    model = build_model("tuned", images.images.shape[1], hyperparameters,
-                        resolve_precision(train_cfg.precision))
-    compile_model(model, train_cfg.learning_rate)
+    model = build_trainable_model("tuned", images.images.shape[1], hyperparameters,
+                                  resolve_precision(train_cfg.precision), train_cfg.learning_rate)
 
     # 2. Train, resumably, in the fold's own work folder.
     train_rows, held_rows = images.rows(train_paths), images.rows(held_out_paths)

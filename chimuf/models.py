@@ -150,6 +150,18 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     )
 
 
+def build_trainable_model(architecture: str, image_size: int, hyperparameters: dict[str, float] | None,
+                          precision: str, learning_rate: float) -> keras.Model:
+    """`build_model` + `compile_model` under the training strategy: MirroredStrategy on a machine
+    with several GPUs, TensorFlow's default strategy otherwise (chimuf.distributed)."""
+    from chimuf.distributed import training_strategy
+
+    with training_strategy().scope():
+        model = build_model(architecture, image_size, hyperparameters, precision)
+        compile_model(model, learning_rate)
+    return model
+
+
 def layer_rows(model: keras.Model) -> list[LayerRow]:
     """One row per layer (input layer left out), as `model.summary()` shows them."""
     rows = []

@@ -14,6 +14,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chimuf import __version__
 from chimuf.config import StudyConfig, as_dict, differences
@@ -37,6 +38,9 @@ from chimuf.results import (
     digest,
 )
 
+if TYPE_CHECKING:
+    from chimuf.distributed import Address
+
 PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
             "pillow", "matplotlib", "pypandoc-binary", "typst")
 
@@ -49,8 +53,11 @@ class StudyPaths:
 
 
 def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
-              stop_after: str = "") -> Results:
-    """Run (or resume) every stage of the study in `paths.run_dir`; return its results."""
+              stop_after: str = "", tune_chief: Address | None = None) -> Results:
+    """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
+
+    With `tune_chief`, the search serves its trials to workers at that address (chimuf.distributed).
+    """
     from chimuf import audit, cache, evaluate, explain, kfold, report, split, train, tune
 
     run = Run(paths.run_dir, console)
@@ -112,9 +119,9 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
 
         # 5. Bayesian search over the model-3 family (paper 6).
         results.tune = run.stage(
-            "tune", {**common, "tune": config.tune}, TuneOutcome,
+            "tune", {**common, "tune": tune.tune_inputs(config.tune)}, TuneOutcome,
             lambda ctx: tune.run_tuning(ctx, results.cache, results.split, config.tune,
-                                        config.train, config.augment, seed),
+                                        config.train, config.augment, seed, chief=tune_chief),
         )
         if save("tune", results.tune):
             return results
@@ -167,10 +174,9 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
             return results
 
         # 10. The report, from results.json and the figures alone. Every analysis stage is done,
-        #     so the run is recorded finished first and the report says so; a failing render
-        #     marks it failed again.
-        run.finish()
-        write_results(run, results, config, paths)
+        #     so results.json (and the report) say the study finished; run.json says so only
+        #     once the report is rendered too.
+        write_results(run, results, config, paths, status="finished")
         rendered = run.stage(
             "report",
             {"results": digest(results_without_run(results)), "report": config.report},
@@ -189,8 +195,10 @@ def results_without_run(results: Results) -> list[object]:
             results.evaluate, results.kfold, results.explain]
 
 
-def write_results(run: Run, results: Results, config: StudyConfig, paths: StudyPaths) -> None:
+def write_results(run: Run, results: Results, config: StudyConfig, paths: StudyPaths,
+                  status: str = "") -> None:
     results.run = run_info(run, config, paths, results.audit.digest if results.audit else "")
+    results.run.status = status or results.run.status
     atomic_write_json(paths.run_dir / "results.json", results)
 
 

@@ -356,14 +356,14 @@ def train_one(
     import keras
 
     from chimuf import modelfile
-    from chimuf.models import build_model, compile_model, layer_rows, resolve_precision, save_model
+    from chimuf.models import build_trainable_model, layer_rows, resolve_precision, save_model
 
     # 1. The model, initialised from the seed.
     precision = resolve_precision(cfg.precision)
     keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
-    model = build_model(architecture, images.images.shape[1],
-                        hyperparameters if architecture == "tuned" else None, precision)
-    compile_model(model, cfg.learning_rate)
+    model = build_trainable_model(architecture, images.images.shape[1],
+                                  hyperparameters if architecture == "tuned" else None, precision,
+                                  cfg.learning_rate)
     ctx.console.info(f"  {name}: {architecture}, {'with' if augmented else 'without'} augmentation, "
                      f"{model.count_params():,} parameters, {precision}")
 

@@ -20,8 +20,11 @@ Failures: an exception inside a trial marks it FAILED with its error and the sea
 (Keras Tuner's own machinery); MAX_CONSECUTIVE_FAILURES failed trials in a row stop the stage.
 A stop signal (chimuf.errors.Interrupted) is never taken for a failed trial: it ends the search.
 
-Distributed tuning (chief and workers, Keras Tuner's KERASTUNER_* variables) plugs in at
-`make_tuner`, the only place the tuner is built.
+On several machines (chimuf.distributed): with a `chief` address the stage serves the oracle and
+workers (`work_for_chief`) run the trials; each worker reports every epoch to the chief, so the
+trials table comes out as a local search's, plus the worker that ran each trial. Trials are then
+proposed as results arrive, so which trials a distributed search tries depends on timing.
+`make_tuner` is still the one place a tuner is built, for the chief, a worker or a local search.
 """
 
 from __future__ import annotations
@@ -37,9 +40,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chimuf.console import format_seconds
+from chimuf.distributed import (
+    CHIEF_ID,
+    Address,
+    ChiefLost,
+    chief_oracle_class,
+    client_timeout,
+    forget_epochs,
+    history_from_metrics,
+    report_epoch,
+    serve_search,
+    training_strategy,
+    tuner_role,
+)
 from chimuf.engine import atomic_write_json, read_json
 from chimuf.errors import Interrupted, StageError
-from chimuf.results import EpochRecord, SearchDimension, Trial, TuneOutcome, from_jsonable
+from chimuf.results import EpochRecord, SearchDimension, Trial, TuneOutcome, from_jsonable, to_jsonable
 
 if TYPE_CHECKING:
     import keras_tuner as kt
@@ -61,47 +77,22 @@ TRIAL_SALT = 6  # keeps the trial seeds apart from chimuf.pipeline's salts (1-5)
 
 
 def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: TuneConfig,
-               train_cfg: TrainConfig, augment: AugmentConfig, seed: int) -> TuneOutcome:
-    """Run (or continue) the search; every trial, its history and the best hyperparameters."""
-    import keras_tuner as kt
+               train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
+               chief: Address | None = None) -> TuneOutcome:
+    """Run (or continue) the search; every trial, its history and the best hyperparameters.
 
-    from chimuf.cache import load_images
-    from chimuf.models import resolve_precision
-
+    With `chief`, this process serves the search at that address and workers run the trials.
+    """
     started = time.monotonic()
-    images = load_images(cache)
-    train_rows, val_rows = images.rows(split.train), images.rows(split.validation)
+    hypermodel = trial_hypermodel(cfg, cache.image_size, train_cfg)
 
-    # 1. Data: E epochs of augmented, reshuffled training batches back to back; validation likewise.
-    train_data, steps = epochs_of_batches(images, train_rows, cfg.epochs, train_cfg.batch_size,
-                                          augment, seed)
-    validation, validation_steps = validation_batches(images, val_rows, cfg.epochs, train_cfg.batch_size,
-                                                      augment, seed)
-
-    # 2. The tuner, reloaded from ctx.dir/search when a previous attempt left one.
-    hypermodel = model3_family(cfg, cache.image_size, resolve_precision(train_cfg.precision),
-                               train_cfg.learning_rate)
-    tuner = make_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console)
-    finished = sum(t.status in ("COMPLETED", "FAILED") for t in tuner.oracle.trials.values())
-    if finished:
-        ctx.console.info(f"  continuing the search: {finished} of {cfg.max_trials} trials already done")
-
-    # 3. Search. Fatal errors come out as FatalError; a stop signal is re-raised as itself.
-    try:
-        tuner.search(train_data, validation_data=validation, epochs=cfg.epochs, steps_per_epoch=steps,
-                     validation_steps=validation_steps, callbacks=[early_stopping(train_cfg)],
-                     shuffle=False, verbose=0)  # shuffled already, by (seed, epoch)
-    except kt.errors.FatalError as exc:
-        if isinstance(exc.__cause__, Interrupted):
-            raise exc.__cause__ from None
-        raise
-    except RuntimeError as exc:
-        if "consecutive failures" not in str(exc):
-            raise
-        raise StageError(
-            f"tuning stopped: {MAX_CONSECUTIVE_FAILURES} trials in a row failed; the last error: "
-            f"{last_error(tuner)}. Fix the cause and rerun; finished trials are kept."
-        ) from None
+    # 1-3. The tuner, reloaded from ctx.dir/search when a previous attempt left one; the search.
+    if chief is None:
+        tuner = make_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console)
+        say_continuing(tuner.oracle, cfg, ctx.console)
+        run_search(tuner, search_data(cache, split, cfg, train_cfg, augment, seed))
+    else:
+        tuner = serve_as_chief(ctx, hypermodel, cfg, seed, chief)
 
     # 4. The trials table and the winner.
     trials = collect_trials(tuner, ctx.dir)
@@ -119,6 +110,37 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
         best_score=float(best.score),
         wall_s=time.monotonic() - started,
     )
+
+
+def serve_as_chief(ctx: StageContext, hypermodel: Any, cfg: TuneConfig, seed: int, chief: Address) -> Any:
+    """Serve the search at `chief` until every trial has ended (workers train them); the tuner."""
+    with tuner_role(CHIEF_ID, chief):
+        tuner = make_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console,
+                           oracle_class=chief_oracle_class(seeded_oracle_class()))
+    say_continuing(tuner.oracle, cfg, ctx.console)
+    tuner.save()  # as Keras Tuner's own chief does before it serves
+    oracle = tuner.oracle
+
+    def announce(trial: Any) -> None:
+        ctx.console.info(trial_line(trial, cfg.max_trials, trial_history(trial, ctx.dir / "trials"),
+                                    oracle.trial_workers.get(trial.trial_id, "")))
+
+    serve_search(oracle, chief, cfg.worker_timeout_s, ctx.console, announce)
+    return tuner
+
+
+def say_continuing(oracle: Any, cfg: TuneConfig, console: Console) -> None:
+    finished = sum(t.status in ("COMPLETED", "FAILED") for t in oracle.trials.values())
+    if finished:
+        console.info(f"  continuing the search: {finished} of {cfg.max_trials} trials already done")
+
+
+def tune_inputs(cfg: TuneConfig) -> dict[str, Any]:
+    """The settings the search's results depend on, for the stage's fingerprint: all of them but
+    `worker_timeout_s`, which only says how long a chief waits (changing it keeps finished trials)."""
+    inputs = to_jsonable(cfg)
+    inputs.pop("worker_timeout_s")
+    return inputs
 
 
 # --- 1. the search space -----------------------------------------------------------------------
@@ -164,6 +186,30 @@ def plain_values(values: dict[str, Any]) -> dict[str, float]:
 # --- 2. data -----------------------------------------------------------------------------------
 
 
+@dataclass
+class SearchData:
+    """What every trial's `fit` gets: E epochs of batches back to back, and their step counts."""
+
+    train: Any  # tf.data: augmented training batches, epochs 1..E
+    validation: Any  # tf.data: validation batches, epochs 1..E
+    steps: int
+    validation_steps: int
+    epochs: int
+    callbacks: list[Any]
+
+
+def search_data(cache: CacheOutcome, split: SplitOutcome, cfg: TuneConfig, train_cfg: TrainConfig,
+                augment: AugmentConfig, seed: int) -> SearchData:
+    from chimuf.cache import load_images
+
+    images = load_images(cache)
+    train_rows, val_rows = images.rows(split.train), images.rows(split.validation)
+    train, steps = epochs_of_batches(images, train_rows, cfg.epochs, train_cfg.batch_size, augment, seed)
+    validation, validation_steps = validation_batches(images, val_rows, cfg.epochs, train_cfg.batch_size,
+                                                      augment, seed)
+    return SearchData(train, validation, steps, validation_steps, cfg.epochs, [early_stopping(train_cfg)])
+
+
 def epochs_of_batches(images: Any, rows: np.ndarray, epochs: int, batch_size: int,
                       augment: AugmentConfig, seed: int) -> tuple[Any, int]:
     """Epochs 1..E of augmented training batches, one after another, and steps per epoch.
@@ -205,14 +251,24 @@ def early_stopping(train_cfg: TrainConfig) -> Any:
                                          restore_best_weights=True)
 
 
-# --- 3. the tuner ------------------------------------------------------------------------------
+# --- 3. the tuner and the search ---------------------------------------------------------------
 
 
-def make_tuner(hypermodel: Any, cfg: TuneConfig, directory: Path, seed: int, console: Console) -> Any:
-    """The Bayesian tuner in `directory`/search, reloaded if it exists (the one construction)."""
+def make_tuner(hypermodel: Any, cfg: TuneConfig, directory: Path, seed: int, console: Console,
+               oracle_class: type | None = None) -> Any:
+    """The Bayesian tuner in `directory`/search, reloaded if it exists (the one construction).
+
+    Its role (local, chief or worker) comes from the KERASTUNER_* variables (distributed.tuner_role);
+    a chief passes its oracle class. Trials train under distributed.training_strategy().
+    """
     import keras_tuner as kt
 
-    oracle = seeded_oracle_class()(
+    # Keras Tuner prints the traceback of every failed trial while its DEBUG flag is on (the
+    # default); chimuf records the error in the trials table and says it in one line instead.
+    from keras_tuner.src import config as kt_config
+
+    kt_config.DEBUG = False
+    oracle = (oracle_class or seeded_oracle_class())(
         objective=kt.Objective(OBJECTIVE, direction="max"),
         max_trials=cfg.max_trials,
         num_initial_points=max(2, round(cfg.max_trials * RANDOM_SHARE)),
@@ -222,7 +278,48 @@ def make_tuner(hypermodel: Any, cfg: TuneConfig, directory: Path, seed: int, con
     with contextlib.redirect_stdout(io.StringIO()):  # Keras Tuner prints "Reloading Tuner from ..."
         return search_tuner_class()(oracle=oracle, hypermodel=hypermodel, directory=str(directory),
                                     project_name="search", overwrite=False, seed=seed,
-                                    history_dir=directory / "trials", console=console)
+                                    history_dir=directory / "trials", console=console,
+                                    distribution_strategy=training_strategy())
+
+
+def run_search(tuner: Any, data: SearchData) -> None:
+    """Keras Tuner's search loop: locally, or on a worker until the chief says stop.
+
+    Fatal errors come out as FatalError; a stop signal or a lost chief is re-raised as itself.
+    """
+    import keras_tuner as kt
+
+    try:
+        tuner.search(data.train, validation_data=data.validation, epochs=data.epochs,
+                     steps_per_epoch=data.steps, validation_steps=data.validation_steps,
+                     callbacks=data.callbacks, shuffle=False, verbose=0)  # shuffled already, by (seed, epoch)
+    except kt.errors.FatalError as exc:
+        if isinstance(exc.__cause__, (Interrupted, ChiefLost)):
+            raise exc.__cause__ from None
+        raise
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        raise StageError(
+            f"tuning stopped: {MAX_CONSECUTIVE_FAILURES} trials in a row failed; the last error: "
+            f"{last_error(tuner)}. Fix the cause and rerun; finished trials are kept."
+        ) from None
+
+
+def work_for_chief(cache: CacheOutcome, split: SplitOutcome, cfg: TuneConfig, train_cfg: TrainConfig,
+                   augment: AugmentConfig, seed: int, workdir: Path, worker_id: str, chief: Address,
+                   chief_timeout_s: float, console: Console) -> int:
+    """Run the chief's trials here until it says the search is over; how many ran here.
+
+    The same data, model family and callbacks as a local search; the tuner's own files (state,
+    best weights, history of each trial) go to `workdir`, the history also to the chief.
+    """
+    hypermodel = trial_hypermodel(cfg, cache.image_size, train_cfg)
+    data = search_data(cache, split, cfg, train_cfg, augment, seed)
+    with tuner_role(worker_id, chief), client_timeout(chief_timeout_s):
+        tuner = make_tuner(hypermodel, cfg, workdir, seed, console)
+        run_search(tuner, data)
+    return tuner.trials_run
 
 
 def seeded_oracle_class() -> type:
@@ -246,25 +343,46 @@ def search_tuner_class() -> type:
     import keras_tuner as kt
 
     class SearchTuner(kt.Tuner):
-        """Keras Tuner's Tuner with chimuf's hooks: seeding, per-epoch history, one line a trial."""
+        """Keras Tuner's Tuner with chimuf's hooks: seeding, per-epoch history, one line a trial.
+
+        Every finished epoch is saved to history_dir/trial_<id>.json and, on a worker, reported
+        to the chief (distributed.epoch_metrics); Keras Tuner calls these hooks from each fit.
+        """
 
         def __init__(self, *args: Any, seed: int, history_dir: Path, console: Console,
                      **kwargs: Any):
             self.base_seed = seed
             self.history_dir = history_dir
             self.console = console
+            self.record = TrialHistory()
+            self.trials_run = 0
             super().__init__(*args, **kwargs)
 
         def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
             from chimuf.pipeline import derive_seed
 
             keras.utils.set_random_seed(derive_seed(self.base_seed, int(trial.trial_id), TRIAL_SALT))
-            recorder = epoch_recorder(self.history_dir / f"trial_{trial.trial_id}.json")
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), recorder]
+            self.record = TrialHistory()
+            if not self._is_worker():  # a local rerun of a trial a worker began: the file tells it now
+                forget_epochs(trial)
             try:
                 return super().run_trial(trial, *args, **kwargs)
-            except Interrupted as exc:  # a stop signal, not a failed trial
+            except (Interrupted, ChiefLost) as exc:  # a stop signal or no chief: not a failed trial
                 raise kt.errors.FatalError(str(exc)) from exc
+
+        def on_epoch_begin(self, trial: Any, model: Any, epoch: int, logs: dict | None = None) -> None:
+            self.epoch_started = time.monotonic()
+            if not self.record.history:
+                self.train_started = self.epoch_started
+
+        def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict | None = None) -> None:
+            now = time.monotonic()
+            record = epoch_record(epoch, logs or {}, now - self.epoch_started)
+            self.record.history.append(record)
+            self.record.wall_s = now - self.train_started
+            atomic_write_json(self.history_dir / f"trial_{trial.trial_id}.json", self.record)
+            if self._is_worker():
+                report_epoch(self.oracle, trial.trial_id, record, self.record.wall_s)
 
         def _configure_tensorboard_dir(self, callbacks: list[Any], trial: Any, execution: int = 0) -> None:
             # Keras Tuner 1.4 imports tensorboard here unconditionally, to patch TensorBoard
@@ -274,25 +392,34 @@ def search_tuner_class() -> type:
 
         def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
             super().on_trial_end(trial)
-            self.console.info(trial_line(trial, self.oracle.max_trials, self.history_dir))
+            self.trials_run += 1
+            ended = self.oracle.get_trial(trial.trial_id)  # on a worker: as the chief scored it
+            self.console.info(trial_line(ended, self.oracle.max_trials,
+                                         read_trial_history(self.history_dir, trial.trial_id)))
 
     return SearchTuner
 
 
-def trial_line(trial: Any, max_trials: int, history_dir: Path) -> str:
+def trial_line(trial: Any, max_trials: int, saved: TrialHistory, worker: str = "") -> str:
     """`trial 2/10: val_accuracy 0.853 after 12 epochs (1m40s); conv1_filters 16, ...`"""
     number = int(trial.trial_id) + 1
-    saved = read_trial_history(history_dir, trial.trial_id)
+    where = f" on {worker}" if worker else ""
     if trial.status != "COMPLETED":
-        return f"  trial {number}/{max_trials} {trial.status.lower()}: {error_line(trial.message)}"
+        return f"  trial {number}/{max_trials} {trial.status.lower()}{where}: {error_line(trial.message)}"
     values = ", ".join(f"{k} {v}" for k, v in plain_values(trial.hyperparameters.values).items())
-    return (f"  trial {number}/{max_trials}: {OBJECTIVE} {trial.score:.3f} after {len(saved.history)} "
-            f"epochs ({format_seconds(saved.wall_s)}); {values}")
+    return (f"  trial {number}/{max_trials}{where}: {OBJECTIVE} {trial.score:.3f} after "
+            f"{len(saved.history)} epochs ({format_seconds(saved.wall_s)}); {values}")
 
 
 # --- 4. the model family, as Keras Tuner sees it -----------------------------------------------
 # Keras Tuner (and Keras) are imported on first use only, so the classes deriving from theirs are
 # made by small factories.
+
+
+def trial_hypermodel(cfg: TuneConfig, image_size: int, train_cfg: TrainConfig) -> Any:
+    from chimuf.models import resolve_precision
+
+    return model3_family(cfg, image_size, resolve_precision(train_cfg.precision), train_cfg.learning_rate)
 
 
 def model3_family(cfg: TuneConfig, image_size: int, precision: str, learning_rate: float) -> Any:
@@ -340,28 +467,14 @@ def read_trial_history(history_dir: Path, trial_id: str) -> TrialHistory:
     return TrialHistory() if saved is None else from_jsonable(TrialHistory, saved)
 
 
-def epoch_recorder(path: Path) -> Any:
-    """Keras callback: after each epoch, the trial's history so far, written atomically to `path`.
+def trial_history(trial: Any, history_dir: Path) -> TrialHistory:
+    """A trial's history: what its worker reported when a worker ran it, else its file.
 
-    It holds only a path and plain values, so Keras Tuner can deep-copy it for each trial.
+    Each source is reset when the trial starts again (distributed.forget_epochs; the file is
+    rewritten from the first epoch), so the one present is the trial's last run.
     """
-    import keras
-
-    class EpochRecorder(keras.callbacks.Callback):
-        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-            self.record = TrialHistory()
-            self.started = time.monotonic()
-
-        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            self.epoch_started = time.monotonic()
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            self.record.history.append(epoch_record(epoch, logs or {},
-                                                    time.monotonic() - self.epoch_started))
-            self.record.wall_s = time.monotonic() - self.started
-            atomic_write_json(path, self.record)
-
-    return EpochRecorder()
+    history, wall_s = history_from_metrics(trial)
+    return TrialHistory(history, wall_s) if history else read_trial_history(history_dir, trial.trial_id)
 
 
 def epoch_record(epoch: int, logs: dict[str, float], wall_s: float) -> EpochRecord:
@@ -382,11 +495,12 @@ def collect_trials(tuner: Any, directory: Path) -> list[Trial]:
     """Every trial the oracle knows, in the order they started."""
     history_dir = directory / "trials"
     oracle = tuner.oracle
+    workers = getattr(oracle, "trial_workers", {})  # a chief's oracle knows who ran each trial
     order = list(oracle.start_order) or sorted(oracle.trials)
     trials = []
     for trial_id in order:
         trial = oracle.trials[trial_id]
-        saved = read_trial_history(history_dir, trial_id)
+        saved = trial_history(trial, history_dir)
         score = trial.score if trial.status == "COMPLETED" else None
         trials.append(Trial(
             trial_id=trial_id,
@@ -397,6 +511,7 @@ def collect_trials(tuner: Any, directory: Path) -> list[Trial]:
             wall_s=saved.wall_s,
             history=saved.history,
             error=error_line(trial.message) if trial.status != "COMPLETED" else "",
+            worker=workers.get(trial_id, ""),
         ))
     return trials
 

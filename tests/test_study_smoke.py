@@ -1,0 +1,150 @@
+"""The whole pipeline, end to end, on a small subset: the smoke study, and its crash safety.
+
+These run `chimuf study --profile smoke` in a subprocess, exactly as a user would, on the real
+photos when ../shared/data is present and on generated images otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA, make_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.smoke]
+
+
+def smoke_data(tmp_root: Path) -> Path:
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    return make_dataset(tmp_root / "generated", per_class=50, size=64)
+
+
+def study_command(data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "chimuf", "study", "--profile", "smoke",
+            "--data", str(data), "--out", str(out)]
+
+
+def environment(cache: Path) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env["CHIMUF_CACHE_DIR"] = str(cache)
+    return env
+
+
+def run_study(data: Path, out: Path, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(study_command(data, out), env=environment(cache), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def headline(run_dir: Path) -> dict:
+    """The numbers that must not change between an uninterrupted and a resumed run."""
+    results = json.loads((run_dir / "results.json").read_text())
+
+    def curves(history: list[dict]) -> list[dict]:  # wall times differ between runs, nothing else
+        return [{k: v for k, v in epoch.items() if k != "wall_s"} for epoch in history]
+
+    return {
+        "split": results["split"]["digest"],
+        "train": [(t["name"], t["epochs_run"], curves(t["history"])) for t in results["train"]["trainings"]],
+        "tune": [(t["hyperparameters"], t["score"], curves(t["history"])) for t in results["tune"]["trials"]],
+        "best": results["tune"]["best_hyperparameters"],
+        "final": curves(results["final"]["history"]),
+        "accuracy": results["evaluate"]["accuracy"],
+        "auc": results["evaluate"]["roc_auc"],
+        "folds": [(f["accuracy"], f["loss"]) for f in results["kfold"]["folds"]],
+        "mistakes": [m["path"] for m in results["explain"]["misclassified"]],
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, Path, Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("smoke")
+    data, out, cache = smoke_data(root), root / "run", root / "cache"
+    started = time.monotonic()
+    done = run_study(data, out, cache)
+    print(f"smoke study took {time.monotonic() - started:.0f} s")
+    return data, out, cache, done
+
+
+def test_smoke_study_runs_every_stage_and_renders_the_report(smoke_run):
+    _data, out, _cache, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "finished"
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1
+    for stage in ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain"):
+        assert results[stage] is not None, f"stage {stage} missing from results.json"
+    assert len(results["train"]["trainings"]) == 6
+    assert len(results["kfold"]["folds"]) == 2
+    html = next((out / "report").glob("*.html"))
+    pdf = next((out / "report").glob("*.pdf"))
+    assert html.stat().st_size > 10_000 and pdf.read_bytes().startswith(b"%PDF")
+    assert "test accuracy" in done.stderr and "HTML report" in done.stderr
+
+
+def test_rerun_of_a_finished_study_redoes_nothing(smoke_run):
+    data, out, cache, first = smoke_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = headline(out)
+    again = run_study(data, out, cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("reused") >= 9
+    assert "[train] running" not in again.stderr
+    assert headline(out) == before
+
+
+def wait_for_stage(process: subprocess.Popen, run_dir: Path, stage: str, timeout: float) -> bool:
+    """Wait until the run reports `stage` as its current stage (and a little work is done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            state = json.loads((run_dir / "run.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {}
+        if state.get("current_stage") == stage:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_killed_study_resumes_to_the_same_results(smoke_run, tmp_path):
+    """SIGKILL during the trainings, the tuning, a fold and the report; each rerun resumes."""
+    data, reference, cache, first = smoke_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "run"
+    for stage, delay in (("train", 6.0), ("tune", 4.0), ("kfold", 3.0), ("report", 1.0)):
+        process = subprocess.Popen(study_command(data, out), env=environment(cache),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reached = wait_for_stage(process, out, stage, timeout=400)
+        if reached:
+            time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        state = json.loads((out / "run.json").read_text())
+        assert state["status"] != "finished" or not reached
+    done = run_study(data, out, cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "was killed" in done.stderr or "reused" in done.stderr
+    assert headline(out) == headline(reference)
+
+
+def test_sigterm_marks_the_run_interrupted(smoke_run, tmp_path):
+    data, _reference, cache, _first = smoke_run
+    out = tmp_path / "run"
+    process = subprocess.Popen(study_command(data, out), env=environment(cache),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_for_stage(process, out, "train", timeout=300)
+    time.sleep(3)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "rerun the same command to resume" in stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
