@@ -1,0 +1,69 @@
+"""The command line's edge: instant start, one-line errors, where the data comes from."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chimuf.cli import main
+from chimuf.config import load_config
+from chimuf.errors import DataError
+from chimuf.study import resolve_data_dir
+
+
+def test_importing_the_cli_and_report_loads_no_tensorflow_or_matplotlib():
+    code = ("import sys, chimuf.cli, chimuf.study, chimuf.report, chimuf.results; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_missing_data_folder_is_one_line_with_the_way_to_get_data(tmp_path, capsys):
+    code = main(["study", "--profile", "smoke", "--data", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "does not exist" in err and "kagglehub" in err and "CHIMUF_DATA" in err
+
+
+def test_bad_config_value_is_one_line(tmp_path, capsys):
+    config = tmp_path / "study.toml"
+    config.write_text("[train]\nepochs = -1\n")
+    assert main(["config", "--config", str(config)]) == 2
+    assert "`train.epochs` must be at least 1" in capsys.readouterr().err
+
+
+def test_audit_of_a_folder_with_one_class_says_what_layout_is_expected(tmp_path, capsys):
+    from tests.conftest import make_image
+
+    make_image(tmp_path / "only" / "a.png")
+    assert main(["audit", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "sub-folder" in err and str(tmp_path) in err
+
+
+def test_data_folder_comes_from_flag_then_config_then_environment_then_project(tmp_path, monkeypatch):
+    for name in ("flag", "config", "env", "project/data"):
+        (tmp_path / name / "a").mkdir(parents=True)
+    monkeypatch.setenv("CHIMUF_DATA", str(tmp_path / "env"))
+    with_dir = load_config(overrides={"data": {"dir": str(tmp_path / "config")}})
+    plain = load_config()
+    project = tmp_path / "project"
+    assert resolve_data_dir(str(tmp_path / "flag"), with_dir, project) == (tmp_path / "flag").resolve()
+    assert resolve_data_dir(None, with_dir, project) == (tmp_path / "config").resolve()
+    assert resolve_data_dir(None, plain, project) == (tmp_path / "env").resolve()
+    monkeypatch.delenv("CHIMUF_DATA")
+    assert resolve_data_dir(None, plain, project) == (project / "data").resolve()
+    with pytest.raises(DataError, match="has no class sub-folders"):
+        resolve_data_dir(str(tmp_path / "flag" / "a"), plain, project)
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "chimuf", "--help"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])
+    for command in ("study", "audit", "report", "evaluate", "predict", "config", "tune-worker"):
+        assert command in out.stdout
