@@ -67,3 +67,18 @@ def test_help_lists_every_command():
                          check=True, cwd=Path(__file__).parents[1])
     for command in ("study", "audit", "report", "evaluate", "predict", "config", "tune-worker"):
         assert command in out.stdout
+
+
+def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import chimuf.study
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/train/model1.keras")
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    monkeypatch.setattr(chimuf.study, "run_study", full)
+    assert main(["study", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("error: No space left on device `runs/x/train/model1.keras`")

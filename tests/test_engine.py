@@ -134,3 +134,19 @@ def test_changed_inputs_lists_leaves():
         "a.c: 2 → 3",
         "d: null → 4",
     ]
+
+
+def test_disk_full_during_a_stage_marks_the_run_failed(tmp_path):
+    import errno
+
+    run, _ = make_run(tmp_path)
+
+    def fill_disk(ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", str(ctx.dir / "model.keras"))
+
+    with pytest.raises(OSError), run.activate({}):
+        run.stage("train", {}, Count, fill_disk)
+    state = read_json(run.root / "run.json")
+    assert state["status"] == "failed"
+    assert "No space left on device" in state["error"]
+    assert not run.outcome_path("train").exists()
