@@ -7,7 +7,6 @@ the study cleanly, leaving the run marked `interrupted` so that a rerun resumes 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from chimuf import __version__
 from chimuf.console import Console
 from chimuf.errors import ChimufError, ConfigError, Interrupted
+from chimuf.tfstart import quiet_tensorflow, start_tensorflow
 
 if TYPE_CHECKING:
     from chimuf.config import StudyConfig
@@ -162,6 +162,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     cache_dir = cache_folder(config)
     console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
     console.info(f"run folder {run_dir}")
+    start_tensorflow()
     run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
               stop_after=args.stop_after, tune_chief=tune_chief)
     return 0
@@ -182,6 +183,7 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
                  f"seed {config.seed}, run folder {run_dir}")
     setup = WorkerSetup(chief, worker_id, run_dir.resolve(), cache_folder(config).resolve(),
                         lambda: resolve_data_dir(args.data, config, PROJECT_DIR), args.chief_timeout)
+    start_tensorflow()
     run_worker(config, setup, console)
     return 0
 
@@ -226,6 +228,7 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from chimuf import evaluate
     from chimuf.config import AuditConfig
 
+    start_tensorflow()
     evaluation = evaluate.evaluate_folder(args.model, args.dir, AuditConfig(), console)
     print(evaluate.format_folder_evaluation(evaluation, as_json=args.json))
     return 0
@@ -235,6 +238,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from chimuf import predict
     from chimuf.config import AuditConfig
 
+    start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, AuditConfig(), console)
     if args.explain:
         from chimuf import explain
@@ -267,14 +271,6 @@ COMMANDS = {
 
 def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(f"stopped by {signal.Signals(signum).name}; rerun the same command to resume")
-
-
-def quiet_tensorflow() -> None:
-    """TensorFlow's C++ start-up chatter and tf.function retracing notes are not for users;
-    chimuf says what matters itself. (Set before TensorFlow is imported; a user's own
-    TF_CPP_MIN_LOG_LEVEL wins.)"""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

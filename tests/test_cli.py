@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from chimuf.cli import main
 from chimuf.config import load_config
 from chimuf.errors import DataError
 from chimuf.study import resolve_data_dir
+from chimuf.tfstart import drop_noise
 
 
 def test_importing_the_cli_and_report_loads_no_tensorflow_or_matplotlib():
@@ -82,3 +84,24 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
     assert main(["study", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.endswith("error: No space left on device `runs/x/train/model1.keras`")
+
+
+def test_tensorflow_starts_without_its_cpp_start_up_notes():
+    code = ("from chimuf.tfstart import quiet_tensorflow, start_tensorflow; "
+            "quiet_tensorflow(); start_tensorflow(); import sys; print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert out.stdout.strip() == "True"
+    assert out.stderr == ""
+
+
+def test_start_up_filter_drops_only_the_known_notes():
+    notes = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795887742.120600   10328 port.cc:153] oneDNN custom operations are on.\n"
+        "W0000 00:00:1795887742.120951   10328 cudart_stub.cc:31] Could not find cuda drivers\n"
+        "E0000 00:00:1795887753.973037   10328 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+    )
+    real = ("E0000 00:00:1795887753.973037   10328 bfc_allocator.cc:12] out of memory\n"
+            "UserWarning: something the user should see\n")
+    assert drop_noise(notes + real) == real
