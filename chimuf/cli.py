@@ -240,12 +240,13 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, AuditConfig(), console)
+    explained = []
     if args.explain:
         from chimuf import explain
 
-        explain.explain_files(args.model, args.images, args.explain, AuditConfig(), console)
+        explained = explain.explain_files(args.model, args.images, args.explain, AuditConfig(), console)
     print(predict.format_predictions(predictions, args.format or "table"))
-    return 1 if any(p.error for p in predictions) else 0
+    return 1 if any(p.error for p in predictions) or any(e.error for e in explained) else 0
 
 
 def cmd_config(args: argparse.Namespace, console: Console) -> int:

@@ -96,6 +96,18 @@ def test_cli_predict_exits_1_when_any_file_failed(model_path, files, capsys):
     assert [bool(p["error"]) for p in printed] == [False, True]
 
 
+def test_cli_predict_explain_writes_an_overlay_per_readable_file(model_path, files, tmp_path, capsys):
+    from chimuf.cli import main
+
+    outdir = tmp_path / "explained"
+    assert main(["-q", "predict", str(model_path), str(files[0]), "--explain", str(outdir)]) == 0
+    assert len(list(outdir.glob("*.png"))) == 1
+    assert main(["-q", "predict", str(model_path), str(files[2]), str(files[3]),
+                 "--explain", str(outdir)]) == 1
+    assert len(list(outdir.glob("*.png"))) == 2
+    capsys.readouterr()
+
+
 def test_without_a_classes_file_labels_are_indices_with_a_warning(model_path, files, tmp_path):
     bare = tmp_path / "bare.keras"
     bare.write_bytes(model_path.read_bytes())
