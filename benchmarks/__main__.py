@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import train_throughput
+from benchmarks import epoch_end, train_throughput
 
-BENCHMARKS = [train_throughput.main]
+BENCHMARKS = [train_throughput.main, epoch_end.main]
 
 
 def main(argv: list[str] | None = None) -> int:

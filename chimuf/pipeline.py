@@ -14,6 +14,11 @@ from that pair, and batch b is augmented with stateless ops keyed on (epoch seed
 chimuf.augment). Both maps are pure, so they run in parallel; `deterministic=True` keeps the
 batches in order.
 
+tf.data's autotuning is off, with one parallel call per core and two batches prefetched instead.
+Its optimiser thread sleeps between rounds (10 ms, doubling up to a minute) and, in TensorFlow
+2.21, is not woken when an iterator is destroyed, so the end of each Keras epoch waited for the
+next round: a 25 s epoch took 41 s, a 8 s one 10 s (benchmarks/epoch_end.py measures it).
+
 The gather is a `numpy_function` over the memory-mapped cache: measured here on a 3 300 × 128 px
 cache it serves 33-49k images/s, as fast as `tf.gather` from an in-memory tensor (which would
 first copy the whole cache into memory), and far above what training consumes.
@@ -21,6 +26,7 @@ first copy the whole cache into memory), and far above what training consumes.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 
 # Salts that keep the random streams of different uses of one (seed, epoch) apart.
 SHUFFLE, AUGMENT, VALIDATION, WEIGHTS, DROPOUT = 1, 2, 3, 4, 5
+
+PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+PREFETCH_BATCHES = 2
 
 
 def derive_seed(*parts: int) -> int:
@@ -83,7 +92,7 @@ def make_dataset(
 
     targets = np.asarray(labels, dtype=np.float32)[order]
     dataset = tf.data.Dataset.from_tensor_slices((order, targets)).batch(batch_size)
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(load, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
     if augment is not None and not is_identity(augment):
         epoch_seed = derive_seed(seed, epoch, AUGMENT)
 
@@ -92,9 +101,18 @@ def make_dataset(
             return augment_batch(batch[0], augment, batch_seed), batch[1]
 
         dataset = dataset.enumerate().map(
-            augment_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            augment_one, num_parallel_calls=PARALLEL_CALLS, deterministic=True
         )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(without_autotune())
+
+
+def without_autotune() -> tf.data.Options:
+    """Options that turn tf.data's autotuning off (see the module doc for why)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def check_arrays(images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> None:

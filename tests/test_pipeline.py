@@ -78,3 +78,11 @@ def test_derived_seeds_differ_by_every_part_and_fit_in_31_bits():
     seeds = {derive_seed(a, b, c) for a in range(3) for b in range(3) for c in range(3)}
     assert len(seeds) == 27
     assert all(0 <= s < 2**31 for s in seeds)
+
+
+@pytest.mark.parametrize("augment", [None, AugmentConfig()])
+def test_datasets_run_without_tf_data_autotuning(cache, augment):
+    # Autotuning's optimiser thread made every Keras epoch wait for its next round (pipeline doc).
+    images, labels = cache
+    dataset = make_dataset(images, labels, np.arange(20), 4, shuffle=True, seed=1, augment=augment)
+    assert dataset.options().autotune.enabled is False
