@@ -39,6 +39,8 @@ from chimuf.results import StageFact, digest, dumps, from_jsonable, to_jsonable
 T = TypeVar("T")
 
 RUN_STATES = ("running", "finished", "failed", "interrupted")
+ATTEMPTS_FILE = ".attempts.json"  # in the stage's work folder, while the stage is unfinished
+INPUTS_FILE = ".inputs"  # in the stage's work folder: the fingerprint its partial work was made from
 
 
 # --- atomic files ------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class Run:
         if (saved is not None and saved.get("fingerprint") == fingerprint
                 and still_valid(from_jsonable(outcome_type, saved["outcome"]))):
             self.console.info(f"[{name}] unchanged since {saved.get('finished_at', '?')}: reused")
-            self.facts[name] = StageFact(name, "skipped", saved.get("wall_s", 0.0))
+            self.facts[name] = StageFact(name, "skipped", saved.get("wall_s", 0.0), saved.get("attempts", 1))
             self.write_state()
             return from_jsonable(outcome_type, saved["outcome"])
         if saved is not None:
@@ -270,14 +272,19 @@ class Run:
         self.console.info(f"[{name}] running")
         self.facts[name] = StageFact(name, "running", 0.0)
         self.write_state(current_stage=name)
+        earlier_s, earlier = open_attempt(stage_dir)
         started = time.monotonic()
         context = StageContext(name, stage_dir, self.root, self.console)
         try:
             outcome = work(context)
         except BaseException:
-            self.facts[name] = StageFact(name, "failed", time.monotonic() - started)
+            spent_s = earlier_s + time.monotonic() - started
+            with contextlib.suppress(OSError):  # a full disk must not hide the stage's own error
+                atomic_write_json(stage_dir / ATTEMPTS_FILE, {"spent_s": spent_s, "attempts": earlier + 1})
+            self.facts[name] = StageFact(name, "failed", spent_s, earlier + 1)
             raise
-        wall_s = time.monotonic() - started
+        this_attempt_s = time.monotonic() - started
+        wall_s = earlier_s + this_attempt_s
         atomic_write_json(
             self.outcome_path(name),
             {
@@ -286,17 +293,20 @@ class Run:
                 "inputs": inputs,
                 "finished_at": now_iso(),
                 "wall_s": wall_s,
+                "attempts": earlier + 1,
                 "outcome": outcome,
             },
         )
-        self.facts[name] = StageFact(name, "done", wall_s)
+        (stage_dir / ATTEMPTS_FILE).unlink(missing_ok=True)
+        self.facts[name] = StageFact(name, "done", wall_s, earlier + 1)
         self.write_state(current_stage="")
-        self.console.info(f"[{name}] done in {format_seconds(wall_s)}")
+        over = f"; {format_seconds(wall_s)} over {earlier + 1} attempts" if earlier else ""
+        self.console.info(f"[{name}] done in {format_seconds(this_attempt_s)}{over}")
         return outcome
 
     def prepare_stage_dir(self, stage_dir: Path, fingerprint: str) -> None:
         """Keep partial work made from the same inputs; discard work made from other inputs."""
-        marker = stage_dir / ".inputs"
+        marker = stage_dir / INPUTS_FILE
         if stage_dir.exists():
             old = marker.read_text().strip() if marker.exists() else ""
             if old == fingerprint:
@@ -305,6 +315,32 @@ class Run:
             shutil.rmtree(stage_dir)
         stage_dir.mkdir(parents=True)
         atomic_write_text(marker, fingerprint + "\n")
+
+
+# --- the time a stage took, over attempts -------------------------------------------------------
+
+
+def open_attempt(stage_dir: Path) -> tuple[float, int]:
+    """Seconds spent and attempts made on this stage before now (same inputs); record this one.
+
+    A stopped or failed attempt adds its time when it ends. A killed one cannot, so this attempt
+    is marked open, and a later one counts it up to the last file it wrote.
+    """
+    record = read_json(stage_dir / ATTEMPTS_FILE) or {}
+    spent_s, attempts = float(record.get("spent_s", 0.0)), int(record.get("attempts", 0))
+    if "open_since" in record:
+        spent_s += max(0.0, last_write(stage_dir) - float(record["open_since"]))
+        attempts += 1
+    atomic_write_json(stage_dir / ATTEMPTS_FILE,
+                      {"spent_s": spent_s, "attempts": attempts, "open_since": time.time()})
+    return spent_s, attempts
+
+
+def last_write(folder: Path) -> float:
+    """The newest modification time (epoch seconds) of the stage's work under `folder`."""
+    bookkeeping = {folder / ATTEMPTS_FILE, folder / INPUTS_FILE}
+    return max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file() and p not in bookkeeping),
+               default=0.0)
 
 
 def pid_alive(pid: Any) -> bool:

@@ -322,7 +322,8 @@ class ReportOutcome:
 class StageFact:
     name: str
     status: str  # "done" | "skipped" (reused) | "failed" | "not run"
-    wall_s: float
+    wall_s: float  # summed over the attempts with the same inputs
+    attempts: int = 1  # a stopped, failed or killed attempt and the one that resumed it: 2
 
 
 @dataclass

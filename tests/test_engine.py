@@ -1,12 +1,14 @@
 import io
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from chimuf.console import Console
-from chimuf.engine import Run, atomic_write_json, changed_inputs, read_json
+from chimuf.engine import Run, atomic_write_json, changed_inputs, open_attempt, read_json
 from chimuf.errors import Interrupted, StageError
 
 
@@ -150,3 +152,45 @@ def test_disk_full_during_a_stage_marks_the_run_failed(tmp_path):
     assert state["status"] == "failed"
     assert "No space left on device" in state["error"]
     assert not run.outcome_path("train").exists()
+
+
+def test_stage_time_sums_a_stopped_attempt_and_the_one_that_resumed_it(tmp_path):
+    run, _ = make_run(tmp_path)
+
+    def stopped(ctx):
+        time.sleep(0.3)
+        raise Interrupted("SIGTERM")
+
+    with pytest.raises(Interrupted):
+        run.stage("tune", {"a": 1}, Count, stopped)
+    again, stream = make_run(tmp_path)
+    again.stage("tune", {"a": 1}, Count, lambda ctx: Count(1))
+    fact = again.facts["tune"]
+    assert fact.attempts == 2 and fact.wall_s >= 0.3
+    assert "over 2 attempts" in stream.getvalue()
+    assert read_json(again.outcome_path("tune"))["attempts"] == 2
+    reused, _ = make_run(tmp_path)
+    reused.stage("tune", {"a": 1}, Count, lambda ctx: Count(2))
+    assert reused.facts["tune"].attempts == 2 and reused.facts["tune"].wall_s == fact.wall_s
+
+
+def test_a_killed_attempt_counts_up_to_the_last_file_it_wrote(tmp_path):
+    run, _ = make_run(tmp_path)
+    stage_dir = run.root / "kfold"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / ".inputs").write_text("x\n")
+    atomic_write_json(stage_dir / ".attempts.json", {"spent_s": 5.0, "attempts": 1,
+                                                     "open_since": time.time() - 100})
+    (stage_dir / "fold1.json").write_text("{}")
+    os.utime(stage_dir / "fold1.json", (time.time() - 40, time.time() - 40))  # killed 40 s ago
+    spent_s, attempts = open_attempt(stage_dir)
+    assert attempts == 2 and 64 < spent_s < 66
+    assert "open_since" in read_json(stage_dir / ".attempts.json")
+
+
+def test_a_changed_input_starts_the_count_again(tmp_path):
+    run, _ = make_run(tmp_path)
+    with pytest.raises(RuntimeError):
+        run.stage("train", {"a": 1}, Count, lambda ctx: (_ for _ in ()).throw(RuntimeError("boom")))
+    run.stage("train", {"a": 2}, Count, lambda ctx: Count(1))
+    assert run.facts["train"].attempts == 1

@@ -302,8 +302,9 @@ def stage_rows(results: Results) -> list[list[object]]:
     rows: list[list[object]] = []
     for name in STAGES:
         fact = facts.pop(name, None)
-        rows.append([name, fact.status if fact else "not run", seconds(fact.wall_s) if fact else ""])
-    rows += [[f.name, f.status, seconds(f.wall_s)] for f in facts.values()]
+        rows.append([name, fact.status, seconds(fact.wall_s), fact.attempts] if fact else
+                    [name, "not run", "", ""])
+    rows += [[f.name, f.status, seconds(f.wall_s), f.attempts] for f in facts.values()]
     return rows
 
 
