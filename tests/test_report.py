@@ -411,6 +411,10 @@ def test_importing_the_report_imports_no_tensorflow_or_matplotlib() -> None:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+class ChromiumDied(RuntimeError):
+    """Chromium exited before it answered; the message ends with what it wrote on stderr."""
+
+
 def browse(url: str, timeout_s: float = 30.0) -> dict[str, object]:
     """Load `url` in headless Chromium over the DevTools protocol (a pipe: no port, no websocket).
 
@@ -422,23 +426,31 @@ def browse(url: str, timeout_s: float = 30.0) -> dict[str, object]:
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
     profile = tempfile.mkdtemp(prefix="chimuf-chromium-")
-
-    def child_fds() -> None:  # Chromium reads commands on fd 3 and answers on fd 4
-        commands, answers = os.dup(to_chrome_r), os.dup(from_chrome_w)  # both above 2, commands lower
-        os.dup2(commands, 3)
-        os.dup2(answers, 4)
-
-    process = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-        pass_fds=(3, 4), preexec_fn=child_fds,  # fds are closed after preexec_fn, except these
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    stderr_path = Path(profile) / "stderr.txt"
+    # Chromium reads commands on fd 3 and answers on fd 4. A small Python trampoline puts the pipes
+    # there and execs it, so no preexec_fn runs between fork and exec (unsafe in a process with
+    # TensorFlow's threads).
+    trampoline = ("import os, sys; r, w = (int(a) for a in sys.argv[1:3]); "
+                  "a, b = os.dup(r), os.dup(w); os.dup2(a, 3); os.dup2(b, 4); "
+                  "[os.set_inheritable(fd, True) for fd in (3, 4)]; "  # dup2(3, 3) keeps dup's close-on-exec
+                  "[os.close(fd) for fd in {r, w, a, b} - {3, 4}]; os.execv(sys.argv[3], sys.argv[3:])")
+    command = [sys.executable, "-c", trampoline, str(to_chrome_r), str(from_chrome_w),
+               CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+               "about:blank"]
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(command, pass_fds=(to_chrome_r, from_chrome_w),
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
     os.close(to_chrome_r)
     os.close(from_chrome_w)
     deadline = time.monotonic() + timeout_s
     buffer, events, next_id = b"", [], [0]
+
+    def died() -> ChromiumDied:
+        process.wait(timeout=10)
+        said = stderr_path.read_text(errors="replace").strip().splitlines()[-5:]
+        return ChromiumDied(f"Chromium exited with status {process.returncode}: " + " | ".join(said))
 
     def receive() -> dict:
         nonlocal buffer
@@ -447,7 +459,7 @@ def browse(url: str, timeout_s: float = 30.0) -> dict[str, object]:
                 raise TimeoutError("Chromium did not answer in time")
             chunk = os.read(from_chrome_r, 1 << 16)
             if not chunk:
-                raise RuntimeError("Chromium closed the DevTools pipe")
+                raise died()
             buffer += chunk
         raw, buffer = buffer.split(b"\0", 1)
         message = json.loads(raw)
@@ -462,7 +474,10 @@ def browse(url: str, timeout_s: float = 30.0) -> dict[str, object]:
         message = {"id": next_id[0], "method": method, "params": params or {}}
         if session:
             message["sessionId"] = session
-        os.write(to_chrome_w, json.dumps(message).encode() + b"\0")
+        try:
+            os.write(to_chrome_w, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise died() from None
         return next_id[0]
 
     def call(method: str, params: dict | None = None, session: str | None = None) -> dict:
