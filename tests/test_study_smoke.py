@@ -142,7 +142,10 @@ def test_sigterm_marks_the_run_interrupted(smoke_run, tmp_path):
     process = subprocess.Popen(study_command(data, out), env=environment(cache),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for_stage(process, out, "train", timeout=300)
-    time.sleep(3)
+    # Signal as soon as a first epoch is saved: the smoke trainings take seconds in all.
+    deadline = time.monotonic() + 120
+    while not any((out / "train").rglob("state.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
