@@ -19,7 +19,6 @@ Uses $CHIMUF_DATA (one sub-folder per class) when set, else generated images.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.train_throughput import decode_once, log, pick_files
+from benchmarks.train_throughput import benchmark_options, data_source, decode_once, log, pick_files
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,18 +68,11 @@ def epoch_runner(images: np.ndarray, labels: np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.epoch_end", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=640, help="photos used (half per class)")
-    parser.add_argument("--image-size", type=int, default=128, help="pixels per side")
-    parser.add_argument("--repeats", type=int, default=6, help="timed epochs per pipeline")
-    args = parser.parse_args(argv)
-
-    data_dir = Path(os.environ["CHIMUF_DATA"]) if os.environ.get("CHIMUF_DATA") else None
+    args = benchmark_options("python -m benchmarks.epoch_end", __doc__, 640, 6, argv)
+    data_dir, source = data_source()
     with tempfile.TemporaryDirectory(prefix="chimuf-bench-") as scratch:
         files, names = pick_files(data_dir, args.images, Path(scratch))
         classes = sorted(set(names))
-        source = str(data_dir) if data_dir is not None and data_dir.is_dir() else "generated images"
         print(f"end of epoch: {len(files)} images from {source}, {args.image_size} px, model 3 with "
               f"augmentation, median of {args.repeats} epochs")
         images = decode_once(files, args.image_size)

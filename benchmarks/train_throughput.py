@@ -224,18 +224,28 @@ def log(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__,
+def benchmark_options(prog: str, doc: str | None, images: int, repeats: int,
+                      argv: list[str] | None) -> argparse.Namespace:
+    """The options every benchmark takes: how many photos, their size, how many timed epochs."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1000, help="photos used (half per class)")
+    parser.add_argument("--images", type=int, default=images, help="photos used (half per class)")
     parser.add_argument("--image-size", type=int, default=128, help="pixels per side")
-    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per pipeline")
-    args = parser.parse_args(argv)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed epochs per pipeline")
+    return parser.parse_args(argv)
 
+
+def data_source() -> tuple[Path | None, str]:
+    """$CHIMUF_DATA (None when unset) and how to name where the photos come from."""
     data_dir = Path(os.environ["CHIMUF_DATA"]) if os.environ.get("CHIMUF_DATA") else None
+    return data_dir, str(data_dir) if data_dir is not None and data_dir.is_dir() else "generated images"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = benchmark_options("python -m benchmarks.train_throughput", __doc__, 1000, 5, argv)
+    data_dir, source = data_source()
     with tempfile.TemporaryDirectory(prefix="chimuf-bench-") as scratch:
         files, labels = pick_files(data_dir, args.images, Path(scratch))
-        source = str(data_dir) if data_dir is not None and data_dir.is_dir() else "generated images"
         print(f"model-3 training throughput: {len(files)} images from {source}, {args.image_size} px, "
               f"augmentation on, median of {args.repeats} epochs")
         classes = sorted(set(labels))

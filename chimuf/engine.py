@@ -272,7 +272,8 @@ class Run:
         self.console.info(f"[{name}] running")
         self.facts[name] = StageFact(name, "running", 0.0)
         self.write_state(current_stage=name)
-        earlier_s, earlier = open_attempt(stage_dir)
+        earlier_s, earlier_attempts = open_attempt(stage_dir)
+        attempts = earlier_attempts + 1
         started = time.monotonic()
         context = StageContext(name, stage_dir, self.root, self.console)
         try:
@@ -280,8 +281,8 @@ class Run:
         except BaseException:
             spent_s = earlier_s + time.monotonic() - started
             with contextlib.suppress(OSError):  # a full disk must not hide the stage's own error
-                atomic_write_json(stage_dir / ATTEMPTS_FILE, {"spent_s": spent_s, "attempts": earlier + 1})
-            self.facts[name] = StageFact(name, "failed", spent_s, earlier + 1)
+                close_attempt(stage_dir, spent_s, attempts)
+            self.facts[name] = StageFact(name, "failed", spent_s, attempts)
             raise
         this_attempt_s = time.monotonic() - started
         wall_s = earlier_s + this_attempt_s
@@ -293,14 +294,14 @@ class Run:
                 "inputs": inputs,
                 "finished_at": now_iso(),
                 "wall_s": wall_s,
-                "attempts": earlier + 1,
+                "attempts": attempts,
                 "outcome": outcome,
             },
         )
         (stage_dir / ATTEMPTS_FILE).unlink(missing_ok=True)
-        self.facts[name] = StageFact(name, "done", wall_s, earlier + 1)
+        self.facts[name] = StageFact(name, "done", wall_s, attempts)
         self.write_state(current_stage="")
-        over = f"; {format_seconds(wall_s)} over {earlier + 1} attempts" if earlier else ""
+        over = f"; {format_seconds(wall_s)} over {attempts} attempts" if earlier_attempts else ""
         self.console.info(f"[{name}] done in {format_seconds(this_attempt_s)}{over}")
         return outcome
 
@@ -334,6 +335,11 @@ def open_attempt(stage_dir: Path) -> tuple[float, int]:
     atomic_write_json(stage_dir / ATTEMPTS_FILE,
                       {"spent_s": spent_s, "attempts": attempts, "open_since": time.time()})
     return spent_s, attempts
+
+
+def close_attempt(stage_dir: Path, spent_s: float, attempts: int) -> None:
+    """Record a stopped or failed attempt's time, so the next attempt adds to it."""
+    atomic_write_json(stage_dir / ATTEMPTS_FILE, {"spent_s": spent_s, "attempts": attempts})
 
 
 def last_write(folder: Path) -> float:
