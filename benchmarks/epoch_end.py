@@ -5,7 +5,7 @@ ends by destroying its iterator. With tf.data's autotuning on, that destruction 
 autotuner's next optimisation round (rounds at 10 ms, doubling up to a minute, TensorFlow 2.21), so
 the epoch's wall time is rounded up to the next round: the process sits idle for the rest.
 chimuf's pipeline turns autotuning off (chimuf.pipeline). Both sides here are
-`chimuf.pipeline.make_dataset`; the baseline only turns autotuning back on.
+`chimuf.ml.pipeline.make_dataset`; the baseline only turns autotuning back on.
 
 Model 3 trains with augmentation, batch 64, chimuf's precision, one warm-up epoch each, then
 `repeats` epochs each, interleaved. Reported per side: median images/s over whole epochs, and the
@@ -42,9 +42,9 @@ def epoch_runner(images: np.ndarray, labels: np.ndarray,
     import keras
     import tensorflow as tf
 
-    from chimuf.config import AugmentConfig
-    from chimuf.models import build_trainable_model, resolve_precision
-    from chimuf.pipeline import make_dataset
+    from chimuf.core.config import AugmentConfig
+    from chimuf.ml.models import build_trainable_model, resolve_precision
+    from chimuf.ml.pipeline import make_dataset
 
     model = build_trainable_model("model3", images.shape[1], None, resolve_precision("auto"), 1e-3)
     rows = np.arange(len(labels))

@@ -16,12 +16,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from chimuf import __version__
-from chimuf.console import Console
-from chimuf.errors import ChimufError, ConfigError, Interrupted
-from chimuf.tfstart import quiet_tensorflow, start_tensorflow
+from chimuf.core.console import Console
+from chimuf.core.errors import ChimufError, ConfigError, Interrupted
+from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 
 if TYPE_CHECKING:
-    from chimuf.config import StudyConfig
+    from chimuf.core.config import StudyConfig
 
 PROJECT_DIR = Path.cwd()
 STAGES = ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain")
@@ -142,7 +142,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
-    from chimuf.config import load_config
+    from chimuf.core.config import load_config
 
     return load_config(args.config, args.profile, overrides or None)
 
@@ -151,8 +151,8 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 
 
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.distributed import parse_address
     from chimuf.study import StudyPaths, resolve_data_dir, run_study
+    from chimuf.tuning.distributed import parse_address
 
     tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
     overrides = {"seed": args.seed} if args.seed is not None else {}
@@ -169,8 +169,14 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.distributed import WorkerSetup, check_worker_id, default_worker_id, parse_address, run_worker
     from chimuf.study import resolve_data_dir
+    from chimuf.tuning.distributed import (
+        WorkerSetup,
+        check_worker_id,
+        default_worker_id,
+        parse_address,
+        run_worker,
+    )
 
     chief = parse_address(args.chief, "--chief")
     worker_id = check_worker_id(args.id) if args.id is not None else default_worker_id()
@@ -197,9 +203,9 @@ def cache_folder(config: StudyConfig) -> Path:
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
-    from chimuf import audit
-    from chimuf.engine import atomic_write_json
-    from chimuf.results import dumps
+    from chimuf.core.engine import atomic_write_json
+    from chimuf.core.results import dumps
+    from chimuf.data import audit
 
     config = load(args)
     outcome = audit.audit_folder(args.dir, config.audit, console)
@@ -213,7 +219,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from dataclasses import replace
 
     from chimuf import report
-    from chimuf.config import ReportConfig
+    from chimuf.core.config import ReportConfig
 
     cfg = ReportConfig()
     cfg = replace(cfg, formats=tuple(args.formats or cfg.formats), engine=args.engine)
@@ -225,8 +231,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
-    from chimuf import evaluate
-    from chimuf.config import AuditConfig
+    from chimuf.core.config import AuditConfig
+    from chimuf.stages import evaluate
 
     start_tensorflow()
     evaluation = evaluate.evaluate_folder(args.model, args.dir, AuditConfig(), console)
@@ -235,14 +241,14 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from chimuf import predict
-    from chimuf.config import AuditConfig
+    from chimuf.core.config import AuditConfig
+    from chimuf.tools import predict
 
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, AuditConfig(), console)
     explained = []
     if args.explain:
-        from chimuf import explain
+        from chimuf.stages import explain
 
         explained = explain.explain_files(args.model, args.images, args.explain, AuditConfig(), console)
     print(predict.format_predictions(predictions, args.format or "table"))
@@ -250,7 +256,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_config(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.config import to_toml
+    from chimuf.core.config import to_toml
 
     print(to_toml(load(args)), end="")
     return 0

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf import __version__
-from chimuf.config import StudyConfig, as_dict, differences
-from chimuf.console import Console
-from chimuf.engine import Run, atomic_write_json, now_iso
-from chimuf.errors import DataError
-from chimuf.results import (
+from chimuf.core.config import StudyConfig, as_dict, differences
+from chimuf.core.console import Console
+from chimuf.core.engine import Run, atomic_write_json, now_iso
+from chimuf.core.errors import DataError
+from chimuf.core.results import (
     SCHEMA_VERSION,
     AuditOutcome,
     CacheOutcome,
@@ -39,7 +39,7 @@ from chimuf.results import (
 )
 
 if TYPE_CHECKING:
-    from chimuf.distributed import Address
+    from chimuf.tuning.distributed import Address
 
 PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
             "pillow", "matplotlib", "pypandoc-binary", "typst")
@@ -58,7 +58,9 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
 
     With `tune_chief`, the search serves its trials to workers at that address (chimuf.distributed).
     """
-    from chimuf import audit, cache, evaluate, explain, kfold, report, split, train, tune
+    from chimuf import report
+    from chimuf.data import audit, cache, split
+    from chimuf.stages import evaluate, explain, kfold, train, tune
 
     run = Run(paths.run_dir, console)
     console.log_to(paths.run_dir / "study.log")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from chimuf.config import StudyConfig, as_dict, differences, load_config
-from chimuf.engine import atomic_write_json
-from chimuf.results import (
+from chimuf.core.config import StudyConfig, as_dict, differences, load_config
+from chimuf.core.engine import atomic_write_json
+from chimuf.core.results import (
     SCHEMA_VERSION,
     AuditOutcome,
     CacheOutcome,

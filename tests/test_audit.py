@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from chimuf.audit import audit_folder, close_pairs, listing_fingerprint, perceptual_hash, summary
-from chimuf.config import AuditConfig
-from chimuf.console import Console
-from chimuf.errors import DataError
-from chimuf.results import AuditOutcome, dumps, from_jsonable
+from chimuf.core.config import AuditConfig
+from chimuf.core.console import Console
+from chimuf.core.errors import DataError
+from chimuf.core.results import AuditOutcome, dumps, from_jsonable
+from chimuf.data.audit import audit_folder, close_pairs, listing_fingerprint, perceptual_hash, summary
 from tests.conftest import make_image
 
 CFG = AuditConfig(min_side=16)

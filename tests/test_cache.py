@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import chimuf.cache
-from chimuf.audit import audit_folder
-from chimuf.cache import build_cache, load_images
-from chimuf.config import AuditConfig
-from chimuf.console import Console
-from chimuf.errors import DataError
-from chimuf.imagefile import load_rgb, model_array
-from chimuf.results import AuditOutcome
+import chimuf.data.cache
+from chimuf.core.config import AuditConfig
+from chimuf.core.console import Console
+from chimuf.core.errors import DataError
+from chimuf.core.results import AuditOutcome
+from chimuf.data.audit import audit_folder
+from chimuf.data.cache import build_cache, load_images
+from chimuf.data.imagefile import load_rgb, model_array
 from tests.conftest import make_image
 
 CFG = AuditConfig(min_side=16)
@@ -69,7 +69,7 @@ def test_second_build_reuses_the_cache_without_decoding(audited, tiny_dataset, t
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(chimuf.cache, "read_image", no_decoding)
+    monkeypatch.setattr(chimuf.data.cache, "read_image", no_decoding)
     second = build_cache(audited, tiny_dataset, SIZE, tmp_path / "cache", quiet())
     assert second == first
     assert Path(first.images_path).stat().st_mtime_ns == written
@@ -95,7 +95,7 @@ def test_damaged_pixels_are_noticed_and_rebuilt(audited, tiny_dataset, tmp_path)
 
 def test_an_interrupted_build_leaves_no_cache_and_no_temporary_file(audited, tiny_dataset, tmp_path,
                                                                      monkeypatch):
-    real_decode = chimuf.cache.decode_one
+    real_decode = chimuf.data.cache.decode_one
     calls = []
 
     def dies_halfway(*args, **kwargs):
@@ -104,13 +104,13 @@ def test_an_interrupted_build_leaves_no_cache_and_no_temporary_file(audited, tin
             raise KeyboardInterrupt
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(chimuf.cache, "decode_one", dies_halfway)
+    monkeypatch.setattr(chimuf.data.cache, "decode_one", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         build_cache(audited, tiny_dataset, SIZE, tmp_path / "cache", quiet())
     folder = tmp_path / "cache" / f"{audited.digest[:16]}-{SIZE}"
     assert list(folder.iterdir()) == []
 
-    monkeypatch.setattr(chimuf.cache, "decode_one", real_decode)
+    monkeypatch.setattr(chimuf.data.cache, "decode_one", real_decode)
     cache = build_cache(audited, tiny_dataset, SIZE, tmp_path / "cache", quiet())
     assert sorted(p.name for p in folder.iterdir()) == ["images.npy", "index.json"]
     assert load_images(cache).images.shape[0] == 25

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from chimuf.cli import main
-from chimuf.config import load_config
-from chimuf.errors import DataError
+from chimuf.core.config import load_config
+from chimuf.core.errors import DataError
+from chimuf.ml.tfstart import drop_noise
 from chimuf.study import resolve_data_dir
-from chimuf.tfstart import drop_noise
 
 
 def test_importing_the_cli_and_report_loads_no_tensorflow_or_matplotlib():
-    code = ("import sys, chimuf.cli, chimuf.study, chimuf.report, chimuf.results; "
+    code = ("import sys, chimuf.cli, chimuf.study, chimuf.report, chimuf.core.results; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -87,7 +87,7 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
 
 
 def test_tensorflow_starts_without_its_cpp_start_up_notes():
-    code = ("from chimuf.tfstart import quiet_tensorflow, start_tensorflow; "
+    code = ("from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow; "
             "quiet_tensorflow(); start_tensorflow(); import sys; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})

@@ -2,13 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from chimuf.config import (
+from chimuf.core.config import (
     StudyConfig,
     differences,
     load_config,
     to_toml,
 )
-from chimuf.errors import ConfigError
+from chimuf.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

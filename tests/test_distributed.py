@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from chimuf import distributed
 from chimuf.cli import main
-from chimuf.config import StudyConfig, TuneConfig, as_dict
-from chimuf.distributed import Address, parse_address, tuner_role
-from chimuf.errors import ConfigError, StageError
-from chimuf.results import EpochRecord
+from chimuf.core.config import StudyConfig, TuneConfig, as_dict
+from chimuf.core.errors import ConfigError, StageError
+from chimuf.core.results import EpochRecord
+from chimuf.tuning import distributed
+from chimuf.tuning.distributed import Address, parse_address, tuner_role
 from tests.conftest import make_dataset
 
 MAX_TRIALS = 4
@@ -113,7 +113,7 @@ def test_tuner_role_restores_the_variables_when_the_block_raises(monkeypatch):
 
 
 def test_worker_timeout_is_left_out_of_the_tuning_fingerprint():
-    from chimuf import tune
+    from chimuf.stages import tune
 
     short, long = TuneConfig(worker_timeout_s=60.0), TuneConfig(worker_timeout_s=7200.0)
     assert tune.tune_inputs(short) == tune.tune_inputs(long)
@@ -137,7 +137,7 @@ def chief_oracle(max_trials: int = 3):
     """A ChiefOracle over a one-dimensional space, as the chief would hold it."""
     import keras_tuner as kt
 
-    from chimuf import tune
+    from chimuf.stages import tune
 
     oracle = distributed.chief_oracle_class(tune.seeded_oracle_class())(
         objective=kt.Objective("val_accuracy", direction="max"), max_trials=max_trials,
@@ -281,7 +281,7 @@ VICTIM = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import keras
-    from chimuf import tune
+    from chimuf.stages import tune
     from chimuf.cli import main
 
     real_fit = tune.fit_trial
@@ -371,10 +371,10 @@ def local_search(config_path: Path, run: Path, folder: Path, max_trials: int):
     """The same search in this process, without chief or workers, on the run's split and cache."""
     from dataclasses import replace
 
-    from chimuf import tune
-    from chimuf.config import load_config
-    from chimuf.console import Console
-    from chimuf.engine import StageContext
+    from chimuf.core.config import load_config
+    from chimuf.core.console import Console
+    from chimuf.core.engine import StageContext
+    from chimuf.stages import tune
 
     config = load_config(config_path)
     console = Console(stream=io.StringIO(), live=False)
@@ -485,13 +485,14 @@ MIRRORED_SEARCH = textwrap.dedent("""
     list_devices = tf.config.list_logical_devices
     tf.config.list_logical_devices = lambda kind=None: list_devices("CPU" if kind == "GPU" else kind)
 
-    from chimuf import distributed, tune
-    from chimuf.audit import audit_folder
-    from chimuf.cache import build_cache
-    from chimuf.config import AuditConfig, AugmentConfig, SplitConfig, TrainConfig, TuneConfig
-    from chimuf.console import Console
-    from chimuf.engine import StageContext
-    from chimuf.split import split_dataset
+    from chimuf.tuning import distributed
+    from chimuf.stages import tune
+    from chimuf.data.audit import audit_folder
+    from chimuf.data.cache import build_cache
+    from chimuf.core.config import AuditConfig, AugmentConfig, SplitConfig, TrainConfig, TuneConfig
+    from chimuf.core.console import Console
+    from chimuf.core.engine import StageContext
+    from chimuf.data.split import split_dataset
     from tests.conftest import make_dataset
 
     made = []

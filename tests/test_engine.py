@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chimuf.console import Console
-from chimuf.engine import Run, atomic_write_json, changed_inputs, open_attempt, read_json
-from chimuf.errors import Interrupted, StageError
+from chimuf.core.console import Console
+from chimuf.core.engine import Run, atomic_write_json, changed_inputs, open_attempt, read_json
+from chimuf.core.errors import Interrupted, StageError
 
 
 @dataclass

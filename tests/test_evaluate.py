@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from chimuf import evaluate, metrics, modelfile
-from chimuf.config import AuditConfig, EvaluateConfig, SplitConfig, TrainConfig
-from chimuf.console import Console
-from chimuf.engine import StageContext
-from chimuf.errors import DataError, StageError
-from chimuf.results import (
+from chimuf.core.config import AuditConfig, EvaluateConfig, SplitConfig, TrainConfig
+from chimuf.core.console import Console
+from chimuf.core.engine import StageContext
+from chimuf.core.errors import DataError, StageError
+from chimuf.core.results import (
     AuditOutcome,
     DuplicateGroup,
     SplitOutcome,
     TrainingOutcome,
     TrainOutcome,
 )
+from chimuf.ml import metrics, modelfile
+from chimuf.stages import evaluate
 from tests.conftest import make_dataset, make_image
 
 SIZE = 16
@@ -43,7 +44,7 @@ def tiny_trained_model(architecture: str, images: np.ndarray, labels: np.ndarray
                        epochs: int):
     import keras
 
-    from chimuf.models import build_model, compile_model
+    from chimuf.ml.models import build_model, compile_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(architecture, SIZE)
@@ -57,9 +58,9 @@ def tiny_trained_model(architecture: str, images: np.ndarray, labels: np.ndarray
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """Audit, split and cache of 20+20 generated images, a final model and four trainings."""
-    from chimuf.audit import audit_folder
-    from chimuf.cache import build_cache, load_images
-    from chimuf.split import split_dataset
+    from chimuf.data.audit import audit_folder
+    from chimuf.data.cache import build_cache, load_images
+    from chimuf.data.split import split_dataset
 
     root = tmp_path_factory.mktemp("study")
     data = make_dataset(root / "data", per_class=20)

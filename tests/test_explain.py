@@ -18,20 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chimuf import explain, modelfile
-from chimuf.config import AuditConfig, ExplainConfig
-from chimuf.console import Console
-from chimuf.engine import StageContext
-from chimuf.errors import DataError
-from chimuf.explain import Prediction
-from chimuf.explain_figures import (
-    MAX_MAPS,
-    draw_activation_maps,
-    draw_filter_grid,
-    draw_heatmap_grid,
-    draw_rgb_kernels,
-)
-from chimuf.results import (
+from chimuf.core.config import AuditConfig, ExplainConfig
+from chimuf.core.console import Console
+from chimuf.core.engine import StageContext
+from chimuf.core.errors import DataError
+from chimuf.core.results import (
     CacheOutcome,
     EvaluateOutcome,
     ExplainOutcome,
@@ -42,6 +33,16 @@ from chimuf.results import (
     from_jsonable,
     to_jsonable,
 )
+from chimuf.ml import modelfile
+from chimuf.ml.explain_plots import (
+    MAX_MAPS,
+    draw_activation_maps,
+    draw_filter_grid,
+    draw_heatmap_grid,
+    draw_rgb_kernels,
+)
+from chimuf.stages import explain
+from chimuf.stages.explain import Prediction
 from tests.conftest import make_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:tf_keras_vis.*")
@@ -160,7 +161,7 @@ def test_two_class_model_gives_one_minus_p_and_p_after_softmax(trained):
 
 
 def test_mixed_bfloat16_model_is_explained_through_a_float32_copy():
-    from chimuf.models import build_model
+    from chimuf.ml.models import build_model
 
     model = build_model("model1", SIZE, precision="mixed_bfloat16")
     copy = explain.logit_model(model)
@@ -455,12 +456,12 @@ def test_explain_errors_agrees_with_what_the_evaluate_stage_wrote(tmp_path, trai
     the off-diagonal cells of the evaluator's confusion matrix."""
     import shutil
 
-    from chimuf import evaluate
-    from chimuf.audit import audit_folder
-    from chimuf.cache import build_cache
-    from chimuf.config import EvaluateConfig, SplitConfig, TrainConfig
-    from chimuf.results import TrainOutcome
-    from chimuf.split import split_dataset
+    from chimuf.core.config import EvaluateConfig, SplitConfig, TrainConfig
+    from chimuf.core.results import TrainOutcome
+    from chimuf.data.audit import audit_folder
+    from chimuf.data.cache import build_cache
+    from chimuf.data.split import split_dataset
+    from chimuf.stages import evaluate
     from tests.conftest import make_dataset
 
     data = make_dataset(tmp_path / "data", per_class=10)

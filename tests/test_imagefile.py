@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from chimuf.config import AuditConfig
-from chimuf.errors import DataError
-from chimuf.imagefile import inspect_image, load_rgb, model_array, read_image
+from chimuf.core.config import AuditConfig
+from chimuf.core.errors import DataError
+from chimuf.data.imagefile import inspect_image, load_rgb, model_array, read_image
 from tests.conftest import make_image
 
 CFG = AuditConfig(min_side=16)
@@ -244,7 +244,7 @@ def test_model_array_stretches_to_a_uint8_square(tmp_path):
 
 
 def test_importing_the_data_modules_loads_no_tensorflow_or_matplotlib():
-    code = ("import sys, chimuf.imagefile, chimuf.audit, chimuf.split, chimuf.cache; "
+    code = ("import sys, chimuf.data.imagefile, chimuf.data.audit, chimuf.data.split, chimuf.data.cache; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chimuf import kfold, train
-from chimuf.config import AuditConfig, AugmentConfig, KFoldConfig, SplitConfig, TrainConfig
-from chimuf.console import Console
-from chimuf.engine import StageContext
-from chimuf.errors import StageError
-from chimuf.results import AuditOutcome, DuplicateGroup, FileRecord, SplitOutcome
+from chimuf.core.config import AuditConfig, AugmentConfig, KFoldConfig, SplitConfig, TrainConfig
+from chimuf.core.console import Console
+from chimuf.core.engine import StageContext
+from chimuf.core.errors import StageError
+from chimuf.core.results import AuditOutcome, DuplicateGroup, FileRecord, SplitOutcome
+from chimuf.stages import kfold, train
 from tests.conftest import make_dataset
 
 SIZE = 16
@@ -68,9 +68,9 @@ def test_sample_std_is_undefined_for_one_fold():
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    from chimuf.audit import audit_folder
-    from chimuf.cache import build_cache
-    from chimuf.split import split_dataset
+    from chimuf.data.audit import audit_folder
+    from chimuf.data.cache import build_cache
+    from chimuf.data.split import split_dataset
 
     root = tmp_path_factory.mktemp("kfold")
     data = make_dataset(root / "data", per_class=10)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from chimuf import metrics
-from chimuf.errors import DataError, ModelError
+from chimuf.core.errors import DataError, ModelError
+from chimuf.ml import metrics
 
 CLASSES = ["chihuahua", "muffin"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chimuf import modelfile
-from chimuf.errors import ModelError
+from chimuf.core.errors import ModelError
+from chimuf.ml import modelfile
 
 
 def tiny_model(output_activation: str = "sigmoid", lambda_layer: bool = False):

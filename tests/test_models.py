@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chimuf.errors import ConfigError
-from chimuf.models import (
+from chimuf.core.errors import ConfigError
+from chimuf.ml.models import (
     MODEL3_HYPERPARAMETERS,
     build_model,
     compile_model,

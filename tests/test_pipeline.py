@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chimuf.config import AugmentConfig
-from chimuf.pipeline import derive_seed, epoch_order, make_dataset
+from chimuf.core.config import AugmentConfig
+from chimuf.ml.pipeline import derive_seed, epoch_order, make_dataset
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from chimuf import modelfile, predict
-from chimuf.config import AuditConfig
-from chimuf.console import Console
-from chimuf.errors import ConfigError
-from chimuf.imagefile import load_rgb, model_array
+from chimuf.core.config import AuditConfig
+from chimuf.core.console import Console
+from chimuf.core.errors import ConfigError
+from chimuf.data.imagefile import load_rgb, model_array
+from chimuf.ml import modelfile
+from chimuf.tools import predict
 from tests.conftest import make_image
 
 
@@ -26,7 +27,7 @@ def quiet() -> Console:
 def model_path(tmp_path_factory):
     import keras
 
-    from chimuf.models import build_model
+    from chimuf.ml.models import build_model
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"

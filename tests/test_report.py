@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from chimuf.config import ReportConfig
-from chimuf.console import Console
-from chimuf.errors import ReportError
+from chimuf.core.config import ReportConfig
+from chimuf.core.console import Console
+from chimuf.core.errors import ReportError
+from chimuf.core.results import Figure
 from chimuf.report import build_report, read_results, render
 from chimuf.report.escape import Trusted, markdown_text
 from chimuf.report.figures import plan_figures
 from chimuf.report.markdown import environment, render_markdown
 from chimuf.report.views import paper_rows
-from chimuf.results import Figure
 from tests.report_fixture import ACCURACY, INJECTION, ROC_AUC, complete_results, partial_results, write_run
 
 SECTIONS = {  # heading id → title, as the templates write them

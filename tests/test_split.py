@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chimuf.config import SplitConfig
-from chimuf.errors import DataError
-from chimuf.results import AuditOutcome, DuplicateGroup, FileRecord, dumps
-from chimuf.split import fold_assignments, split_dataset
+from chimuf.core.config import SplitConfig
+from chimuf.core.errors import DataError
+from chimuf.core.results import AuditOutcome, DuplicateGroup, FileRecord, dumps
+from chimuf.data.split import fold_assignments, split_dataset
 
 CFG = SplitConfig()  # test 0.2, validation 0.125 of the rest
 CLASSES = ["chihuahua", "muffin"]

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chimuf import train
-from chimuf.config import AugmentConfig, TrainConfig
-from chimuf.console import Console
-from chimuf.engine import StageContext
-from chimuf.errors import StageError
-from chimuf.results import CacheOutcome, EpochRecord, SplitOutcome
-from chimuf.train import StopState, fit, watch
+from chimuf.core.config import AugmentConfig, TrainConfig
+from chimuf.core.console import Console
+from chimuf.core.engine import StageContext
+from chimuf.core.errors import StageError
+from chimuf.core.results import CacheOutcome, EpochRecord, SplitOutcome
+from chimuf.stages import train
+from chimuf.stages.train import StopState, fit, watch
 
 SIZE = 16
 TINY = {"conv1_filters": 4, "conv2_filters": 4, "conv3_filters": 8, "dense_units": 8,
@@ -40,7 +40,7 @@ def tiny_model(seed: int = 3):
     """A compiled tuned-family model of 16 px with dropout: randomness in every part of a step."""
     import keras
 
-    from chimuf.models import build_model, compile_model
+    from chimuf.ml.models import build_model, compile_model
 
     keras.utils.set_random_seed(seed)
     model = build_model("tuned", SIZE, TINY)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from chimuf import tune
-from chimuf.config import AuditConfig, AugmentConfig, SplitConfig, TrainConfig, TuneConfig
-from chimuf.console import Console
-from chimuf.engine import StageContext
-from chimuf.errors import Interrupted, StageError
+from chimuf.core.config import AuditConfig, AugmentConfig, SplitConfig, TrainConfig, TuneConfig
+from chimuf.core.console import Console
+from chimuf.core.engine import StageContext
+from chimuf.core.errors import Interrupted, StageError
+from chimuf.stages import tune
 
 SIZE = 16
 TINY_SPACE = {"conv1_filters": (2, 4, 2), "conv2_filters": (2, 4, 2), "conv3_filters": (2, 4, 2),
@@ -21,9 +21,9 @@ TRAIN = TrainConfig(batch_size=8, patience=1, start_from_epoch=0, precision="flo
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from chimuf.audit import audit_folder
-    from chimuf.cache import build_cache
-    from chimuf.split import split_dataset
+    from chimuf.data.audit import audit_folder
+    from chimuf.data.cache import build_cache
+    from chimuf.data.split import split_dataset
     from tests.conftest import make_dataset
 
     root = tmp_path_factory.mktemp("tune")

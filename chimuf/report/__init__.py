@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chimuf.config import ReportConfig
-from chimuf.console import Console
-from chimuf.errors import ReportError
+from chimuf.core.config import ReportConfig
+from chimuf.core.console import Console
+from chimuf.core.errors import ReportError
+from chimuf.core.results import ReportOutcome, Results, load_results
 from chimuf.report.figures import embedded, place_figures, plan_figures
 from chimuf.report.markdown import render_markdown
 from chimuf.report.render import (
@@ -35,7 +36,6 @@ from chimuf.report.render import (
     render_quarto,
     write_project,
 )
-from chimuf.results import ReportOutcome, Results, load_results
 
 __all__ = ["build_report", "read_results"]
 

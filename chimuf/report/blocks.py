@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from chimuf.console import format_seconds
+from chimuf.core.console import format_seconds
+from chimuf.core.results import Figure, Interval
 from chimuf.report.escape import Trusted, finalize, markdown_text
-from chimuf.results import Figure, Interval
 
 # --- formats, used as Jinja filters ------------------------------------------------------------
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from chimuf.engine import atomic_write_bytes
-from chimuf.errors import ReportError
-from chimuf.results import Figure, Results
+from chimuf.core.engine import atomic_write_bytes
+from chimuf.core.errors import ReportError
+from chimuf.core.results import Figure, Results
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 

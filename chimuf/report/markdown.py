@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chimuf.config import flatten
-from chimuf.errors import ReportError
+from chimuf.core.config import flatten
+from chimuf.core.errors import ReportError
+from chimuf.core.results import Results
 from chimuf.report import blocks, views
 from chimuf.report.escape import Trusted, finalize, yaml_string
 from chimuf.report.figures import ImageRef
-from chimuf.results import Results
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 

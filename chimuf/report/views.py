@@ -12,22 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chimuf.config import flatten
-from chimuf.report.blocks import (
-    architecture,
-    count,
-    hyperparameters,
-    is_missing,
-    num,
-    plain,
-    seconds,
-    strong,
-    table,
-    with_interval,
-    yesno,
-)
-from chimuf.report.escape import Trusted
-from chimuf.results import (
+from chimuf.core.config import flatten
+from chimuf.core.results import (
     AuditOutcome,
     ClassMetrics,
     DuplicateGroup,
@@ -46,6 +32,20 @@ from chimuf.results import (
     Trial,
     TuneOutcome,
 )
+from chimuf.report.blocks import (
+    architecture,
+    count,
+    hyperparameters,
+    is_missing,
+    num,
+    plain,
+    seconds,
+    strong,
+    table,
+    with_interval,
+    yesno,
+)
+from chimuf.report.escape import Trusted
 
 # The stages whose outcomes the report shows, in study order (chimuf/study.py).
 STAGES = ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain")

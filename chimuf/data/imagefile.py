@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimuf.errors import DataError
+from chimuf.core.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from chimuf.config import AuditConfig
+    from chimuf.core.config import AuditConfig
 
 # Detected by content, never by extension. Pillow's names for them.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")

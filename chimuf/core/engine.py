@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chimuf.console import Console, format_seconds
-from chimuf.errors import ChimufError, Interrupted, StageError
-from chimuf.results import StageFact, digest, dumps, from_jsonable, to_jsonable
+from chimuf.core.console import Console, format_seconds
+from chimuf.core.errors import ChimufError, Interrupted, StageError
+from chimuf.core.results import StageFact, digest, dumps, from_jsonable, to_jsonable
 
 T = TypeVar("T")
 

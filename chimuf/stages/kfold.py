@@ -6,7 +6,7 @@ folds are made from train+validation only, so the test split stays untouched by 
 
     train + validation paths → split.fold_assignments (stratified; near-duplicate groups whole)
       → for fold i: the "tuned" model with the best hyperparameters, trained with augmentation
-        on the other folds (chimuf.train.fit: same early stopping, resumable), then evaluated
+        on the other folds (chimuf.stages.train.fit: same early stopping, resumable), then evaluated
         on fold i without augmentation → FoldOutcome
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
 
@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf.errors import ModelError, StageError
-from chimuf.results import Figure, FoldOutcome, KFoldOutcome
+from chimuf.core.errors import ModelError, StageError
+from chimuf.core.results import Figure, FoldOutcome, KFoldOutcome
 
 if TYPE_CHECKING:
-    from chimuf.cache import ImageSet
-    from chimuf.config import AugmentConfig, KFoldConfig, TrainConfig
-    from chimuf.engine import StageContext
-    from chimuf.results import AuditOutcome, CacheOutcome, SplitOutcome
+    from chimuf.core.config import AugmentConfig, KFoldConfig, TrainConfig
+    from chimuf.core.engine import StageContext
+    from chimuf.core.results import AuditOutcome, CacheOutcome, SplitOutcome
+    from chimuf.data.cache import ImageSet
 
 
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
               hyperparameters: dict[str, float], cfg: KFoldConfig, train_cfg: TrainConfig,
               augment: AugmentConfig, seed: int) -> KFoldOutcome:
     """Train and score the tuned architecture on each fold of train+validation."""
-    from chimuf.cache import load_images
+    from chimuf.data.cache import load_images
 
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
@@ -75,7 +75,7 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
 
 def make_folds(split: SplitOutcome, audit: AuditOutcome, folds: int, seed: int) -> list[list[str]]:
     """Held-out paths of each fold: train+validation, stratified, duplicate groups never cut."""
-    from chimuf.split import fold_assignments
+    from chimuf.data.split import fold_assignments
 
     paths = sorted(split.train + split.validation)
     label_of = {r.path: split.classes.index(r.label) for r in audit.files}
@@ -115,9 +115,9 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
     import keras
 
-    from chimuf.models import build_trainable_model, resolve_precision
-    from chimuf.pipeline import WEIGHTS, derive_seed, make_dataset
-    from chimuf.train import fit
+    from chimuf.ml.models import build_trainable_model, resolve_precision
+    from chimuf.ml.pipeline import WEIGHTS, derive_seed, make_dataset
+    from chimuf.stages.train import fit
 
     # 1. The final model's architecture and starting weights (the trainings' seed).
     keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
@@ -157,7 +157,7 @@ def sample_std(values: np.ndarray) -> float:
 
 
 def save_figure(ctx: StageContext, folds: list[FoldOutcome]) -> Figure | None:
-    from chimuf.plots import save_figure as save_png
+    from chimuf.ml.plots import save_figure as save_png
 
     completed = [f for f in folds if f.status == "COMPLETED"]
     if not completed:
@@ -171,7 +171,7 @@ def save_figure(ctx: StageContext, folds: list[FoldOutcome]) -> Figure | None:
 def draw_folds(folds: list[FoldOutcome]) -> Any:
     """Left: per fold, validation accuracy (solid) and loss (dashed) per epoch. Right: the final
     accuracy and loss of each fold, with their means."""
-    from chimuf.plots import pyplot
+    from chimuf.ml.plots import pyplot
 
     plt = pyplot()
     fig, (curves, final) = plt.subplots(1, 2, figsize=(9.5, 3.6))

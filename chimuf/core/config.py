@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from chimuf.errors import ConfigError
+from chimuf.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

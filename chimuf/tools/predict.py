@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chimuf import modelfile
-from chimuf.errors import ConfigError
-from chimuf.imagefile import model_array, read_image
-from chimuf.results import to_jsonable
+from chimuf.core.errors import ConfigError
+from chimuf.core.results import to_jsonable
+from chimuf.data.imagefile import model_array, read_image
+from chimuf.ml import modelfile
 
 if TYPE_CHECKING:
     import keras
 
-    from chimuf.config import AuditConfig
-    from chimuf.console import Console
+    from chimuf.core.config import AuditConfig
+    from chimuf.core.console import Console
 
 BATCH = 64  # images decoded and predicted at a time: bounds memory on large folders
 FORMATS = ("table", "json", "csv")

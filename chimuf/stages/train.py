@@ -37,12 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf.config import AugmentConfig, TrainConfig
-from chimuf.console import Console, format_seconds
-from chimuf.engine import StageContext, atomic_write_json, atomic_write_text, fsync_dir, read_json
-from chimuf.errors import StageError
-from chimuf.pipeline import DROPOUT, VALIDATION, WEIGHTS, derive_seed, make_dataset
-from chimuf.results import (
+from chimuf.core.config import AugmentConfig, TrainConfig
+from chimuf.core.console import Console, format_seconds
+from chimuf.core.engine import StageContext, atomic_write_json, atomic_write_text, fsync_dir, read_json
+from chimuf.core.errors import StageError
+from chimuf.core.results import (
     CacheOutcome,
     EpochRecord,
     Figure,
@@ -52,11 +51,12 @@ from chimuf.results import (
     digest,
     from_jsonable,
 )
+from chimuf.ml.pipeline import DROPOUT, VALIDATION, WEIGHTS, derive_seed, make_dataset
 
 if TYPE_CHECKING:
     import keras
 
-    from chimuf.cache import ImageSet
+    from chimuf.data.cache import ImageSet
 
 STATE_FILE = "state.json"
 
@@ -157,7 +157,7 @@ def resume(model: keras.Model, workdir: Path, expected: str, console: Console, n
 
 def save_checkpoint(model: keras.Model, workdir: Path, state: Checkpoint, improved: bool) -> Checkpoint:
     """Write this epoch's files, then state.json naming them, then remove the superseded ones."""
-    from chimuf.models import save_model
+    from chimuf.ml.models import save_model
 
     state.model_file = f"epoch-{state.epoch:03d}.keras"
     save_model(model, workdir / state.model_file)
@@ -199,10 +199,10 @@ def fit(
     `max_epochs` (default `cfg.epochs`) epochs, early stopping from `cfg`; afterwards `model` holds
     the best epoch's weights. Checkpoints go to `workdir`; a rerun continues from them.
     """
-    from chimuf.models import model_precision
+    from chimuf.ml.models import model_precision
 
     if model.optimizer is None:
-        raise AssertionError(f"{name}: compile the model (chimuf.models.compile_model) before fit")
+        raise AssertionError(f"{name}: compile the model (chimuf.ml.models.compile_model) before fit")
     check_not_empty(train, "training", name)
     check_not_empty(validation, "validation", name)
     max_epochs = cfg.epochs if max_epochs is None else max_epochs
@@ -355,8 +355,8 @@ def train_one(
     """
     import keras
 
-    from chimuf import modelfile
-    from chimuf.models import build_trainable_model, layer_rows, resolve_precision, save_model
+    from chimuf.ml import modelfile
+    from chimuf.ml.models import build_trainable_model, layer_rows, resolve_precision, save_model
 
     # 1. The model, initialised from the seed.
     precision = resolve_precision(cfg.precision)
@@ -430,7 +430,7 @@ def write_history(history: list[EpochRecord], path: Path) -> Path:
 
 def plot_curves(history: list[EpochRecord], best_epoch: int, title: str, path: Path) -> Path:
     """Accuracy and loss per epoch, training and validation, the kept epoch marked (figs 3-5)."""
-    from chimuf.plots import pyplot, save_figure
+    from chimuf.ml.plots import pyplot, save_figure
 
     plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -449,7 +449,7 @@ def plot_curves(history: list[EpochRecord], best_epoch: int, title: str, path: P
 
 def plot_comparison(without: TrainingOutcome, with_aug: TrainingOutcome, title: str, path: Path) -> Path:
     """Validation (solid) and training (dashed) curves without vs with augmentation (figs 6-8)."""
-    from chimuf.plots import pyplot, save_figure
+    from chimuf.ml.plots import pyplot, save_figure
 
     plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -474,7 +474,7 @@ def plot_comparison(without: TrainingOutcome, with_aug: TrainingOutcome, title: 
 def run_trainings(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: TrainConfig,
                   augment: AugmentConfig, seed: int) -> TrainOutcome:
     """Models cfg.models, each without and with augmentation (paper 5); finished ones are reused."""
-    from chimuf.cache import load_images
+    from chimuf.data.cache import load_images
 
     images = load_images(cache)
     trainings: list[TrainingOutcome] = []
@@ -499,7 +499,7 @@ def train_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
                 hyperparameters: dict[str, float], cfg: TrainConfig, augment: AugmentConfig,
                 seed: int) -> TrainingOutcome:
     """The tuned architecture with the best hyperparameters, trained with augmentation (paper 6)."""
-    from chimuf.cache import load_images
+    from chimuf.data.cache import load_images
 
     images = load_images(cache)
     return train_one(ctx, "final", "tuned", True, hyperparameters, images, split, cfg, augment, seed)

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chimuf.engine import atomic_write_json
-from chimuf.errors import ModelError
+from chimuf.core.engine import atomic_write_json
+from chimuf.core.errors import ModelError
 
 if TYPE_CHECKING:
     import keras

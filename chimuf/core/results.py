@@ -415,7 +415,7 @@ def load_results(text: str) -> Results:
     data = json.loads(text)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        from chimuf.errors import ReportError
+        from chimuf.core.errors import ReportError
 
         raise ReportError(
             f"results.json has schema_version {version!r}; this chimuf reads version "

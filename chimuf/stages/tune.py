@@ -18,7 +18,7 @@ resumed search proposes and scores the same trials as an uninterrupted one.
 
 Failures: an exception inside a trial marks it FAILED with its error and the search goes on
 (Keras Tuner's own machinery); MAX_CONSECUTIVE_FAILURES failed trials in a row stop the stage.
-A stop signal (chimuf.errors.Interrupted) is never taken for a failed trial: it ends the search.
+A stop signal (chimuf.core.errors.Interrupted) is never taken for a failed trial: it ends the search.
 
 On several machines (chimuf.distributed): with a `chief` address the stage serves the oracle and
 workers (`work_for_chief`) run the trials; each worker reports every epoch to the chief, so the
@@ -39,8 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf.console import format_seconds
-from chimuf.distributed import (
+from chimuf.core.console import format_seconds
+from chimuf.core.engine import atomic_write_json, read_json
+from chimuf.core.errors import Interrupted, StageError
+from chimuf.core.results import EpochRecord, SearchDimension, Trial, TuneOutcome, from_jsonable, to_jsonable
+from chimuf.tuning.distributed import (
     CHIEF_ID,
     Address,
     ChiefLost,
@@ -53,17 +56,14 @@ from chimuf.distributed import (
     training_strategy,
     tuner_role,
 )
-from chimuf.engine import atomic_write_json, read_json
-from chimuf.errors import Interrupted, StageError
-from chimuf.results import EpochRecord, SearchDimension, Trial, TuneOutcome, from_jsonable, to_jsonable
 
 if TYPE_CHECKING:
     import keras_tuner as kt
 
-    from chimuf.config import AugmentConfig, TrainConfig, TuneConfig
-    from chimuf.console import Console
-    from chimuf.engine import StageContext
-    from chimuf.results import CacheOutcome, SplitOutcome
+    from chimuf.core.config import AugmentConfig, TrainConfig, TuneConfig
+    from chimuf.core.console import Console
+    from chimuf.core.engine import StageContext
+    from chimuf.core.results import CacheOutcome, SplitOutcome
 
 OBJECTIVE = "val_accuracy"
 INTEGER_DIMENSIONS = ("conv1_filters", "conv2_filters", "conv3_filters", "dense_units")
@@ -73,7 +73,7 @@ MAX_CONSECUTIVE_FAILURES = 3
 # takes over, more than the whole budget of the paper's protocol (10 trials), which would make
 # the "Bayesian" search a random one. A third of the budget, at least 2, is random instead.
 RANDOM_SHARE = 1 / 3
-TRIAL_SALT = 6  # keeps the trial seeds apart from chimuf.pipeline's salts (1-5)
+TRIAL_SALT = 6  # keeps the trial seeds apart from chimuf.ml.pipeline's salts (1-5)
 
 
 def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: TuneConfig,
@@ -200,7 +200,7 @@ class SearchData:
 
 def search_data(cache: CacheOutcome, split: SplitOutcome, cfg: TuneConfig, train_cfg: TrainConfig,
                 augment: AugmentConfig, seed: int) -> SearchData:
-    from chimuf.cache import load_images
+    from chimuf.data.cache import load_images
 
     images = load_images(cache)
     train_rows, val_rows = images.rows(split.train), images.rows(split.validation)
@@ -217,7 +217,7 @@ def epochs_of_batches(images: Any, rows: np.ndarray, epochs: int, batch_size: in
     Keras' fit with `steps_per_epoch` keeps one iterator across epochs, so epoch e sees the order
     and augmentation that chimuf.pipeline draws for (seed, e), exactly as chimuf.train's epoch e.
     """
-    from chimuf.pipeline import make_dataset
+    from chimuf.ml.pipeline import make_dataset
 
     data = None
     for epoch in range(1, epochs + 1):
@@ -231,7 +231,7 @@ def validation_batches(images: Any, rows: np.ndarray, epochs: int, batch_size: i
                        augment: AugmentConfig, seed: int) -> tuple[Any, int]:
     """Validation batches in split order for epochs 1..E, and steps per epoch, as chimuf.train
     makes them: augmented (anew each epoch) only when `augment.augment_validation` is on."""
-    from chimuf.pipeline import VALIDATION, derive_seed, make_dataset
+    from chimuf.ml.pipeline import VALIDATION, derive_seed, make_dataset
 
     data = None
     for epoch in range(1, epochs + 1):
@@ -330,7 +330,7 @@ def seeded_oracle_class() -> type:
         stream that a restart would rewind: a resumed search proposes what an unbroken one would."""
 
         def populate_space(self, trial_id: str) -> dict[str, Any]:
-            from chimuf.pipeline import derive_seed
+            from chimuf.ml.pipeline import derive_seed
 
             self._random_state = np.random.RandomState(derive_seed(self.seed, int(trial_id), TRIAL_SALT))
             return super().populate_space(trial_id)
@@ -359,7 +359,7 @@ def search_tuner_class() -> type:
             super().__init__(*args, **kwargs)
 
         def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
-            from chimuf.pipeline import derive_seed
+            from chimuf.ml.pipeline import derive_seed
 
             keras.utils.set_random_seed(derive_seed(self.base_seed, int(trial.trial_id), TRIAL_SALT))
             self.record = TrialHistory()
@@ -417,7 +417,7 @@ def trial_line(trial: Any, max_trials: int, saved: TrialHistory, worker: str = "
 
 
 def trial_hypermodel(cfg: TuneConfig, image_size: int, train_cfg: TrainConfig) -> Any:
-    from chimuf.models import resolve_precision
+    from chimuf.ml.models import resolve_precision
 
     return model3_family(cfg, image_size, resolve_precision(train_cfg.precision), train_cfg.learning_rate)
 
@@ -438,7 +438,7 @@ def model3_family(cfg: TuneConfig, image_size: int, precision: str, learning_rat
 
 def build_trial_model(hp: kt.HyperParameters, cfg: TuneConfig, image_size: int, precision: str,
                       learning_rate: float) -> Any:
-    from chimuf.models import build_model, compile_model
+    from chimuf.ml.models import build_model, compile_model
 
     values = declare_space(hp, cfg)
     model = build_model("tuned", image_size, values, precision=precision)

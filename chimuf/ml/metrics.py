@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chimuf.errors import ConfigError, DataError, ModelError
-from chimuf.results import ClassMetrics, Interval, McNemarTest, ThresholdMetrics
+from chimuf.core.errors import ConfigError, DataError, ModelError
+from chimuf.core.results import ClassMetrics, Interval, McNemarTest, ThresholdMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

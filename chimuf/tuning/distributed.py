@@ -46,14 +46,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chimuf.config import as_dict, flatten
-from chimuf.engine import Run, read_json
-from chimuf.errors import ConfigError, StageError
-from chimuf.results import CacheOutcome, EpochRecord, SplitOutcome, from_jsonable, to_jsonable
+from chimuf.core.config import as_dict, flatten
+from chimuf.core.engine import Run, read_json
+from chimuf.core.errors import ConfigError, StageError
+from chimuf.core.results import CacheOutcome, EpochRecord, SplitOutcome, from_jsonable, to_jsonable
 
 if TYPE_CHECKING:
-    from chimuf.config import StudyConfig
-    from chimuf.console import Console
+    from chimuf.core.config import StudyConfig
+    from chimuf.core.console import Console
 
 CHIEF_ID = "chief"  # Keras Tuner takes any tuner id containing "chief" for the chief
 ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -292,7 +292,7 @@ def serve_search(oracle: Any, address: Address, worker_timeout_s: float, console
     Calls `on_trial_end(trial)` as trials end. Raises StageError when the oracle's limit of
     failed trials in a row is reached, as a local search does; the trials so far are kept.
     """
-    from chimuf.tune import error_line
+    from chimuf.stages.tune import error_line
 
     oracle.verbose = 0  # Keras Tuner's own trial tables; chimuf prints one line a trial
     server = start_server(oracle, address)
@@ -374,7 +374,7 @@ def run_worker(config: StudyConfig, setup: WorkerSetup, console: Console) -> int
     """
     import grpc
 
-    from chimuf import tune
+    from chimuf.stages import tune
 
     wait_for_chief(setup.chief, setup.chief_timeout_s)
     console.info(f"worker {setup.worker_id}: connected to the tuning chief at {setup.chief}")
@@ -419,9 +419,9 @@ def worker_data(config: StudyConfig, setup: WorkerSetup,
                 console: Console) -> tuple[CacheOutcome, SplitOutcome]:
     """The split and image cache the chief trains on: read from its run folder when this worker
     shares it, else made here from the same data, config and seed (the stages are deterministic)."""
-    from chimuf.audit import audit_folder
-    from chimuf.cache import build_cache
-    from chimuf.split import split_dataset
+    from chimuf.data.audit import audit_folder
+    from chimuf.data.cache import build_cache
+    from chimuf.data.split import split_dataset
 
     check_same_settings(config, setup.run_dir)
     found = finished_data(config, setup.run_dir, console)

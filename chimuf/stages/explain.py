@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf import modelfile
-from chimuf.errors import DataError, ModelError
-from chimuf.explain_figures import (
+from chimuf.core.errors import DataError, ModelError
+from chimuf.core.results import ExplainedImage, ExplainOutcome, Figure
+from chimuf.ml import modelfile
+from chimuf.ml.explain_plots import (
     GALLERY_COLUMNS,
     MAX_MAPS,
     draw_activation_maps,
@@ -56,16 +57,15 @@ from chimuf.explain_figures import (
     draw_heatmap_grid,
     draw_rgb_kernels,
 )
-from chimuf.plots import save_figure
-from chimuf.results import ExplainedImage, ExplainOutcome, Figure
+from chimuf.ml.plots import save_figure
 
 if TYPE_CHECKING:
     import keras
 
-    from chimuf.config import AuditConfig, ExplainConfig
-    from chimuf.console import Console, Progress
-    from chimuf.engine import StageContext
-    from chimuf.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
+    from chimuf.core.config import AuditConfig, ExplainConfig
+    from chimuf.core.console import Console, Progress
+    from chimuf.core.engine import StageContext
+    from chimuf.core.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
 
 # p > THRESHOLD predicts classes[1]: the rule of chimuf.metrics (Keras' binary accuracy), so
 # what is a mistake here is a mistake in the evaluate stage's confusion matrix.
@@ -243,7 +243,7 @@ def check_in_test_split(predictions: Sequence[Prediction], split: SplitOutcome,
 
 def conv_layers(model: keras.Model, where: str | Path) -> list[str]:
     """Names of the model's Conv2D layers, first to last."""
-    from chimuf.models import conv_layer_names
+    from chimuf.ml.models import conv_layer_names
 
     names = conv_layer_names(model)
     if not names:
@@ -261,7 +261,7 @@ def check_input_size(model: keras.Model, image_size: int, where: str | Path) -> 
 
 def read_cache(cache: CacheOutcome) -> Any:
     """The decoded images of the run (an ImageSet: .images, .labels, .paths, .rows)."""
-    from chimuf.cache import load_images
+    from chimuf.data.cache import load_images
 
     return load_images(cache)
 
@@ -589,7 +589,7 @@ def explain_files(model_path: Path, files: list[Path], outdir: Path, audit_cfg: 
     A file that cannot be read is reported by name and reason and the others are still
     explained; the returned list follows the order of `files`.
     """
-    from chimuf.imagefile import load_rgb, model_array
+    from chimuf.data.imagefile import load_rgb, model_array
 
     model = modelfile.load_model(model_path)
     classes = modelfile.read_classes(model_path) or ["0", "1"]  # as `chimuf predict` names them

@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimuf.config import AuditConfig
-from chimuf.engine import atomic_write_json, fsync_dir, read_json
-from chimuf.errors import DataError, StageError
-from chimuf.imagefile import model_array, read_image
-from chimuf.results import AuditOutcome, CacheOutcome, FileRecord
+from chimuf.core.config import AuditConfig
+from chimuf.core.engine import atomic_write_json, fsync_dir, read_json
+from chimuf.core.errors import DataError, StageError
+from chimuf.data.imagefile import model_array, read_image
+from chimuf.core.results import AuditOutcome, CacheOutcome, FileRecord
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from chimuf.console import Console
+    from chimuf.core.console import Console
 
 
 @dataclass

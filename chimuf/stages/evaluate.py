@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf import metrics, modelfile
-from chimuf.config import EvaluateConfig
-from chimuf.engine import atomic_write_text
-from chimuf.errors import DataError, StageError
-from chimuf.results import (
+from chimuf.core.config import EvaluateConfig
+from chimuf.core.engine import atomic_write_text
+from chimuf.core.errors import DataError, StageError
+from chimuf.core.results import (
     ClassMetrics,
     EvaluateOutcome,
     Figure,
@@ -39,14 +38,15 @@ from chimuf.results import (
     McNemarTest,
     dumps,
 )
+from chimuf.ml import metrics, modelfile
 
 if TYPE_CHECKING:
     import keras
 
-    from chimuf.config import AuditConfig, TrainConfig
-    from chimuf.console import Console
-    from chimuf.engine import StageContext
-    from chimuf.results import (
+    from chimuf.core.config import AuditConfig, TrainConfig
+    from chimuf.core.console import Console
+    from chimuf.core.engine import StageContext
+    from chimuf.core.results import (
         AuditOutcome,
         CacheOutcome,
         SplitOutcome,
@@ -61,7 +61,7 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
                    final: TrainingOutcome, train: TrainOutcome, cfg: EvaluateConfig,
                    train_cfg: TrainConfig, seed: int) -> EvaluateOutcome:
     """Every test-split metric of the final model, its figures and its predictions CSVs."""
-    from chimuf.cache import load_images
+    from chimuf.data.cache import load_images
 
     classes = list(split.classes)
     images = load_images(cache)
@@ -143,7 +143,7 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
 
 def predict_rows(model: keras.Model, images: Any, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """P(classes[1]) of cache rows `rows`, in that order: float64 (len(rows),)."""
-    from chimuf.pipeline import make_dataset
+    from chimuf.ml.pipeline import make_dataset
 
     if len(rows) == 0:
         return np.zeros(0)
@@ -155,7 +155,7 @@ def keras_accuracy(model: keras.Model, images: Any, rows: np.ndarray, batch_size
     """Accuracy as Keras' own `evaluate()` computes it: an independent check of ours."""
     import keras
 
-    from chimuf.pipeline import make_dataset
+    from chimuf.ml.pipeline import make_dataset
 
     model.compile(loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
@@ -250,7 +250,7 @@ def predictions_table(paths: list[str], labels: np.ndarray, probabilities: np.nd
 def save_figures(ctx: StageContext, classes: list[str], labels: np.ndarray, probabilities: np.ndarray,
                  at_half: Any, auc: float, threshold: float,
                  reliability: metrics.Calibration) -> list[Figure]:
-    from chimuf.plots import save_figure
+    from chimuf.ml.plots import save_figure
 
     drawn = [
         ("confusion_matrix.png", draw_confusion_matrix(np.array(at_half.confusion_matrix), classes,
@@ -273,7 +273,7 @@ def save_figures(ctx: StageContext, classes: list[str], labels: np.ndarray, prob
 
 def draw_confusion_matrix(cm: np.ndarray, classes: list[str], accuracy: float) -> Any:
     """Counts and row shares; rows = true class, columns = predicted class."""
-    from chimuf.plots import pyplot
+    from chimuf.ml.plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
@@ -294,7 +294,7 @@ def draw_confusion_matrix(cm: np.ndarray, classes: list[str], accuracy: float) -
 
 def draw_roc(labels: np.ndarray, probabilities: np.ndarray, auc: float, threshold: float,
              classes: list[str]) -> Any:
-    from chimuf.plots import pyplot
+    from chimuf.ml.plots import pyplot
 
     curve = metrics.roc_curve(labels, probabilities)
     plt = pyplot()
@@ -317,7 +317,7 @@ def draw_roc(labels: np.ndarray, probabilities: np.ndarray, auc: float, threshol
 
 def draw_reliability(reliability: metrics.Calibration, classes: list[str]) -> Any:
     """Top: mean predicted probability vs observed share per bin; bottom: images per bin."""
-    from chimuf.plots import pyplot
+    from chimuf.ml.plots import pyplot
 
     bins = reliability.bins
     centres = np.array([(b.low + b.high) / 2 for b in bins])
@@ -373,8 +373,8 @@ def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig,
 
     Files the audit rejects are skipped and listed with their reasons; the rest are evaluated.
     """
-    from chimuf import audit
-    from chimuf.predict import score_files
+    from chimuf.data import audit
+    from chimuf.tools.predict import score_files
 
     model = modelfile.load_model(model_path)
     root = audit.check_data_dir(data_dir)

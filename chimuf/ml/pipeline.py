@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chimuf.augment import augment_batch, is_identity
-from chimuf.config import AugmentConfig
+from chimuf.core.config import AugmentConfig
+from chimuf.ml.augment import augment_batch, is_identity
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimuf.engine import fsync_dir
-from chimuf.errors import ConfigError
-from chimuf.results import LayerRow
+from chimuf.core.engine import fsync_dir
+from chimuf.core.errors import ConfigError
+from chimuf.core.results import LayerRow
 
 if TYPE_CHECKING:
     import keras
@@ -154,7 +154,7 @@ def build_trainable_model(architecture: str, image_size: int, hyperparameters: d
                           precision: str, learning_rate: float) -> keras.Model:
     """`build_model` + `compile_model` under the training strategy: MirroredStrategy on a machine
     with several GPUs, TensorFlow's default strategy otherwise (chimuf.distributed)."""
-    from chimuf.distributed import training_strategy
+    from chimuf.tuning.distributed import training_strategy
 
     with training_strategy().scope():
         model = build_model(architecture, image_size, hyperparameters, precision)

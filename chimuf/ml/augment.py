@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from chimuf.config import AugmentConfig
+from chimuf.core.config import AugmentConfig
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -23,13 +23,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from chimuf.errors import DataError
-from chimuf.results import AuditOutcome, SplitCount, SplitOutcome, digest
+from chimuf.core.errors import DataError
+from chimuf.core.results import AuditOutcome, SplitCount, SplitOutcome, digest
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from chimuf.config import SplitConfig
+    from chimuf.core.config import SplitConfig
 
 SPLITS = ("train", "validation", "test")
 

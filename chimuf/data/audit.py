@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimuf.errors import DataError
-from chimuf.imagefile import read_image
-from chimuf.results import AuditOutcome, ClassCount, DuplicateGroup, FileRecord
+from chimuf.core.errors import DataError
+from chimuf.data.imagefile import read_image
+from chimuf.core.results import AuditOutcome, ClassCount, DuplicateGroup, FileRecord
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from chimuf.config import AuditConfig
-    from chimuf.console import Console
+    from chimuf.core.config import AuditConfig
+    from chimuf.core.console import Console
 
 LAYOUT_HINT = ("expected one sub-folder per class with the images directly inside, e.g. "
                "DIR/chihuahua/*.jpg and DIR/muffin/*.jpg")
