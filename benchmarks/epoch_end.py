@@ -1,10 +1,10 @@
 """End of an epoch: chimuf's input pipeline against the same pipeline with tf.data autotuning on.
 
-chimuf trains one `model.fit(epochs=1)` per epoch on a fresh dataset (chimuf.train), so each epoch
+chimuf trains one `model.fit(epochs=1)` per epoch on a fresh dataset (chimuf.ml.fit), so each epoch
 ends by destroying its iterator. With tf.data's autotuning on, that destruction waits for the
 autotuner's next optimisation round (rounds at 10 ms, doubling up to a minute, TensorFlow 2.21), so
 the epoch's wall time is rounded up to the next round: the process sits idle for the rest.
-chimuf's pipeline turns autotuning off (chimuf.pipeline). Both sides here are
+chimuf's pipeline turns autotuning off (chimuf.ml.pipeline). Both sides here are
 `chimuf.ml.pipeline.make_dataset`; the baseline only turns autotuning back on.
 
 Model 3 trains with augmentation, batch 64, chimuf's precision, one warm-up epoch each, then

@@ -119,7 +119,7 @@ def decode_once(files: list[Path], image_size: int) -> np.ndarray:
 
 def chimuf_epoch(images: np.ndarray, labels: np.ndarray,
                  image_size: int) -> tuple[Callable[[int], None], str]:
-    """A function training one epoch of model 3 the way chimuf.train does, and its precision."""
+    """A function training one epoch of model 3 the way chimuf.ml.fit does, and its precision."""
     from chimuf.core.config import AugmentConfig
     from chimuf.ml.models import build_model, compile_model, resolve_precision
     from chimuf.ml.pipeline import make_dataset

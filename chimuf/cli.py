@@ -1,7 +1,8 @@
 """The `chimuf` command: the edge where config is loaded, inputs checked and errors printed.
 
 Every chimuf error becomes one clear line on stderr and a non-zero exit; SIGTERM and Ctrl-C stop
-the study cleanly, leaving the run marked `interrupted` so that a rerun resumes it.
+the study cleanly, leaving the run marked `interrupted` so that a rerun resumes it. Each command
+imports the modules that do its work when it runs, so `chimuf --help` starts instantly.
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from chimuf import __version__
+from chimuf.core.config import AuditConfig, ReportConfig, StudyConfig, load_config, to_toml
 from chimuf.core.console import Console
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
+from chimuf.core.files import atomic_write_json
+from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
-
-if TYPE_CHECKING:
-    from chimuf.core.config import StudyConfig
+from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
 
 PROJECT_DIR = Path.cwd()
-STAGES = ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", metavar="RUN_DIR",
                        help="run folder (default: runs/<profile>); an existing one is resumed")
     study.add_argument("--seed", type=int, help="override the config's seed")
-    study.add_argument("--stop-after", choices=STAGES, default="",
+    study.add_argument("--stop-after", choices=ANALYSIS_STAGES, default="",
                        help="stop after this stage (the run stays resumable)")
     study.add_argument("--tune-chief", metavar="HOST:PORT",
                        help="tune on several machines: during the tuning stage, serve its trials at "
@@ -142,8 +143,6 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
-    from chimuf.core.config import load_config
-
     return load_config(args.config, args.profile, overrides or None)
 
 
@@ -152,7 +151,6 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
     from chimuf.study import StudyPaths, resolve_data_dir, run_study
-    from chimuf.tuning.distributed import parse_address
 
     tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
     overrides = {"seed": args.seed} if args.seed is not None else {}
@@ -170,13 +168,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
     from chimuf.study import resolve_data_dir
-    from chimuf.tuning.distributed import (
-        WorkerSetup,
-        check_worker_id,
-        default_worker_id,
-        parse_address,
-        run_worker,
-    )
+    from chimuf.tools.tune_worker import WorkerSetup, run_worker
 
     chief = parse_address(args.chief, "--chief")
     worker_id = check_worker_id(args.id) if args.id is not None else default_worker_id()
@@ -203,8 +195,6 @@ def cache_folder(config: StudyConfig) -> Path:
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.core.engine import atomic_write_json
-    from chimuf.core.results import dumps
     from chimuf.data import audit
 
     config = load(args)
@@ -216,10 +206,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from dataclasses import replace
-
     from chimuf import report
-    from chimuf.core.config import ReportConfig
 
     cfg = ReportConfig()
     cfg = replace(cfg, formats=tuple(args.formats or cfg.formats), engine=args.engine)
@@ -231,33 +218,29 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.core.config import AuditConfig
-    from chimuf.stages import evaluate
+    from chimuf.tools import evaluate_folder
 
     start_tensorflow()
-    evaluation = evaluate.evaluate_folder(args.model, args.dir, AuditConfig(), console)
-    print(evaluate.format_folder_evaluation(evaluation, as_json=args.json))
+    evaluation = evaluate_folder.evaluate_folder(args.model, args.dir, AuditConfig(), console)
+    print(evaluate_folder.format_folder_evaluation(evaluation, as_json=args.json))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.core.config import AuditConfig
     from chimuf.tools import predict
 
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, AuditConfig(), console)
     explained = []
     if args.explain:
-        from chimuf.stages import explain
+        from chimuf.tools.explain_files import explain_files
 
-        explained = explain.explain_files(args.model, args.images, args.explain, AuditConfig(), console)
+        explained = explain_files(args.model, args.images, args.explain, AuditConfig(), console)
     print(predict.format_predictions(predictions, args.format or "table"))
     return 1 if any(p.error for p in predictions) or any(e.error for e in explained) else 0
 
 
 def cmd_config(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.core.config import to_toml
-
     print(to_toml(load(args)), end="")
     return 0
 

@@ -14,17 +14,20 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from chimuf import __version__
+from chimuf import __version__, report
 from chimuf.core.config import StudyConfig, as_dict, differences
 from chimuf.core.console import Console
-from chimuf.core.engine import Run, atomic_write_json, now_iso
+from chimuf.core.engine import Run
 from chimuf.core.errors import DataError
+from chimuf.core.files import atomic_write_json, now_iso
 from chimuf.core.results import (
+    ANALYSIS_STAGES,
     SCHEMA_VERSION,
     AuditOutcome,
     CacheOutcome,
+    ConfigDifference,
     EvaluateOutcome,
     ExplainOutcome,
     KFoldOutcome,
@@ -37,9 +40,11 @@ from chimuf.core.results import (
     TuneOutcome,
     digest,
 )
+from chimuf.data import audit, cache, split
+from chimuf.stages import evaluate, explain, kfold, train, tune
 
 if TYPE_CHECKING:
-    from chimuf.tuning.distributed import Address
+    from chimuf.tuning.protocol import Address
 
 PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
             "pillow", "matplotlib", "pypandoc-binary", "typst")
@@ -56,12 +61,8 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
               stop_after: str = "", tune_chief: Address | None = None) -> Results:
     """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
 
-    With `tune_chief`, the search serves its trials to workers at that address (chimuf.distributed).
+    With `tune_chief`, the search serves its trials to workers at that address (chimuf.tuning).
     """
-    from chimuf import report
-    from chimuf.data import audit, cache, split
-    from chimuf.stages import evaluate, explain, kfold, train, tune
-
     run = Run(paths.run_dir, console)
     console.log_to(paths.run_dir / "study.log")
     seed = config.seed
@@ -76,10 +77,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
 
         # 1. Which files are usable, and what is wrong with the others.
         results.audit = run.stage(
-            "audit",
-            {"audit": config.audit, "max_per_class": config.data.max_per_class, "seed": seed,
-             "listing": audit.listing_fingerprint(paths.data_dir)},
-            AuditOutcome,
+            "audit", audit_inputs(config, paths.data_dir), AuditOutcome,
             lambda ctx: audit.audit_folder(paths.data_dir, config.audit, console,
                                            max_per_class=config.data.max_per_class, seed=seed),
         )
@@ -88,9 +86,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
 
         # 2. Train / validation / test lists, near-duplicate groups kept whole (paper 3.1).
         results.split = run.stage(
-            "split",
-            {"split": config.split, "seed": seed, "data": results.audit.digest},
-            SplitOutcome,
+            "split", split_inputs(config, results.audit), SplitOutcome,
             lambda ctx: split.split_dataset(results.audit, config.split, seed),
         )
         if save("split", results.split):
@@ -98,9 +94,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
 
         # 3. Decode every usable image once, at the configured size.
         results.cache = run.stage(
-            "cache",
-            {"image_size": config.data.image_size, "data": results.audit.digest},
-            CacheOutcome,
+            "cache", cache_inputs(config, results.audit), CacheOutcome,
             lambda ctx: cache.build_cache(results.audit, paths.data_dir, config.data.image_size,
                                           paths.cache_dir, console),
             still_valid=lambda outcome: Path(outcome.images_path).is_file(),
@@ -191,10 +185,26 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         return results
 
 
+# --- what each data stage depends on: the engine reruns it when one of these changes -----------
+# (a tuning worker asks the engine for the chief's finished split and cache by the same inputs)
+
+
+def audit_inputs(config: StudyConfig, data_dir: Path) -> dict[str, Any]:
+    return {"audit": config.audit, "max_per_class": config.data.max_per_class, "seed": config.seed,
+            "listing": audit.listing_fingerprint(data_dir)}
+
+
+def split_inputs(config: StudyConfig, audit: AuditOutcome) -> dict[str, Any]:
+    return {"split": config.split, "seed": config.seed, "data": audit.digest}
+
+
+def cache_inputs(config: StudyConfig, audit: AuditOutcome) -> dict[str, Any]:
+    return {"image_size": config.data.image_size, "data": audit.digest}
+
+
 def results_without_run(results: Results) -> list[object]:
     """The stage outcomes alone: what the report's content depends on."""
-    return [results.audit, results.split, results.train, results.tune, results.final,
-            results.evaluate, results.kfold, results.explain]
+    return [getattr(results, name) for name in ANALYSIS_STAGES if name != "cache"]
 
 
 def write_results(run: Run, results: Results, config: StudyConfig, paths: StudyPaths,
@@ -211,7 +221,7 @@ def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str)
         profile=config.profile,
         seed=config.seed,
         config=as_dict(config),
-        config_differences=[list(d) for d in differences(config) if d[0] != "profile"],
+        config_differences=[ConfigDifference(*d) for d in differences(config) if d[0] != "profile"],
         data_dir=str(paths.data_dir),
         data_digest=data_digest,
         packages=package_versions(),

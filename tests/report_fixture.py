@@ -11,13 +11,15 @@ import dataclasses
 from pathlib import Path
 
 from chimuf.core.config import StudyConfig, as_dict, differences, load_config
-from chimuf.core.engine import atomic_write_json
+from chimuf.core.files import atomic_write_json
+from chimuf.core.hyperparameters import Hyperparameters
 from chimuf.core.results import (
     SCHEMA_VERSION,
     AuditOutcome,
     CacheOutcome,
     ClassCount,
     ClassMetrics,
+    ConfigDifference,
     DuplicateGroup,
     EpochRecord,
     EvaluateOutcome,
@@ -30,6 +32,7 @@ from chimuf.core.results import (
     KFoldOutcome,
     LayerRow,
     McNemarTest,
+    Predictions,
     Results,
     RunInfo,
     SearchDimension,
@@ -152,22 +155,22 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
                (150, 60, 40))
         for m in ("model1", "model2", "model3")
     ])
-    best = {"conv1_filters": 16, "conv2_filters": 96, "conv3_filters": 192, "dense_units": 96,
-            "dropout_conv": 0.05, "dropout_dense": 0.4}
+    best = Hyperparameters(16, 96, 192, 96, 0.05, 0.4)
     tune = TuneOutcome(
         objective="val_accuracy", max_trials=3,
         search_space=[SearchDimension("conv1_filters", [16, 32, 48, 64]),
                       SearchDimension("dropout_conv", [0.0, 0.05, 0.1])],
         trials=[
             Trial("00", "COMPLETED", best, 0.9123, 5, 300.0, history(5, 0.91)),
-            Trial("01", "COMPLETED", {**best, "conv1_filters": 32}, 0.8876, 5, 310.0, history(5, 0.88)),
-            Trial("02", "FAILED", {**best, "conv1_filters": 64}, None, 1, 20.0, [],
+            Trial("01", "COMPLETED", dataclasses.replace(best, conv1_filters=32), 0.8876, 5, 310.0,
+                  history(5, 0.88)),
+            Trial("02", "FAILED", dataclasses.replace(best, conv1_filters=64), None, 1, 20.0, [],
                   error="ResourceExhaustedError: OOM when allocating tensor"),
         ],
         best_hyperparameters=best, best_score=0.9123, wall_s=630.0,
     )
     final = training(run_dir, "final", "tuned", True, 0.9187, (16, 96, 192), dense=96)
-    final.hyperparameters = dict(best)
+    final.hyperparameters = best
     per_class = [ClassMetrics(a, 0.9413, 0.9707, 0.9558, 512, Interval(0.942, 0.968)),
                  ClassMetrics(b, 0.9642, 0.9287, 0.9461, 435, Interval(0.929, 0.961))]
     evaluate = EvaluateOutcome(
@@ -183,13 +186,13 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
         mcnemar=[McNemarTest("final", "model3_aug", 41, 19, 7.35, 0.0067,
                              "chi-square, continuity-corrected")],
         leakage_free_accuracy=0.9498, leakage_free_n=921, keras_accuracy=ACCURACY,
+        predictions=Predictions(list(classes), 0.5, split.test, [i % 2 for i in range(947)],
+                                [0.9 if i % 2 else 0.1 for i in range(947)]),
         predictions_csv="evaluate/predictions.csv", validation_predictions_csv="evaluate/validation.csv",
-        figures=[
-            figure(run_dir, "evaluate/confusion_matrix.png",
-                   "Confusion matrix (rows true, columns predicted)", (30, 120, 60)),
-            figure(run_dir, "evaluate/roc.png", "ROC curve", (120, 30, 120)),
-            figure(run_dir, "evaluate/reliability.png", "Reliability diagram", (120, 120, 30)),
-        ],
+        confusion_figure=figure(run_dir, "evaluate/confusion_matrix.png",
+                                "Confusion matrix (rows true, columns predicted)", (30, 120, 60)),
+        roc_figure=figure(run_dir, "evaluate/roc.png", "ROC curve", (120, 30, 120)),
+        reliability_figure=figure(run_dir, "evaluate/reliability.png", "Reliability diagram", (120, 120, 30)),
         confidence=0.95, bootstrap_samples=1000,
     )
     folds = [FoldOutcome(i, "COMPLETED", 3031, 758, 0.90 + 0.01 * i, 0.30 - 0.01 * i, 5, 200.0)
@@ -236,7 +239,7 @@ def partial_results(run_dir: Path) -> Results:
 def run_info(config: StudyConfig, run_id: str, status: str, stages: list[StageFact], digest: str) -> RunInfo:
     return RunInfo(
         run_id=run_id, status=status, profile=config.profile, seed=config.seed, config=as_dict(config),
-        config_differences=[list(d) for d in differences(config) if d[0] != "profile"],
+        config_differences=[ConfigDifference(*d) for d in differences(config) if d[0] != "profile"],
         data_dir="/data/chihuahua-muffin", data_digest=digest,
         packages={"python": "3.11.2", "tensorflow": "2.21.0", "keras": "3.15.0"},
         hardware="Test CPU, 2 logical CPUs, Linux", started_at="2026-01-01T10:00:00+00:00",

@@ -21,8 +21,10 @@ from chimuf.cli import main
 from chimuf.core.config import StudyConfig, TuneConfig, as_dict
 from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.results import EpochRecord
-from chimuf.tuning import distributed
-from chimuf.tuning.distributed import Address, parse_address, tuner_role
+from chimuf.ml import models
+from chimuf.tools import tune_worker
+from chimuf.tuning import protocol
+from chimuf.tuning.protocol import Address, parse_address, tuner_role
 from tests.conftest import make_dataset
 
 MAX_TRIALS = 4
@@ -79,10 +81,10 @@ def test_bad_address_names_the_option_and_what_is_wrong(text, complaint):
 
 def test_worker_id_that_keras_tuner_would_take_for_the_chief_is_refused():
     with pytest.raises(ConfigError, match="must not contain 'chief'"):
-        distributed.check_worker_id("sub-chief-2")
+        protocol.check_worker_id("sub-chief-2")
     with pytest.raises(ConfigError, match="letters, digits"):
-        distributed.check_worker_id("../escape")
-    assert distributed.check_worker_id(distributed.default_worker_id())
+        protocol.check_worker_id("../escape")
+    assert protocol.check_worker_id(protocol.default_worker_id())
 
 
 # --- Keras Tuner's environment variables -------------------------------------------------------
@@ -102,11 +104,11 @@ def test_tuner_role_sets_the_variables_inside_and_restores_them_after(monkeypatc
 
 
 def test_tuner_role_restores_the_variables_when_the_block_raises(monkeypatch):
-    for name in distributed.ENV_NAMES:
+    for name in protocol.ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(RuntimeError, match="boom"), tuner_role("chief", Address("0.0.0.0", 8470)):
         raise RuntimeError("boom")
-    assert not [name for name in distributed.ENV_NAMES if name in os.environ]
+    assert not [name for name in protocol.ENV_NAMES if name in os.environ]
 
 
 # --- settings the worker shares with the chief -------------------------------------------------
@@ -123,10 +125,10 @@ def test_worker_timeout_is_left_out_of_the_tuning_fingerprint():
 def test_worker_with_other_settings_than_the_chief_run_is_refused(tmp_path):
     chief = StudyConfig()
     (tmp_path / "results.json").write_text(json.dumps({"run": {"config": as_dict(chief)}}))
-    distributed.check_same_settings(StudyConfig(), tmp_path)  # the same: accepted
+    tune_worker.check_same_settings(StudyConfig(), tmp_path)  # the same: accepted
     other = StudyConfig(tune=TuneConfig(epochs=3, worker_timeout_s=10.0))
     with pytest.raises(ConfigError, match=r"tune\.epochs: 20 there, 3 here") as caught:
-        distributed.check_same_settings(other, tmp_path)
+        tune_worker.check_same_settings(other, tmp_path)
     assert "worker_timeout_s" not in str(caught.value)  # the chief's own setting
 
 
@@ -137,9 +139,9 @@ def chief_oracle(max_trials: int = 3):
     """A ChiefOracle over a one-dimensional space, as the chief would hold it."""
     import keras_tuner as kt
 
-    from chimuf.stages import tune
+    from chimuf.tuning.chief import ChiefOracle
 
-    oracle = distributed.chief_oracle_class(tune.seeded_oracle_class())(
+    oracle = ChiefOracle(
         objective=kt.Objective("val_accuracy", direction="max"), max_trials=max_trials,
         num_initial_points=2, seed=1, max_consecutive_failed_trials=3)
     oracle.hyperparameters.Int("units", 1, 50)
@@ -156,8 +158,8 @@ def test_epoch_reports_become_the_trial_history_on_the_chief():
     for epoch, val_loss in enumerate([0.9, 0.7]):
         record = EpochRecord(epoch + 1, loss=1.0 - epoch / 10, accuracy=0.5, val_loss=val_loss,
                              val_accuracy=0.6, wall_s=2.0)
-        oracle.update_trial(trial.trial_id, distributed.epoch_metrics(record, 2.0 * (epoch + 1)), step=epoch)
-    history, wall_s = distributed.history_from_metrics(oracle.trials[trial.trial_id])
+        oracle.update_trial(trial.trial_id, protocol.epoch_metrics(record, 2.0 * (epoch + 1)), step=epoch)
+    history, wall_s = protocol.history_from_metrics(oracle.trials[trial.trial_id])
     assert [(r.epoch, r.val_loss, r.wall_s) for r in history] == [(1, 0.9, 2.0), (2, 0.7, 2.0)]
     assert wall_s == 4.0
     # The epoch reports do not name the objective: Keras Tuner still expects the trial's result.
@@ -167,13 +169,13 @@ def test_epoch_reports_become_the_trial_history_on_the_chief():
 def test_a_trial_that_reported_no_epoch_has_an_empty_history():
     oracle = chief_oracle()
     trial = oracle.create_trial("w1")
-    assert distributed.history_from_metrics(oracle.trials[trial.trial_id]) == ([], 0.0)
+    assert protocol.history_from_metrics(oracle.trials[trial.trial_id]) == ([], 0.0)
 
 
 def report_epochs(oracle, trial_id: str, val_losses: list[float]) -> None:
     for epoch, val_loss in enumerate(val_losses):
         record = EpochRecord(epoch + 1, loss=1.0, accuracy=0.5, val_loss=val_loss, val_accuracy=0.6)
-        oracle.update_trial(trial_id, distributed.epoch_metrics(record, float(epoch + 1)), step=epoch)
+        oracle.update_trial(trial_id, protocol.epoch_metrics(record, float(epoch + 1)), step=epoch)
 
 
 def test_a_worker_restarted_with_its_id_gets_its_trial_back_with_a_fresh_history():
@@ -182,9 +184,9 @@ def test_a_worker_restarted_with_its_id_gets_its_trial_back_with_a_fresh_history
     report_epochs(oracle, first.trial_id, [0.9, 0.8])
     again = oracle.create_trial("w1")  # the same worker id asks again: it was restarted
     assert again.trial_id == first.trial_id
-    assert distributed.history_from_metrics(oracle.trials[first.trial_id]) == ([], 0.0)
+    assert protocol.history_from_metrics(oracle.trials[first.trial_id]) == ([], 0.0)
     report_epochs(oracle, first.trial_id, [0.4])
-    history, _ = distributed.history_from_metrics(oracle.trials[first.trial_id])
+    history, _ = protocol.history_from_metrics(oracle.trials[first.trial_id])
     assert [r.val_loss for r in history] == [0.4]
 
 
@@ -226,17 +228,19 @@ def test_an_unreachable_chief_during_a_trial_ends_the_worker_not_the_trial():
             raise Unavailable()
 
     record = EpochRecord(1, loss=0.7, accuracy=0.5, val_loss=0.7, val_accuracy=0.5)
-    with pytest.raises(distributed.ChiefLost, match="UNAVAILABLE: Connection reset by peer"):
-        distributed.report_epoch(GoneChief(), "0", record, 1.0)
+    with pytest.raises(protocol.ChiefLost, match="UNAVAILABLE: Connection reset by peer"):
+        protocol.report_epoch(GoneChief(), "0", record, 1.0)
 
 
 def test_port_already_in_use_is_a_clear_error():
+    from chimuf.tuning.chief import start_server
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(StageError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
-            distributed.start_server(chief_oracle(), Address("127.0.0.1", port))
+            start_server(chief_oracle(), Address("127.0.0.1", port))
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -378,7 +382,7 @@ def local_search(config_path: Path, run: Path, folder: Path, max_trials: int):
 
     config = load_config(config_path)
     console = Console(stream=io.StringIO(), live=False)
-    cache, split = distributed.finished_data(config, run, console)
+    cache, split = tune_worker.finished_data(config, run, console)
     ctx = StageContext("tune", folder / "tune", folder, console)
     ctx.dir.mkdir(parents=True)
     return tune.run_tuning(ctx, cache, split, replace(config.tune, max_trials=max_trials), config.train,
@@ -468,7 +472,7 @@ def test_one_device_trains_under_the_default_strategy():
 
     if len(tf.config.list_logical_devices("GPU")) > 1:
         pytest.skip("this machine has several GPUs")
-    strategy = distributed.training_strategy()
+    strategy = models.training_strategy()
     assert strategy is tf.distribute.get_strategy()
     assert strategy.num_replicas_in_sync == 1
 
@@ -485,7 +489,7 @@ MIRRORED_SEARCH = textwrap.dedent("""
     list_devices = tf.config.list_logical_devices
     tf.config.list_logical_devices = lambda kind=None: list_devices("CPU" if kind == "GPU" else kind)
 
-    from chimuf.tuning import distributed
+    from chimuf.ml import models
     from chimuf.stages import tune
     from chimuf.data.audit import audit_folder
     from chimuf.data.cache import build_cache
@@ -496,7 +500,7 @@ MIRRORED_SEARCH = textwrap.dedent("""
     from tests.conftest import make_dataset
 
     made = []
-    tune.training_strategy = lambda: made.append(distributed.training_strategy()) or made[-1]
+    tune.training_strategy = lambda: made.append(models.training_strategy()) or made[-1]
     root = Path(tempfile.mkdtemp())
     console = Console(stream=io.StringIO(), live=False)
     data = make_dataset(root / "data", per_class=10)

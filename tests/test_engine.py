@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from chimuf.core.console import Console
-from chimuf.core.engine import Run, atomic_write_json, changed_inputs, open_attempt, read_json
+from chimuf.core.engine import Run, changed_inputs, open_attempt
 from chimuf.core.errors import Interrupted, StageError
+from chimuf.core.files import atomic_write_json, read_json
 
 
 @dataclass

@@ -24,6 +24,7 @@ from chimuf.core.results import (
 )
 from chimuf.ml import metrics, modelfile
 from chimuf.stages import evaluate
+from chimuf.tools import evaluate_folder
 from tests.conftest import make_dataset, make_image
 
 SIZE = 16
@@ -217,7 +218,7 @@ def folder_with_bad_files(root: Path) -> Path:
 
 def test_folder_with_bad_files_reports_them_and_evaluates_the_rest(folder_model, tmp_path):
     data = folder_with_bad_files(tmp_path / "folder")
-    result = evaluate.evaluate_folder(folder_model, data, AuditConfig(), quiet())
+    result = evaluate_folder.evaluate_folder(folder_model, data, AuditConfig(), quiet())
     assert result.n_images == 8
     reasons = {s.path: s.reason for s in result.skipped}
     assert set(reasons) == {"muffin/truncated.jpg", "chihuahua/notes.jpg"}
@@ -228,14 +229,14 @@ def test_folder_with_bad_files_reports_them_and_evaluates_the_rest(folder_model,
 
 def test_evaluate_json_has_the_documented_keys(folder_model, tmp_path):
     data = folder_with_bad_files(tmp_path / "folder")
-    result = evaluate.evaluate_folder(folder_model, data, AuditConfig(), quiet())
-    parsed = json.loads(evaluate.format_folder_evaluation(result, as_json=True))
+    result = evaluate_folder.evaluate_folder(folder_model, data, AuditConfig(), quiet())
+    parsed = json.loads(evaluate_folder.format_folder_evaluation(result, as_json=True))
     for key in ("classes", "n_images", "accuracy", "roc_auc", "confusion_matrix", "per_class", "skipped"):
         assert key in parsed
     assert parsed["classes"] == ["chihuahua", "muffin"]
     assert {"label", "precision", "recall", "f1", "support"} <= set(parsed["per_class"][0])
     assert {"path", "reason"} <= set(parsed["skipped"][0])
-    text = evaluate.format_folder_evaluation(result, as_json=False)
+    text = evaluate_folder.format_folder_evaluation(result, as_json=False)
     assert "rows = true class" in text and "muffin/truncated.jpg" in text
 
 
@@ -244,7 +245,7 @@ def test_folder_whose_classes_differ_from_the_model_is_refused(folder_model, tmp
     for label in ("cat", "dog"):
         make_image(root / label / "1.png")
     with pytest.raises(DataError, match=r"trained on \['chihuahua', 'muffin'\]"):
-        evaluate.evaluate_folder(folder_model, root, AuditConfig(), quiet())
+        evaluate_folder.evaluate_folder(folder_model, root, AuditConfig(), quiet())
 
 
 def test_without_a_classes_file_the_folder_names_the_classes_with_a_warning(folder_model, tmp_path):
@@ -252,7 +253,7 @@ def test_without_a_classes_file_the_folder_names_the_classes_with_a_warning(fold
     bare.write_bytes(folder_model.read_bytes())
     data = make_dataset(tmp_path / "folder", per_class=3)
     stream = io.StringIO()
-    result = evaluate.evaluate_folder(bare, data, AuditConfig(), Console(stream=stream, live=False))
+    result = evaluate_folder.evaluate_folder(bare, data, AuditConfig(), Console(stream=stream, live=False))
     assert result.classes_from == "folder"
     assert "bare.classes.json" in stream.getvalue()
 

@@ -10,7 +10,6 @@ wiring (layer, score, axes) is wrong.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from pathlib import Path
@@ -26,14 +25,18 @@ from chimuf.core.results import (
     CacheOutcome,
     EvaluateOutcome,
     ExplainOutcome,
+    Figure,
     Interval,
+    Prediction,
+    Predictions,
     SplitOutcome,
     ThresholdMetrics,
     TrainingOutcome,
     from_jsonable,
+    sorted_mistakes,
     to_jsonable,
 )
-from chimuf.ml import modelfile
+from chimuf.ml import gradcam, modelfile
 from chimuf.ml.explain_plots import (
     MAX_MAPS,
     draw_activation_maps,
@@ -42,7 +45,7 @@ from chimuf.ml.explain_plots import (
     draw_rgb_kernels,
 )
 from chimuf.stages import explain
-from chimuf.stages.explain import Prediction
+from chimuf.tools import explain_files
 from tests.conftest import make_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:tf_keras_vis.*")
@@ -124,7 +127,7 @@ def trained(trained_path):
 def test_class_score_is_the_logit_for_class_1_and_its_negative_for_class_0():
     import tensorflow as tf
 
-    score = explain.class_score([0, 1, 1])
+    score = gradcam.class_score([0, 1, 1])
     z = tf.constant([[2.0], [2.0], [-3.0]])  # (N, 1) logits
     assert np.allclose(np.asarray(score(z)), [-2.0, 2.0, -3.0])
 
@@ -138,7 +141,7 @@ def test_gradcam_of_the_logit_equals_gradcam_of_p_and_of_one_minus_p():
     pixels = images.astype(np.float32)
     p_model = Gradcam(model, clone=False)
     for class_id, score in ((1, lambda out: out[:, 0]), (0, lambda out: 1.0 - out[:, 0])):
-        ours = explain.gradcam_maps(explain.logit_model(model), images, ["conv2"], [class_id] * 4)
+        ours = gradcam.gradcam_maps(gradcam.logit_model(model), images, ["conv2"], [class_id] * 4)
         reference = p_model(score, pixels, penultimate_layer="conv2", seek_penultimate_conv_layer=False)
         assert np.allclose(ours["conv2"], np.asarray(reference), atol=1e-3), f"class {class_id}"
 
@@ -147,7 +150,7 @@ def test_logit_model_outputs_the_logit_of_the_saved_probability(trained):
     images, _ = corner_images(2, seed=7)
     pixels = images.astype(np.float32)
     p = trained.predict(pixels, verbose=0)[:, 0]
-    z = explain.logit_model(trained).predict(pixels, verbose=0)[:, 0]
+    z = gradcam.logit_model(trained).predict(pixels, verbose=0)[:, 0]
     assert np.allclose(1 / (1 + np.exp(-z)), p, atol=1e-6)
 
 
@@ -155,7 +158,7 @@ def test_two_class_model_gives_one_minus_p_and_p_after_softmax(trained):
     images, _ = corner_images(2, seed=7)
     pixels = images.astype(np.float32)
     p = trained.predict(pixels, verbose=0)[:, 0]
-    pair = explain.two_class_model(explain.logit_model(trained)).predict(pixels, verbose=0)  # (N, 2)
+    pair = gradcam.two_class_model(gradcam.logit_model(trained)).predict(pixels, verbose=0)  # (N, 2)
     softmax = np.exp(pair) / np.exp(pair).sum(axis=1, keepdims=True)
     assert np.allclose(softmax, np.stack([1 - p, p], axis=1), atol=1e-6)
 
@@ -164,7 +167,7 @@ def test_mixed_bfloat16_model_is_explained_through_a_float32_copy():
     from chimuf.ml.models import build_model
 
     model = build_model("model1", SIZE, precision="mixed_bfloat16")
-    copy = explain.logit_model(model)
+    copy = gradcam.logit_model(model)
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
     assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"  # the original is kept
 
@@ -178,9 +181,9 @@ def test_gradcam_of_the_last_conv_layer_lights_the_signal_corner(trained):
     images, labels = corner_images(4, seed=11)
     p = trained.predict(images.astype(np.float32), verbose=0)[:, 0]
     assert ((p > 0.5) == (labels == 1)).all(), "the corner model should classify fresh images"
-    logits = explain.logit_model(trained)
-    true = explain.gradcam_maps(logits, images, ["conv2"], list(labels))["conv2"]
-    other = explain.gradcam_maps(logits, images, ["conv2"], list(1 - labels))["conv2"]
+    logits = gradcam.logit_model(trained)
+    true = gradcam.gradcam_maps(logits, images, ["conv2"], list(labels))["conv2"]
+    other = gradcam.gradcam_maps(logits, images, ["conv2"], list(1 - labels))["conv2"]
     for i, label in enumerate(labels):
         quadrants = quadrant_means(true[i] + other[i])
         corner = "top-left" if label == 0 else "bottom-right"
@@ -191,9 +194,9 @@ def test_gradcam_of_the_last_conv_layer_lights_the_signal_corner(trained):
 
 def test_gradcam_of_the_two_classes_differ(trained):
     images, _ = corner_images(2, seed=13)
-    logits = explain.logit_model(trained)
-    as_1 = explain.gradcam_maps(logits, images, ["conv1", "conv2"], [1] * len(images))
-    as_0 = explain.gradcam_maps(logits, images, ["conv1", "conv2"], [0] * len(images))
+    logits = gradcam.logit_model(trained)
+    as_1 = gradcam.gradcam_maps(logits, images, ["conv1", "conv2"], [1] * len(images))
+    as_0 = gradcam.gradcam_maps(logits, images, ["conv1", "conv2"], [0] * len(images))
     for layer in ("conv1", "conv2"):
         assert not np.allclose(as_1[layer], as_0[layer]), layer
 
@@ -202,14 +205,14 @@ def test_gradcam_is_not_blank_when_the_sigmoid_saturates(trained):
     images, labels = corner_images(2, seed=17)
     p = trained.predict(images.astype(np.float32), verbose=0)[:, 0]
     assert ((p == 0.0) | (p == 1.0)).any(), "precondition: some probabilities round to 0 or 1"
-    heat = explain.gradcam_maps(explain.logit_model(trained), images, ["conv2"], list(labels))
-    other = explain.gradcam_maps(explain.logit_model(trained), images, ["conv2"], list(1 - labels))
+    heat = gradcam.gradcam_maps(gradcam.logit_model(trained), images, ["conv2"], list(labels))
+    other = gradcam.gradcam_maps(gradcam.logit_model(trained), images, ["conv2"], list(1 - labels))
     assert all(heat["conv2"][i].max() > 0 or other["conv2"][i].max() > 0 for i in range(len(images)))
 
 
 def test_method_maps_give_four_normalised_maps_per_image(trained):
     images, labels = corner_images(2, seed=19)
-    maps = explain.method_maps(explain.logit_model(trained), images, "conv2", list(labels), seed=1)
+    maps = gradcam.method_maps(gradcam.logit_model(trained), images, "conv2", list(labels), seed=1)
     assert [name for name, _ in maps] == ["Grad-CAM", "Grad-CAM++", "Score-CAM", "SmoothGrad"]
     for name, heat in maps:
         assert heat.shape == (len(images), SIZE, SIZE), name
@@ -218,9 +221,9 @@ def test_method_maps_give_four_normalised_maps_per_image(trained):
 
 def test_smoothgrad_is_the_same_for_the_same_seed(trained):
     images, labels = corner_images(1, seed=23)
-    logits = explain.logit_model(trained)
-    first = dict(explain.method_maps(logits, images, "conv2", list(labels), seed=4))["SmoothGrad"]
-    again = dict(explain.method_maps(logits, images, "conv2", list(labels), seed=4))["SmoothGrad"]
+    logits = gradcam.logit_model(trained)
+    first = dict(gradcam.method_maps(logits, images, "conv2", list(labels), seed=4))["SmoothGrad"]
+    again = dict(gradcam.method_maps(logits, images, "conv2", list(labels), seed=4))["SmoothGrad"]
     assert np.array_equal(first, again)
 
 
@@ -275,7 +278,7 @@ def test_heatmap_grid_has_a_row_per_image_and_the_image_plus_a_column_per_map():
 def test_mistakes_come_most_confident_first():
     predictions = [Prediction("a", 0, 0.6), Prediction("b", 1, 0.1), Prediction("c", 0, 0.95),
                    Prediction("d", 1, 0.9)]
-    assert [p.path for p in explain.sorted_mistakes(predictions)] == ["c", "b", "a"]
+    assert [p.path for p in sorted_mistakes(predictions)] == ["c", "b", "a"]
 
 
 def test_a_probability_of_exactly_one_half_predicts_class_0_as_the_evaluator_counts():
@@ -300,37 +303,8 @@ def test_activation_images_take_what_exists_when_there_are_no_mistakes():
     assert len(explain.choose_activation_images(predictions, 5, seed=0)) == 3
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def test_predictions_are_read_with_labels_given_as_names_or_ids(tmp_path):
-    path = write_csv(tmp_path / "p.csv", ["path", "true_label", "probability", "probability_model1"],
-                     [["a.png", "muffin", "0.25", "0.5"], ["b.png", "0", "0.75", "0.5"]])
-    assert explain.read_predictions(path, CLASSES) == [Prediction("a.png", 1, 0.25),
-                                                       Prediction("b.png", 0, 0.75)]
-
-
-def test_predictions_without_a_probability_column_name_the_file_and_the_columns(tmp_path):
-    path = write_csv(tmp_path / "p.csv", ["path", "true_label", "p"], [["a.png", "muffin", "0.25"]])
-    with pytest.raises(DataError, match=r"p\.csv.*'probability'"):
-        explain.read_predictions(path, CLASSES)
-
-
-def test_a_probability_outside_0_1_names_the_line(tmp_path):
-    path = write_csv(tmp_path / "p.csv", ["path", "true_label", "probability"],
-                     [["a.png", "muffin", "0.25"], ["b.png", "muffin", "nan"]])
-    with pytest.raises(DataError, match="line 3"):
-        explain.read_predictions(path, CLASSES)
-
-
 def test_output_names_are_safe_and_unique():
-    names = explain.output_names([Path("a/dog 1.jpg"), Path("b/dog 1.png"), Path("../$(rm).jpg")])
+    names = explain_files.output_names([Path("a/dog 1.jpg"), Path("b/dog 1.png"), Path("../$(rm).jpg")])
     assert names == ["dog_1_gradcam.png", "dog_1-2_gradcam.png", "rm_gradcam.png"]
 
 
@@ -344,19 +318,21 @@ def training_outcome(model_path: str) -> TrainingOutcome:
                            figure=None, wall_s=0.0, images_per_s=0.0, precision="float32")
 
 
-def evaluate_outcome(predictions_csv: str) -> EvaluateOutcome:
+def evaluate_outcome(predictions: Predictions) -> EvaluateOutcome:
     nothing = Interval(0.0, 0.0)
+    no_figure = Figure("evaluate/none.png", "")
     return EvaluateOutcome(
         model="final", classes=CLASSES, n_images=0, accuracy=0.0, accuracy_interval=nothing,
         roc_auc=0.0, roc_auc_interval=nothing, confusion_matrix=[], per_class=[], macro_f1=0.0,
         at_validation_threshold=ThresholdMetrics(0.5, 0.0, [], []), expected_calibration_error=0.0,
         mcnemar=[], leakage_free_accuracy=None, leakage_free_n=0, keras_accuracy=0.0,
-        predictions_csv=predictions_csv, figures=[])
+        predictions=predictions, predictions_csv="evaluate/predictions.csv",
+        confusion_figure=no_figure, roc_figure=no_figure, reliability_figure=no_figure)
 
 
 def fake_run(root: Path, model_path: Path, mislabelled: int):
     """A run folder with the final model, an image cache of 12 test images and the evaluate
-    stage's predictions CSV, in which `mislabelled` images carry the wrong true label (so the
+    stage's predictions, in which `mislabelled` images carry the wrong true label (so the
     model's right answers count as confident mistakes)."""
     import shutil
 
@@ -374,12 +350,10 @@ def fake_run(root: Path, model_path: Path, mislabelled: int):
     model = modelfile.load_model(model_path)
     p = model.predict(images.astype(np.float32), verbose=0)[:, 0]
     true = [1 - label if i < mislabelled else label for i, label in enumerate(labels)]
-    write_csv(run_dir / "evaluate" / "predictions.csv", ["path", "true_label", "probability"],
-              [[path, CLASSES[t], f"{q:.8f}"] for path, t, q in zip(paths, true, p, strict=True)])
+    predictions = Predictions(CLASSES, 0.5, paths, [int(t) for t in true], [float(q) for q in p])
     ctx = StageContext("explain", run_dir / "explain", run_dir, quiet())
     ctx.dir.mkdir(parents=True)
-    return ctx, cache, split, training_outcome("final/final.keras"), evaluate_outcome(
-        "evaluate/predictions.csv")
+    return ctx, cache, split, training_outcome("final/final.keras"), evaluate_outcome(predictions)
 
 
 def test_explain_errors_draws_every_figure_and_a_consistent_outcome(tmp_path, trained_path):
@@ -440,7 +414,7 @@ def test_explain_files_reports_a_bad_file_and_explains_the_rest(tmp_path, traine
     bad.write_text("not an image")
     stream = io.StringIO()
     outdir = tmp_path / "out"
-    results = explain.explain_files(trained_path, [good[0], bad, good[1]], outdir, AuditConfig(),
+    results = explain_files.explain_files(trained_path, [good[0], bad, good[1]], outdir, AuditConfig(),
                                     Console(stream=stream, live=False))
 
     assert [r.path for r in results] == [str(good[0]), str(bad), str(good[1])]

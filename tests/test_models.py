@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from chimuf.core.errors import ConfigError
+from chimuf.core.hyperparameters import MODEL3 as MODEL3_HYPERPARAMETERS
 from chimuf.ml.models import (
-    MODEL3_HYPERPARAMETERS,
     build_model,
     compile_model,
     conv_layer_names,

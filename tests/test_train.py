@@ -18,8 +18,9 @@ from chimuf.core.console import Console
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import StageError
 from chimuf.core.results import CacheOutcome, EpochRecord, SplitOutcome
+from chimuf.ml import fit as fitting
+from chimuf.ml.fit import StopState, fit, watch
 from chimuf.stages import train
-from chimuf.stages.train import StopState, fit, watch
 
 SIZE = 16
 TINY = {"conv1_filters": 4, "conv2_filters": 4, "conv3_filters": 8, "dense_units": 8,
@@ -132,7 +133,7 @@ def scripted(monkeypatch, val_losses: list[float]) -> list[int]:
         loss = val_losses[epoch - 1]
         return EpochRecord(epoch, loss, 0.5, loss, 0.5), 0.01
 
-    monkeypatch.setattr(train, "run_epoch", run_epoch)
+    monkeypatch.setattr(fitting, "run_epoch", run_epoch)
     return ran
 
 
@@ -216,7 +217,7 @@ def test_resume_after_kill_continues_at_next_epoch_with_the_same_weights(monkeyp
             raise KeyboardInterrupt  # epoch 3 trained, its checkpoint never written
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "check_finite", killed_in_epoch_3)
+        patch.setattr(fitting, "check_finite", killed_in_epoch_3)
         with pytest.raises(KeyboardInterrupt):
             fit(tiny_model(), *data, CFG, AugmentConfig(), 7, tmp_path, quiet(), "t")
 
@@ -240,13 +241,13 @@ def test_fit_reports_throughput_and_precision(uninterrupted):
 @pytest.mark.parametrize("switch", [False, True])
 def test_validation_data_is_augmented_only_when_switched_on(monkeypatch, tmp_path, data, switch):
     seen: list[tuple[bool, AugmentConfig | None]] = []
-    real = train.make_dataset
+    real = fitting.make_dataset
 
     def recording(*args, shuffle, augment=None, **kwargs):
         seen.append((shuffle, augment))
         return real(*args, shuffle=shuffle, augment=augment, **kwargs)
 
-    monkeypatch.setattr(train, "make_dataset", recording)
+    monkeypatch.setattr(fitting, "make_dataset", recording)
     augment = AugmentConfig(augment_validation=switch)
     fit(tiny_model(), *data, CFG, augment, 1, tmp_path, quiet(), "t", max_epochs=1)
     assert seen == [(True, augment), (False, augment if switch else None)]

@@ -11,7 +11,9 @@ from chimuf.core.config import AuditConfig, AugmentConfig, SplitConfig, TrainCon
 from chimuf.core.console import Console
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import Interrupted, StageError
+from chimuf.core.hyperparameters import COUNT_NAMES
 from chimuf.stages import tune
+from chimuf.tuning import space as tuning_space
 
 SIZE = 16
 TINY_SPACE = {"conv1_filters": (2, 4, 2), "conv2_filters": (2, 4, 2), "conv3_filters": (2, 4, 2),
@@ -52,7 +54,7 @@ def trial_lines(stream: io.StringIO) -> list[str]:
 
 
 def test_search_space_contains_the_papers_best_hyperparameters():
-    space = {d.name: d.values for d in tune.search_space(TuneConfig())}
+    space = {d.name: d.values for d in tuning_space.search_space(TuneConfig())}
     paper_best = {"conv1_filters": 16, "conv2_filters": 96, "conv3_filters": 192, "dense_units": 96,
                   "dropout_conv": 0.05, "dropout_dense": 0.4}
     for name, value in paper_best.items():
@@ -66,8 +68,8 @@ def test_the_tuner_can_propose_every_listed_value_and_no_other():
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
-    tune.declare_space(hp, TuneConfig())
-    listed = {d.name: d.values for d in tune.search_space(TuneConfig())}
+    tuning_space.declare_space(hp, TuneConfig())
+    listed = {d.name: d.values for d in tuning_space.search_space(TuneConfig())}
     for dimension in hp.space:
         proposed = sorted({dimension.random_sample(seed) for seed in range(400)})
         assert proposed == listed[dimension.name], dimension.name
@@ -99,7 +101,7 @@ def test_trials_carry_history_and_best_values_are_plain_numbers(tiny_data, tmp_p
     assert outcome.best_score == trial.score
     assert set(outcome.best_hyperparameters) == set(TINY_SPACE)
     for name, value in outcome.best_hyperparameters.items():
-        assert type(value) is (int if name in tune.INTEGER_DIMENSIONS else float)
+        assert type(value) is (int if name in COUNT_NAMES else float)
     assert outcome.objective == "val_accuracy"
 
 

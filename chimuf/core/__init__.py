@@ -1,0 +1,13 @@
+"""The study's skeleton: config, results, the stage engine, files, console, errors.
+
+Everything here is plain Python: no numpy, no TensorFlow (tests/test_layout.py checks it), so the
+config, the results of a run and the engine load instantly and the report can use them.
+
+    config.py           every setting, its default (the paper's protocol) and its check
+    hyperparameters.py  the tuned family's six hyperparameters
+    results.py          what each stage hands on (the contract with the report), STAGES
+    engine.py           run folders, stages skipped when their inputs are unchanged, run status
+    files.py            atomic writes, JSON, safe file names
+    console.py          messages and progress
+    errors.py           the errors chimuf reports as one line
+"""

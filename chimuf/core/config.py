@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -27,11 +28,66 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its one-line explanation (shown by `chimuf config`)."""
+@dataclass(frozen=True)
+class Check:
+    """What a config value must be: a test, and the words an error uses for it."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: v >= low, f"at least {low:g}")
+
+
+def non_negative(words: str = "0 or more") -> Check:
+    return Check(lambda v: v >= 0, words)
+
+
+def positive(words: str = "positive") -> Check:
+    return Check(lambda v: v > 0, words)
+
+
+def between(low: float, high: float, *, high_inclusive: bool = True, low_inclusive: bool = True,
+            unit: str = "") -> Check:
+    def ok(v: Any) -> bool:
+        return (v >= low if low_inclusive else v > low) and (v <= high if high_inclusive else v < high)
+
+    if low_inclusive and high_inclusive:
+        words = f"between {low:g} and {high:g}"
+    elif not low_inclusive and not high_inclusive:
+        words = f"between {low:g} and {high:g} (exclusive)"
+    else:
+        words = f"within {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+    return Check(ok, f"{words}{' ' + unit if unit else ''}")
+
+
+def one_of(*choices: str) -> Check:
+    return Check(lambda v: v in choices, ", ".join(f"'{c}'" for c in choices[:-1]) + f" or '{choices[-1]}'")
+
+
+def non_empty_subset(*choices: Any) -> Check:
+    listed = ", ".join(repr(c) if isinstance(c, str) else str(c) for c in choices)
+    return Check(lambda v: len(v) > 0 and set(v) <= set(choices), f"a non-empty list of {listed}")
+
+
+def search_range(rate: bool = False) -> Check:
+    """[min, max, step] of one hyperparameter of the search (min <= max, step > 0)."""
+    def ok(v: Any) -> bool:
+        if len(v) != 3 or not (v[0] <= v[1] and v[2] > 0):
+            return False
+        return (v[0] >= 0 and v[1] < 1) if rate else v[0] >= 1
+
+    words = "[min, max, step] with min <= max and step > 0"
+    return Check(ok, words + (", within [0, 1)" if rate else ", min at least 1"))
+
+
+def opt(default: Any, help: str, check: Check | None = None) -> Any:
+    """A config field with its one-line explanation (shown by `chimuf config`) and what its
+    value must be (checked by `check_config`; the type is checked as the value is read)."""
     if isinstance(default, list):
         default = tuple(default)
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
@@ -40,37 +96,46 @@ def opt(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = opt("", "data folder, one sub-folder per class; '' means --data, CHIMUF_DATA, data/")
-    image_size: int = opt(128, "images are resized to image_size x image_size pixels, RGB")
-    max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs")
+    image_size: int = opt(128, "images are resized to image_size x image_size pixels, RGB", at_least(16))
+    max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs",
+                             non_negative("0 (all) or more"))
     cache_dir: str = opt("", "where decoded images are cached; '' means $CHIMUF_CACHE_DIR, else runs/cache")
 
 
 @dataclass(frozen=True)
 class AuditConfig:
-    min_side: int = opt(32, "images with a side shorter than this (pixels) are rejected")
-    max_pixels: int = opt(50_000_000, "images with more pixels are rejected unread (decompression bombs)")
+    min_side: int = opt(32, "images with a side shorter than this (pixels) are rejected", at_least(1))
+    max_pixels: int = opt(50_000_000, "images with more pixels are rejected unread (decompression bombs)",
+                          at_least(1))
     max_file_mb: float = opt(50.0, "files larger than this (MiB) are rejected unread")
     near_duplicate_distance: int = opt(
-        4, "two images whose 64-bit perceptual hashes differ in at most this many bits are near duplicates"
+        4, "two images whose 64-bit perceptual hashes differ in at most this many bits are near duplicates",
+        between(0, 32, unit="bits"),
     )
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    test_fraction: float = opt(0.2, "share of all usable images held out for the test (paper 3.1)")
-    validation_fraction: float = opt(0.125, "share of the remaining images used for validation (paper 3.1)")
+    test_fraction: float = opt(0.2, "share of all usable images held out for the test (paper 3.1)",
+                               between(0, 1, low_inclusive=False, high_inclusive=False))
+    validation_fraction: float = opt(0.125, "share of the remaining images used for validation (paper 3.1)",
+                                     between(0, 1, low_inclusive=False, high_inclusive=False))
+
+
+SHIFT = between(0, 1, high_inclusive=False)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The paper's ImageDataGenerator settings (paper 3.2), as Keras preprocessing layers."""
+    """The paper's ImageDataGenerator settings (paper 3.2), drawn per image (chimuf.ml.augment)."""
 
-    rotation_range: float = opt(20.0, "random rotation, +- degrees")
-    width_shift_range: float = opt(0.2, "random horizontal shift, fraction of the width")
-    height_shift_range: float = opt(0.2, "random vertical shift, fraction of the height")
-    shear_range: float = opt(0.2, "random shear intensity (fraction, as Keras' RandomShear)")
-    zoom_range: float = opt(0.2, "random zoom, +- fraction")
-    channel_shift_range: float = opt(20.0, "random per-channel shift, +- pixel values (0-255 scale)")
+    rotation_range: float = opt(20.0, "random rotation, +- degrees", between(0, 180, unit="degrees"))
+    width_shift_range: float = opt(0.2, "random horizontal shift, fraction of the width", SHIFT)
+    height_shift_range: float = opt(0.2, "random vertical shift, fraction of the height", SHIFT)
+    shear_range: float = opt(0.2, "random shear intensity (fraction, as Keras' RandomShear)", SHIFT)
+    zoom_range: float = opt(0.2, "random zoom, +- fraction", SHIFT)
+    channel_shift_range: float = opt(20.0, "random per-channel shift, +- pixel values (0-255 scale)",
+                                     between(0, 255))
     horizontal_flip: bool = opt(True, "random left-right flip")
     augment_validation: bool = opt(
         False, "also augment the validation data, as the paper did (off: unbiased validation)"
@@ -79,59 +144,80 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    models: tuple[int, ...] = opt((1, 2, 3), "which of the paper's models to train (section 4)")
-    epochs: int = opt(50, "maximum epochs per training")
-    batch_size: int = opt(64, "images per batch")
-    learning_rate: float = opt(1e-3, "Adam learning rate")
-    patience: int = opt(5, "early stopping: epochs without val_loss improvement (paper 3.3)")
-    start_from_epoch: int = opt(15, "early stopping: epochs before val_loss is watched (paper 3.3)")
+    models: tuple[int, ...] = opt((1, 2, 3), "which of the paper's models to train (section 4)",
+                                  non_empty_subset(1, 2, 3))
+    epochs: int = opt(50, "maximum epochs per training", at_least(1))
+    batch_size: int = opt(64, "images per batch", at_least(1))
+    learning_rate: float = opt(1e-3, "Adam learning rate", positive())
+    patience: int = opt(5, "early stopping: epochs without val_loss improvement (paper 3.3)",
+                        non_negative())
+    start_from_epoch: int = opt(15, "early stopping: epochs before val_loss is watched (paper 3.3)",
+                                non_negative())
     precision: str = opt(
-        "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'"
+        "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'",
+        one_of("auto", "float32", "mixed_bfloat16"),
     )
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Bayesian optimisation of the model-3 family (paper 6); ranges are [min, max, step]."""
+    """Bayesian optimisation of the model-3 family (paper 6); one [min, max, step] range for each
+    of chimuf.core.hyperparameters' six names."""
 
-    max_trials: int = opt(10, "hyperparameter sets to try")
-    epochs: int = opt(20, "maximum epochs per trial (early stopping as in training)")
-    conv1_filters: tuple[int, ...] = opt((16, 64, 16), "filters of conv block 1: [min, max, step]")
-    conv2_filters: tuple[int, ...] = opt((32, 128, 32), "filters of conv block 2: [min, max, step]")
-    conv3_filters: tuple[int, ...] = opt((64, 256, 64), "filters of conv block 3: [min, max, step]")
-    dense_units: tuple[int, ...] = opt((32, 128, 32), "units of the dense layer: [min, max, step]")
-    dropout_conv: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout after each conv block")
-    dropout_dense: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout before the output layer")
+    max_trials: int = opt(10, "hyperparameter sets to try", at_least(1))
+    epochs: int = opt(20, "maximum epochs per trial (early stopping as in training)", at_least(1))
+    conv1_filters: tuple[int, ...] = opt((16, 64, 16), "filters of conv block 1: [min, max, step]",
+                                         search_range())
+    conv2_filters: tuple[int, ...] = opt((32, 128, 32), "filters of conv block 2: [min, max, step]",
+                                         search_range())
+    conv3_filters: tuple[int, ...] = opt((64, 256, 64), "filters of conv block 3: [min, max, step]",
+                                         search_range())
+    dense_units: tuple[int, ...] = opt((32, 128, 32), "units of the dense layer: [min, max, step]",
+                                       search_range())
+    dropout_conv: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout after each conv block",
+                                          search_range(rate=True))
+    dropout_dense: tuple[float, ...] = opt((0.0, 0.5, 0.05), "dropout before the output layer",
+                                           search_range(rate=True))
     worker_timeout_s: float = opt(
         3600.0, "distributed search: a worker silent this long (no epoch reported) has its trial marked "
-        "failed; must exceed one epoch plus building a model"
+        "failed; must exceed one epoch plus building a model",
+        positive("a positive number of seconds"),
     )
+
+    def range_of(self, name: str) -> tuple[float, float, float]:
+        """[min, max, step] of hyperparameter `name` (a name of chimuf.core.hyperparameters)."""
+        return getattr(self, name)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals")
-    confidence: float = opt(0.95, "confidence level of the intervals")
-    calibration_bins: int = opt(10, "bins of the reliability diagram and ECE")
+    bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
+    confidence: float = opt(0.95, "confidence level of the intervals", between(0.5, 1, high_inclusive=False))
+    calibration_bins: int = opt(10, "bins of the reliability diagram and ECE", at_least(2))
 
 
 @dataclass(frozen=True)
 class KFoldConfig:
-    folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)")
-    epochs: int = opt(0, "maximum epochs per fold; 0 means train.epochs")
+    folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)", at_least(2))
+    epochs: int = opt(0, "maximum epochs per fold; 0 means train.epochs",
+                      non_negative("0 (train.epochs) or more"))
 
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    max_images: int = opt(8, "misclassified test images explained, most confident first")
-    activation_images: int = opt(4, "test images whose activation maps are drawn")
+    max_images: int = opt(8, "misclassified test images explained, most confident first",
+                          non_negative())
+    activation_images: int = opt(4, "test images whose activation maps are drawn",
+                                 non_negative())
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'")
-    engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'")
-    timeout_s: int = opt(300, "a render running longer is stopped with an error")
+    formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'",
+                                   non_empty_subset("html", "pdf"))
+    engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'",
+                      one_of("auto", "quarto", "pandoc"))
+    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1))
 
 
 @dataclass(frozen=True)
@@ -267,69 +353,17 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     raise AssertionError(f"config field {key} has unsupported type {hint}")
 
 
-def require(ok: bool, key: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"`{key}` must be {allowed}, got {value!r}")
-
-
-def check_config(c: StudyConfig) -> None:
-    """Range checks that types alone cannot express."""
-    require(c.data.image_size >= 16, "data.image_size", "at least 16", c.data.image_size)
-    require(c.data.max_per_class >= 0, "data.max_per_class", "0 (all) or more", c.data.max_per_class)
-    require(c.audit.min_side >= 1, "audit.min_side", "at least 1", c.audit.min_side)
-    require(c.audit.max_pixels >= 1, "audit.max_pixels", "at least 1", c.audit.max_pixels)
-    require(0 <= c.audit.near_duplicate_distance <= 32, "audit.near_duplicate_distance",
-            "between 0 and 32 bits", c.audit.near_duplicate_distance)
-    require(0 < c.split.test_fraction < 1, "split.test_fraction", "between 0 and 1 (exclusive)",
-            c.split.test_fraction)
-    require(0 < c.split.validation_fraction < 1, "split.validation_fraction",
-            "between 0 and 1 (exclusive)", c.split.validation_fraction)
-    a = c.augment
-    require(0 <= a.rotation_range <= 180, "augment.rotation_range", "between 0 and 180 degrees",
-            a.rotation_range)
-    for name in ("width_shift_range", "height_shift_range", "shear_range", "zoom_range"):
-        value = getattr(a, name)
-        require(0 <= value < 1, f"augment.{name}", "between 0 and 1", value)
-    require(0 <= a.channel_shift_range <= 255, "augment.channel_shift_range", "between 0 and 255",
-            a.channel_shift_range)
-    t = c.train
-    require(len(t.models) > 0 and set(t.models) <= {1, 2, 3}, "train.models",
-            "a non-empty list of 1, 2, 3", list(t.models))
-    require(t.epochs >= 1, "train.epochs", "at least 1", t.epochs)
-    require(t.batch_size >= 1, "train.batch_size", "at least 1", t.batch_size)
-    require(t.learning_rate > 0, "train.learning_rate", "positive", t.learning_rate)
-    require(t.patience >= 0, "train.patience", "0 or more", t.patience)
-    require(t.start_from_epoch >= 0, "train.start_from_epoch", "0 or more", t.start_from_epoch)
-    require(t.precision in ("auto", "float32", "mixed_bfloat16"), "train.precision",
-            "'auto', 'float32' or 'mixed_bfloat16'", t.precision)
-    u = c.tune
-    require(u.max_trials >= 1, "tune.max_trials", "at least 1", u.max_trials)
-    require(u.epochs >= 1, "tune.epochs", "at least 1", u.epochs)
-    for name in ("conv1_filters", "conv2_filters", "conv3_filters", "dense_units",
-                 "dropout_conv", "dropout_dense"):
-        lo_hi_step = getattr(u, name)
-        require(len(lo_hi_step) == 3 and lo_hi_step[0] <= lo_hi_step[1] and lo_hi_step[2] > 0,
-                f"tune.{name}", "[min, max, step] with min <= max and step > 0", list(lo_hi_step))
-    require(u.worker_timeout_s > 0, "tune.worker_timeout_s", "a positive number of seconds",
-            u.worker_timeout_s)
-    for name in ("dropout_conv", "dropout_dense"):
-        require(getattr(u, name)[0] >= 0 and getattr(u, name)[1] < 1, f"tune.{name}",
-                "within [0, 1)", list(getattr(u, name)))
-    e = c.evaluate
-    require(e.bootstrap_samples >= 10, "evaluate.bootstrap_samples", "at least 10",
-            e.bootstrap_samples)
-    require(0.5 <= e.confidence < 1, "evaluate.confidence", "between 0.5 and 1", e.confidence)
-    require(e.calibration_bins >= 2, "evaluate.calibration_bins", "at least 2", e.calibration_bins)
-    require(c.kfold.folds >= 2, "kfold.folds", "at least 2", c.kfold.folds)
-    require(c.kfold.epochs >= 0, "kfold.epochs", "0 (train.epochs) or more", c.kfold.epochs)
-    require(c.explain.max_images >= 0, "explain.max_images", "0 or more", c.explain.max_images)
-    require(c.explain.activation_images >= 0, "explain.activation_images", "0 or more",
-            c.explain.activation_images)
-    require(len(c.report.formats) > 0 and set(c.report.formats) <= {"html", "pdf"},
-            "report.formats", "a non-empty list of 'html', 'pdf'", list(c.report.formats))
-    require(c.report.engine in ("auto", "quarto", "pandoc"), "report.engine",
-            "'auto', 'quarto' or 'pandoc'", c.report.engine)
-    require(c.report.timeout_s >= 1, "report.timeout_s", "at least 1 second", c.report.timeout_s)
+def check_config(config: Any, where: str = "") -> None:
+    """Every field's own check (declared beside it with `opt(..., check)`), section by section."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_config(value, f"{where}{f.name}.")
+            continue
+        check = f.metadata.get("check")
+        if check is not None and not check.ok(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"`{where}{f.name}` must be {check.allowed}, got {shown!r}")
 
 
 # --- showing -----------------------------------------------------------------------------------

@@ -21,11 +21,9 @@ inputs it is emptied first, so stale work is never resumed.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,74 +32,14 @@ from typing import Any, TypeVar
 
 from chimuf.core.console import Console, format_seconds
 from chimuf.core.errors import ChimufError, Interrupted, StageError
-from chimuf.core.results import StageFact, digest, dumps, from_jsonable, to_jsonable
+from chimuf.core.files import atomic_write_json, atomic_write_text, now_iso, read_json
+from chimuf.core.results import StageFact, digest, from_jsonable, to_jsonable
 
 T = TypeVar("T")
 
 RUN_STATES = ("running", "finished", "failed", "interrupted")
 ATTEMPTS_FILE = ".attempts.json"  # in the stage's work folder, while the stage is unfinished
 INPUTS_FILE = ".inputs"  # in the stage's work folder: the fingerprint its partial work was made from
-
-
-# --- atomic files ------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half.
-
-    Temp file in the same folder, fsync, os.replace, then fsync of the folder so the rename
-    itself survives a crash.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared and read
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, dumps(value) + "\n")
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON at `path`, or None when there is none. Files are only ever written atomically,
-    so a file that does not parse was damaged outside chimuf: that is an error, not a skip."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StageError(
-            f"`{path}` is damaged ({exc}); delete it to redo that step, then rerun"
-        ) from None
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 # --- what changed between two sets of inputs ---------------------------------------------------
@@ -151,9 +89,10 @@ class StageContext:
         """
         path = self.dir / "units" / f"{name}.json"
         saved = read_json(path)
-        if saved is not None:
+        reused = fitting_outcome(outcome_type, saved) if saved is not None else None
+        if reused is not None:
             self.console.info(f"  {name}: already done, reused")
-            return from_jsonable(outcome_type, saved)
+            return reused
         outcome = work()
         atomic_write_json(path, outcome)
         return outcome
@@ -238,8 +177,19 @@ class Run:
         return self.root / "stages" / f"{name}.json"
 
     def load_outcome(self, name: str, outcome_type: type[T]) -> T | None:
+        """The finished outcome of stage `name`, whatever its inputs were; None when there is none
+        (or it was saved by a chimuf whose outcome layout differs)."""
         saved = read_json(self.outcome_path(name))
-        return None if saved is None else from_jsonable(outcome_type, saved["outcome"])
+        return None if saved is None else fitting_outcome(outcome_type, saved.get("outcome"))
+
+    def reusable_outcome(self, name: str, inputs: dict[str, Any], outcome_type: type[T]) -> T | None:
+        """The finished outcome of stage `name` if it was made from exactly `inputs`, else None.
+
+        What `stage` would reuse, for a reader that must not run the stage (a tuning worker)."""
+        saved = read_json(self.outcome_path(name))
+        if saved is None or saved.get("fingerprint") != digest(to_jsonable(inputs)):
+            return None
+        return fitting_outcome(outcome_type, saved.get("outcome"))
 
     def stage(
         self,
@@ -257,14 +207,16 @@ class Run:
         inputs = to_jsonable(inputs)
         fingerprint = digest(inputs)
         saved = read_json(self.outcome_path(name))
-        if (saved is not None and saved.get("fingerprint") == fingerprint
-                and still_valid(from_jsonable(outcome_type, saved["outcome"]))):
+        reused = fitting_outcome(outcome_type, saved.get("outcome")) if saved is not None else None
+        if (reused is not None and saved.get("fingerprint") == fingerprint and still_valid(reused)):
             self.console.info(f"[{name}] unchanged since {saved.get('finished_at', '?')}: reused")
             self.facts[name] = StageFact(name, "skipped", saved.get("wall_s", 0.0), saved.get("attempts", 1))
             self.write_state()
-            return from_jsonable(outcome_type, saved["outcome"])
+            return reused
         if saved is not None:
             changes = changed_inputs(saved.get("inputs", {}), inputs) or ["inputs changed"]
+            if reused is None:
+                changes = ["its saved outcome has another layout (made by another chimuf version)"]
             self.console.info(f"[{name}] redone because " + "; ".join(changes))
 
         stage_dir = self.root / name
@@ -347,6 +299,15 @@ def last_write(folder: Path) -> float:
     bookkeeping = {folder / ATTEMPTS_FILE, folder / INPUTS_FILE}
     return max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file() and p not in bookkeeping),
                default=0.0)
+
+
+def fitting_outcome(outcome_type: type[T], data: Any) -> T | None:
+    """`data` read back as `outcome_type`; None when it does not fit (saved by a chimuf whose
+    outcome layout differs), so that the work is done again rather than misread."""
+    try:
+        return from_jsonable(outcome_type, data)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
 
 
 def pid_alive(pid: Any) -> bool:

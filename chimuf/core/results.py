@@ -17,7 +17,20 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-SCHEMA_VERSION = 1
+from chimuf.core.errors import ReportError
+from chimuf.core.hyperparameters import Hyperparameters
+
+SCHEMA_VERSION = 2  # 2: typed predictions, named evaluation figures, hyperparameter objects
+
+# An image is predicted as classes[1] when its probability is greater than the threshold (Keras'
+# binary accuracy rule). The paper's metrics use this one; a threshold chosen on validation data
+# travels with the model (see chimuf.ml.predictor).
+DEFAULT_THRESHOLD = 0.5
+
+
+def predicted_id(probability: float, threshold: float = DEFAULT_THRESHOLD) -> int:
+    """0 or 1: the class an image gets, p > threshold meaning classes[1]."""
+    return int(probability > threshold)
 
 
 @dataclass
@@ -149,7 +162,7 @@ class TrainingOutcome:
     wall_s: float
     images_per_s: float
     precision: str  # "float32" | "mixed_bfloat16"
-    hyperparameters: dict[str, float] = field(default_factory=dict)
+    hyperparameters: Hyperparameters | None = None  # the tuned family's values; None for models 1-3
 
 
 @dataclass
@@ -171,7 +184,7 @@ class SearchDimension:
 class Trial:
     trial_id: str
     status: str  # "COMPLETED" | "FAILED" | ...
-    hyperparameters: dict[str, float]
+    hyperparameters: Hyperparameters
     score: float | None  # best val_accuracy of the trial
     epochs: int
     wall_s: float
@@ -186,9 +199,74 @@ class TuneOutcome:
     max_trials: int
     search_space: list[SearchDimension]
     trials: list[Trial]
-    best_hyperparameters: dict[str, float]
+    best_hyperparameters: Hyperparameters
     best_score: float
     wall_s: float
+
+
+# --- predictions: computed once by the evaluate stage, read by every later analysis -------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image as a model scored it."""
+
+    path: str  # relative to the data folder
+    true_id: int  # index into the classes
+    probability: float  # P(classes[1]) given by the model
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def predicted_id(self) -> int:
+        return predicted_id(self.probability, self.threshold)
+
+    @property
+    def right(self) -> bool:
+        return self.predicted_id == self.true_id
+
+    def probability_of(self, class_id: int) -> float:
+        return self.probability if class_id == 1 else 1.0 - self.probability
+
+    @property
+    def probability_true(self) -> float:
+        """The probability the model gave the image's true class."""
+        return self.probability_of(self.true_id)
+
+
+def sorted_mistakes(predictions: list[Prediction]) -> list[Prediction]:
+    """The misclassified ones, most confident first: lowest probability of the true class."""
+    wrong = [p for p in predictions if not p.right]
+    return sorted(wrong, key=lambda p: (p.probability_true, p.path))
+
+
+@dataclass
+class Predictions:
+    """P(classes[1]) of every image of one split, in split order, decided at `threshold`.
+
+    Made once (fastai's Interpretation is the model): every analysis of the mistakes asks this
+    object rather than recomputing or re-reading predictions. The CSV files beside it are for
+    people.
+    """
+
+    classes: list[str]
+    threshold: float
+    paths: list[str]  # relative to the data folder
+    labels: list[int]  # true class ids
+    probabilities: list[float]  # P(classes[1])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def items(self) -> list[Prediction]:
+        return [Prediction(path, label, probability, self.threshold) for path, label, probability
+                in zip(self.paths, self.labels, self.probabilities, strict=True)]
+
+    def mistakes(self) -> list[Prediction]:
+        """Every misclassified image, most confident mistake first."""
+        return sorted_mistakes(self.items())
+
+    def most_confident_mistakes(self, k: int) -> list[Prediction]:
+        return self.mistakes()[:k]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -248,11 +326,20 @@ class EvaluateOutcome:
     leakage_free_accuracy: float | None  # on test images with no near duplicate in train+val
     leakage_free_n: int
     keras_accuracy: float  # Keras' own evaluate(), must agree with `accuracy`
-    predictions_csv: str  # per image: path, true label, probability of classes[1]
-    figures: list[Figure]  # confusion matrix, ROC, reliability diagram
+    predictions: Predictions  # the test split, at `threshold`
+    predictions_csv: str  # the same for people: path, true label, probability of classes[1]
+    confusion_figure: Figure
+    roc_figure: Figure
+    reliability_figure: Figure
     confidence: float = 0.95
     bootstrap_samples: int = 0
     validation_predictions_csv: str = ""  # the same for the validation split (threshold choice)
+    threshold: float = DEFAULT_THRESHOLD  # the paper's metrics above are decided at this threshold
+
+    @property
+    def figures(self) -> list[Figure]:
+        """The evaluation's figures in the report's order."""
+        return [self.confusion_figure, self.roc_figure, self.reliability_figure]
 
 
 @dataclass
@@ -304,7 +391,7 @@ class ExplainOutcome:
     # the test images of activation_figures, in the same order (figure = its activation figure)
     activation_images: list[ExplainedImage] = field(default_factory=list)
     n_test: int = 0  # test images in the evaluate stage's predictions
-    threshold: float = 0.5  # p > threshold predicts classes[1], as the evaluate stage counts
+    threshold: float = DEFAULT_THRESHOLD  # p > threshold predicts classes[1], as the evaluate stage counts
 
 
 # --- report and run facts ----------------------------------------------------------------------
@@ -327,13 +414,22 @@ class StageFact:
 
 
 @dataclass
+class ConfigDifference:
+    """One setting in which a run departs from the paper's protocol."""
+
+    key: str  # dotted, e.g. "train.epochs"
+    paper: Any  # the paper protocol's value (StudyConfig's default)
+    run: Any  # this run's value
+
+
+@dataclass
 class RunInfo:
     run_id: str
     status: str  # "running" | "finished" | "failed" | "interrupted"
     profile: str
     seed: int
     config: dict[str, Any]
-    config_differences: list[list[Any]]  # [key, paper value, this run's value]
+    config_differences: list[ConfigDifference]
     data_dir: str
     data_digest: str
     packages: dict[str, str]
@@ -358,6 +454,12 @@ class Results:
     evaluate: EvaluateOutcome | None = None
     kfold: KFoldOutcome | None = None
     explain: ExplainOutcome | None = None
+
+
+# The study's stages in the order they run: one outcome field of Results each, then the report.
+ANALYSIS_STAGES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Results)
+                                         if f.name not in ("schema_version", "run"))
+STAGES: tuple[str, ...] = (*ANALYSIS_STAGES, "report")
 
 
 # --- to and from JSON --------------------------------------------------------------------------
@@ -415,8 +517,6 @@ def load_results(text: str) -> Results:
     data = json.loads(text)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        from chimuf.core.errors import ReportError
-
         raise ReportError(
             f"results.json has schema_version {version!r}; this chimuf reads version "
             f"{SCHEMA_VERSION}. Rerun the study with this chimuf, or use a matching chimuf."

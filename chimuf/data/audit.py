@@ -6,7 +6,7 @@ A data folder follows the Keras convention: one sub-folder per class, images dir
         chihuahua/img_0_0.jpg ...
         muffin/img_0_1.jpg ...
 
-Each file is opened once (chimuf.imagefile: format by content, size limits, full decode, mode
+Each file is opened once (chimuf.data.imagefile: format by content, size limits, full decode, mode
 conversion) and gets a SHA-256 and a 64-bit perceptual hash. Files with the same SHA-256 are
 exact duplicates; files whose hashes differ in at most `near_duplicate_distance` bits are near
 duplicates (a re-encoded or resized copy). A group spanning two classes is flagged: the same

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.config import AuditConfig
-from chimuf.core.engine import atomic_write_json, fsync_dir, read_json
+from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.errors import DataError, StageError
 from chimuf.data.imagefile import model_array, read_image
 from chimuf.core.results import AuditOutcome, CacheOutcome, FileRecord

@@ -1,7 +1,7 @@
 """Drawing for the error analysis (paper section 9): kernels, activation maps, heatmap grids.
 
 Every function here takes plain numpy arrays and returns a matplotlib Figure, unsaved, so the
-layout can be checked in tests (axes count, grid shape) without reading pixels; chimuf.explain
+layout can be checked in tests (axes count, grid shape) without reading pixels; chimuf.stages.explain
 computes the arrays and saves the figures. Nothing here imports TensorFlow.
 
 Heatmaps are drawn the way the paper's figure 12 draws them: the "jet" colour map, half

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chimuf.core.errors import ConfigError, DataError, ModelError
-from chimuf.core.results import ClassMetrics, Interval, McNemarTest, ThresholdMetrics
+from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, McNemarTest, ThresholdMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,8 +63,9 @@ def check_predictions(labels: Sequence[int] | np.ndarray,
     return y.astype(np.int64), p
 
 
-def predict_labels(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """1 (classes[1]) where the probability is greater than `threshold`, else 0."""
+def predict_labels(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """1 (classes[1]) where the probability is greater than `threshold`, else 0: the rule of
+    chimuf.core.results.predicted_id, for arrays."""
     return (np.asarray(probabilities) > threshold).astype(np.int64)
 
 
@@ -96,6 +97,12 @@ def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[ClassMetri
 
 def f1_score(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def with_intervals(rows: Sequence[ClassMetrics], intervals: Sequence[Interval]) -> list[ClassMetrics]:
+    """Per-class metrics with each class's bootstrap F1 interval attached."""
+    return [ClassMetrics(row.label, row.precision, row.recall, row.f1, row.support, f1_interval=interval)
+            for row, interval in zip(rows, intervals, strict=True)]
 
 
 def macro_f1(per_class: Sequence[ClassMetrics]) -> float:
@@ -168,7 +175,8 @@ class BootstrapIntervals:
     confidence: float
 
 
-def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float = 0.5,
+def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, *,
+                        threshold: float = DEFAULT_THRESHOLD,
                         samples: int = 2000, confidence: float = 0.95,
                         seed: int = 0) -> BootstrapIntervals:
     """Percentile intervals for accuracy, per-class F1 and ROC AUC over resampled images.
@@ -319,7 +327,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, rule: str = 
         fpr = (predicted & ~positive).sum(axis=1) / max((~positive).sum(), 1)
         score = tpr - fpr
     best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
-    nearest = best[np.argmin(np.abs(candidates[best] - 0.5))]
+    nearest = best[np.argmin(np.abs(candidates[best] - DEFAULT_THRESHOLD))]
     return float(candidates[nearest])
 
 

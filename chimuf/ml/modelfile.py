@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chimuf.core.engine import atomic_write_json
 from chimuf.core.errors import ModelError
+from chimuf.core.files import atomic_write_json
 
 if TYPE_CHECKING:
     import keras

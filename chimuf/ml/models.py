@@ -9,8 +9,9 @@ Every model is a Keras 3 Functional model that takes raw pixels:
 
 Model 1 has two conv blocks (32, 64 filters) and no dropout; model 2 adds dropout 0.25 after each
 pool and 0.3 before the output; model 3 adds a third block of 128 filters. The "tuned" family is
-model 3 with its filters, dense units and dropout rates taken from a hyperparameter dict, which is
-how the tuner builds its trials and how the final model is made.
+model 3 with its filters, dense units and dropout rates taken from `Hyperparameters`
+(chimuf.core.hyperparameters), which is how the tuner builds its trials and how the final model
+is made.
 
 Why these choices: the rescale sits inside the model so a saved `.keras` file is the whole
 classifier (no preprocessing to remember); every layer has a fixed name because Grad-CAM
@@ -25,29 +26,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from chimuf.core.engine import fsync_dir
 from chimuf.core.errors import ConfigError
+from chimuf.core.files import fsync_dir
+from chimuf.core.hyperparameters import MODEL3, Hyperparameters
 from chimuf.core.results import LayerRow
+from chimuf.ml.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import keras
 
 ARCHITECTURES = ("model1", "model2", "model3", "tuned")
 PRECISIONS = ("float32", "mixed_bfloat16")
-
-# The tuned family's hyperparameters, set to model 3's values (paper 4.3): the family's default.
-MODEL3_HYPERPARAMETERS: dict[str, float] = {
-    "conv1_filters": 32,
-    "conv2_filters": 64,
-    "conv3_filters": 128,
-    "dense_units": 64,
-    "dropout_conv": 0.25,
-    "dropout_dense": 0.3,
-}
-
-
 @dataclass(frozen=True)
 class Blueprint:
     """What differs between the architectures; `None` dropout means no Dropout layer at all."""
@@ -58,7 +51,7 @@ class Blueprint:
     dropout_dense: float | None
 
 
-def blueprint(architecture: str, hyperparameters: dict[str, float] | None) -> Blueprint:
+def blueprint(architecture: str, hyperparameters: Mapping[str, float] | None) -> Blueprint:
     """The layer plan of `architecture` (paper 4.1-4.3, or the tuned family of paper 6)."""
     if architecture == "model1":
         return Blueprint((32, 64), 64, None, None)
@@ -67,42 +60,15 @@ def blueprint(architecture: str, hyperparameters: dict[str, float] | None) -> Bl
     if architecture == "model3":
         return Blueprint((32, 64, 128), 64, 0.25, 0.3)
     if architecture == "tuned":
-        h = check_hyperparameters(hyperparameters or MODEL3_HYPERPARAMETERS)
-        return Blueprint(
-            (int(h["conv1_filters"]), int(h["conv2_filters"]), int(h["conv3_filters"])),
-            int(h["dense_units"]),
-            float(h["dropout_conv"]),
-            float(h["dropout_dense"]),
-        )
+        h = Hyperparameters.of(hyperparameters or MODEL3)
+        return Blueprint(h.filters, h.dense_units, h.dropout_conv, h.dropout_dense)
     raise ConfigError(f"unknown architecture `{architecture}`; allowed: {', '.join(ARCHITECTURES)}")
-
-
-def check_hyperparameters(hyperparameters: dict[str, float]) -> dict[str, float]:
-    """The tuned family's hyperparameters, checked: exactly the six known keys, sane values."""
-    expected = set(MODEL3_HYPERPARAMETERS)
-    given = set(hyperparameters)
-    if given != expected:
-        missing = ", ".join(sorted(expected - given)) or "none"
-        unknown = ", ".join(sorted(given - expected)) or "none"
-        raise ConfigError(
-            f"hyperparameters of the `tuned` model must be exactly {', '.join(sorted(expected))}; "
-            f"missing: {missing}; unknown: {unknown}"
-        )
-    for key in ("conv1_filters", "conv2_filters", "conv3_filters", "dense_units"):
-        value = hyperparameters[key]
-        if value < 1 or value != int(value):
-            raise ConfigError(f"hyperparameter `{key}` must be a whole number of at least 1, got {value!r}")
-    for key in ("dropout_conv", "dropout_dense"):
-        value = hyperparameters[key]
-        if not 0 <= value < 1:
-            raise ConfigError(f"hyperparameter `{key}` must be a rate within [0, 1), got {value!r}")
-    return hyperparameters
 
 
 def build_model(
     architecture: str,
     image_size: int,
-    hyperparameters: dict[str, float] | None = None,
+    hyperparameters: Mapping[str, float] | None = None,
     precision: str = "float32",
 ) -> keras.Model:
     """A fresh, uncompiled model of `architecture` for `image_size`² RGB images of raw pixels.
@@ -150,16 +116,42 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def build_trainable_model(architecture: str, image_size: int, hyperparameters: dict[str, float] | None,
+def build_trainable_model(architecture: str, image_size: int, hyperparameters: Mapping[str, float] | None,
                           precision: str, learning_rate: float) -> keras.Model:
     """`build_model` + `compile_model` under the training strategy: MirroredStrategy on a machine
-    with several GPUs, TensorFlow's default strategy otherwise (chimuf.distributed)."""
-    from chimuf.tuning.distributed import training_strategy
-
+    with several GPUs, TensorFlow's default strategy otherwise."""
     with training_strategy().scope():
         model = build_model(architecture, image_size, hyperparameters, precision)
         compile_model(model, learning_rate)
     return model
+
+
+def seeded_model(architecture: str, image_size: int, hyperparameters: Mapping[str, float] | None,
+                 precision: str, learning_rate: float, seed: int) -> keras.Model:
+    """A compiled model whose initial weights depend on `seed` alone.
+
+    Every training of a study starts from the same seed, so a model and its augmented twin, the
+    final model and each k-fold model start from the same draw of weights.
+    """
+    import keras
+
+    keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
+    return build_trainable_model(architecture, image_size, hyperparameters, precision, learning_rate)
+
+
+def training_strategy() -> Any:
+    """MirroredStrategy over every GPU when there are several, else TensorFlow's default strategy.
+
+    Mirrored: each batch is split across the GPUs and the gradients summed, so a batch of
+    `train.batch_size` images means the same as on one device. Models must be built and compiled
+    inside `strategy.scope()` (Keras Tuner does so for a tuner given `distribution_strategy`).
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
+    return tf.distribute.get_strategy()
 
 
 def layer_rows(model: keras.Model) -> list[LayerRow]:

@@ -11,7 +11,7 @@ training epoch only gathers rows of that array, so no JPEG is read during traini
 
 Everything random in an epoch is a function of (seed, epoch) alone: the shuffle is drawn in NumPy
 from that pair, and batch b is augmented with stateless ops keyed on (epoch seed, b) (see
-chimuf.augment). Both maps are pure, so they run in parallel; `deterministic=True` keeps the
+chimuf.ml.augment). Both maps are pure, so they run in parallel; `deterministic=True` keeps the
 batches in order.
 
 tf.data's autotuning is off, with one parallel call per core and two batches prefetched instead.
@@ -33,20 +33,13 @@ import numpy as np
 
 from chimuf.core.config import AugmentConfig
 from chimuf.ml.augment import augment_batch, is_identity
+from chimuf.ml.seeds import AUGMENT, SHUFFLE, derive_seed
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-# Salts that keep the random streams of different uses of one (seed, epoch) apart.
-SHUFFLE, AUGMENT, VALIDATION, WEIGHTS, DROPOUT = 1, 2, 3, 4, 5
-
 PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 PREFETCH_BATCHES = 2
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed that depends on every part (seed, epoch, salt, ...), well mixed."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]) >> 1
 
 
 def epoch_order(rows: np.ndarray, shuffle: bool, seed: int, epoch: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from chimuf.core.engine import atomic_write_bytes
+from chimuf.core.files import atomic_write_bytes
 
 
 def pyplot() -> Any:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from chimuf.core.engine import atomic_write_bytes
 from chimuf.core.errors import ReportError
+from chimuf.core.files import atomic_write_bytes
 from chimuf.core.results import Figure, Results
+from chimuf.report.blocks import slug
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 
@@ -83,8 +84,8 @@ def plan_figures(results: Results) -> dict[str, str]:
         if figure.path in plan:
             continue
         pure = check_figure_path(figure.path)
-        slug = re.sub(r"[^a-z0-9]+", "-", pure.with_suffix("").as_posix().lower()).strip("-")
-        plan[figure.path] = f"figures/{len(plan) + 1:02d}-{slug[:60] or 'figure'}{pure.suffix.lower()}"
+        name = slug(pure.with_suffix("").as_posix())[:60]
+        plan[figure.path] = f"figures/{len(plan) + 1:02d}-{name}{pure.suffix.lower()}"
     return plan
 
 

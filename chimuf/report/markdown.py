@@ -75,7 +75,6 @@ def environment() -> Any:
         trial_table=views.trial_table,
         layer_table=views.layer_table,
         architectures=views.architectures,
-        evaluation_figures=views.evaluation_figures,
         best_training=views.best_training,
         augmentation_pairs=views.augmentation_pairs,
         stage_rows=views.stage_rows,

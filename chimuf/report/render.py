@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimuf.core.engine import atomic_write_bytes, atomic_write_text
 from chimuf.core.errors import ReportError
+from chimuf.core.files import atomic_write_bytes, atomic_write_text
 
 PROJECT_TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "report"
 # Copied into RUN/report/ at the same relative paths. (The includes sit in include/ because the

@@ -1,25 +1,25 @@
 """Views of a run's results that the templates would find clumsy to write in Jinja.
 
-Which training was best, which of the evaluation's figures is the ROC curve, the rows of every
-table, and the paper's headline numbers beside the run's. Everything here selects, arranges and
+Which training was best, the rows of every table, and the paper's headline numbers beside the
+run's. Everything here selects, arranges and
 compares numbers that a stage computed and saved in results.json; nothing is measured again.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from chimuf.core.config import flatten
+from chimuf.core.hyperparameters import LABEL, PAPER_BEST
 from chimuf.core.results import (
+    ANALYSIS_STAGES,
     AuditOutcome,
     ClassMetrics,
+    ConfigDifference,
     DuplicateGroup,
     EvaluateOutcome,
     ExplainedImage,
-    Figure,
     FileRecord,
     FoldOutcome,
     LayerRow,
@@ -47,10 +47,6 @@ from chimuf.report.blocks import (
 )
 from chimuf.report.escape import Trusted
 
-# The stages whose outcomes the report shows, in study order (chimuf/study.py).
-STAGES = ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain")
-
-
 # --- which stages, which trainings, which figures ----------------------------------------------
 
 
@@ -62,7 +58,7 @@ def class_names(results: Results) -> list[str]:
 
 
 def missing_stages(results: Results) -> list[str]:
-    return [name for name in STAGES if getattr(results, name) is None]
+    return [name for name in ANALYSIS_STAGES if getattr(results, name) is None]
 
 
 def architectures(train: TrainOutcome) -> list[TrainingOutcome]:
@@ -94,33 +90,6 @@ def augmentation_pairs(train: TrainOutcome) -> list[tuple[str, TrainingOutcome, 
     return pairs
 
 
-@dataclass
-class EvaluationFigures:
-    confusion: Figure | None
-    roc: Figure | None
-    reliability: Figure | None
-    others: list[Figure]
-
-
-def evaluation_figures(e: EvaluateOutcome) -> EvaluationFigures:
-    """Which of the evaluation's figures is the confusion matrix, the ROC curve, the reliability
-    diagram (by the words in their path or caption); the rest are shown after them."""
-    remaining = list(e.figures)
-
-    def take(*stems: str) -> Figure | None:
-        for fig in remaining:
-            words = re.findall(r"[a-z]+", f"{fig.path} {fig.caption}".lower())
-            if any(word.startswith(stem) for word in words for stem in stems):
-                remaining.remove(fig)
-                return fig
-        return None
-
-    confusion = take("confusion")
-    roc = take("roc")
-    reliability = take("reliability", "calibration")
-    return EvaluationFigures(confusion, roc, reliability, remaining)
-
-
 # --- the paper's own figures (paper.txt sections 6 and 7) beside the run's ---------------------
 
 
@@ -136,15 +105,9 @@ class PaperFigures:
         ("chihuahua", "0.92", "0.97", "0.95"),
         ("muffin", "0.97", "0.90", "0.94"),
     )
-    # section 6, under the names of chimuf's search space (config.TuneConfig)
-    hyperparameters: tuple[tuple[str, str, str], ...] = (
-        ("conv1_filters", "Filters, convolution 1", "16"),
-        ("conv2_filters", "Filters, convolution 2", "96"),
-        ("conv3_filters", "Filters, convolution 3", "192"),
-        ("dense_units", "Units, dense layer", "96"),
-        ("dropout_conv", "Dropout, convolution blocks (paper: hidden layer)", "0.05"),
-        ("dropout_dense", "Dropout, dense layer (paper: flatten layer)", "0.4"),
-    )
+    # section 6: chimuf.core.hyperparameters.PAPER_BEST; what the paper calls two of them
+    paper_names: tuple[tuple[str, str], ...] = (("dropout_conv", "hidden layer"),
+                                                ("dropout_dense", "flatten layer"))
 
 
 PAPER = PaperFigures()
@@ -182,8 +145,10 @@ def paper_rows(results: Results) -> list[list[object]]:
              with_interval(metrics.f1, metrics.f1_interval) if metrics else num(None)],
         ]
     best = tune.best_hyperparameters if tune else {}
-    for key, label, value in PAPER.hyperparameters:
-        rows.append([f"Best {label[0].lower()}{label[1:]}", paper_value(value), plain(best.get(key))])
+    called = dict(PAPER.paper_names)
+    for key, value in PAPER_BEST.items():
+        label = LABEL[key] + (f" (paper: {called[key]})" if key in called else "")
+        rows.append([f"Best {label[0].lower()}{label[1:]}", paper_value(plain(value)), plain(best.get(key))])
     return rows
 
 
@@ -271,7 +236,7 @@ def threshold_table(e: EvaluateOutcome) -> Trusted:
     """Test accuracy and per-class recall at 0.5 and at the validation-chosen threshold."""
     t = e.at_validation_threshold
     header = ["Threshold", "Test accuracy", *(f"Recall, {label}" for label in e.classes)]
-    at_half = [num(0.5), num(e.accuracy), *(num(m.recall) for m in e.per_class)]
+    at_half = [num(e.threshold), num(e.accuracy), *(num(m.recall) for m in e.per_class)]
     chosen = [num(t.threshold), num(t.accuracy), *(num(m.recall) for m in t.per_class)]
     return table(header, [at_half, chosen], "r" * len(header))
 
@@ -290,8 +255,8 @@ def misclassified_rows(images: Sequence[ExplainedImage]) -> list[list[object]]:
     return [[m.path, m.true_label, m.predicted_label, num(m.probability_true)] for m in images]
 
 
-def difference_rows(differences: Sequence[Sequence[Any]]) -> list[list[object]]:
-    return [[str(d[0]), plain(d[1]), plain(d[2])] for d in differences if len(d) == 3]
+def difference_rows(differences: Sequence[ConfigDifference]) -> list[list[object]]:
+    return [[d.key, plain(d.paper), plain(d.run)] for d in differences]
 
 
 def stage_rows(results: Results) -> list[list[object]]:
@@ -300,7 +265,7 @@ def stage_rows(results: Results) -> list[list[object]]:
     The report stage itself is listed only once a run has recorded it (it is running now)."""
     facts = {f.name: f for f in results.run.stages}
     rows: list[list[object]] = []
-    for name in STAGES:
+    for name in ANALYSIS_STAGES:
         fact = facts.pop(name, None)
         rows.append([name, fact.status, seconds(fact.wall_s), fact.attempts] if fact else
                     [name, "not run", "", ""])
@@ -310,7 +275,7 @@ def stage_rows(results: Results) -> list[list[object]]:
 
 def config_rows(results: Results) -> list[list[object]]:
     """The run's whole config, flattened; keys that differ from the paper's protocol in bold."""
-    differing = {str(d[0]) for d in results.run.config_differences if d}
+    differing = {d.key for d in results.run.config_differences}
     rows: list[list[object]] = []
     for key, value in flatten(results.run.config).items():
         cells = [key, plain(value)]

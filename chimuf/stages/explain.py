@@ -10,43 +10,21 @@ Five views of the final model, each saved as figures with captions for the repor
 4. Grad-CAM, Grad-CAM++, Score-CAM and SmoothGrad side by side at the last conv layer;
 5. a gallery of the mistakes with the probability the model gave the true class.
 
-Which image is right or wrong comes from the evaluate stage's predictions CSV, so this stage
-agrees with the reported confusion matrix by construction.
-
-The model has one sigmoid output p = P(classes[1]) = sigmoid(z). A class is explained through
-the direction in which its probability grows: +z for class 1 (p), −z for class 0 (1 − p), so
-the two classes get different maps. The maps are those of p and 1 − p themselves, up to the
-factor p(1 − p) that each map's normalisation removes; explaining z keeps them from going blank
-when a confident p rounds to 1.0 (`logit_model`). Models trained in mixed bfloat16 are explained
-through a float32 copy with the same weights.
-
-tf-keras-vis 0.8.7 works under Keras 3 when the conv layer is passed by name with
-`seek_penultimate_conv_layer=False`. Its Score-CAM applies a softmax to the model's output before
-scoring, which turns a single output into the constant 1; it is given the model with the two
-outputs (log(1 − p), log p) instead, whose softmax is (1 − p, p) again (`two_class_model`).
-Images go to tf-keras-vis as raw 0–255 float32: the model rescales inside.
-
-Expected: on images whose class is a bright corner (the tests), the last conv layer's Grad-CAM
-of the true class lights that corner.
+Which image is right or wrong comes from the evaluate stage's Predictions, so this stage agrees
+with the reported confusion matrix by construction. The maps themselves: chimuf.ml.gradcam.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import logging
-import math
-import re
-import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from chimuf.core.errors import DataError, ModelError
-from chimuf.core.results import ExplainedImage, ExplainOutcome, Figure
+from chimuf.core.files import safe_name
+from chimuf.core.results import ExplainedImage, ExplainOutcome, Figure, Prediction
+from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
 from chimuf.ml.explain_plots import (
     GALLERY_COLUMNS,
@@ -57,57 +35,30 @@ from chimuf.ml.explain_plots import (
     draw_heatmap_grid,
     draw_rgb_kernels,
 )
+from chimuf.ml.gradcam import (
+    SCORECAM_MAX_N,
+    SMOOTHGRAD_NOISE,
+    SMOOTHGRAD_SAMPLES,
+    conv_layers,
+    feature_maps,
+    gradcam_maps,
+    logit_model,
+    method_maps,
+)
 from chimuf.ml.plots import save_figure
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import keras
 
-    from chimuf.core.config import AuditConfig, ExplainConfig
-    from chimuf.core.console import Console, Progress
+    from chimuf.core.config import ExplainConfig
+    from chimuf.core.console import Progress
     from chimuf.core.engine import StageContext
-    from chimuf.core.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
+    from chimuf.core.results import CacheOutcome, EvaluateOutcome, Predictions, SplitOutcome, TrainingOutcome
+    from chimuf.data.cache import ImageSet
 
-# p > THRESHOLD predicts classes[1]: the rule of chimuf.metrics (Keras' binary accuracy), so
-# what is a mistake here is a mistake in the evaluate stage's confusion matrix.
-THRESHOLD = 0.5
 GALLERY_MAX = 6 * GALLERY_COLUMNS  # mistakes shown in the gallery, most confident first
-SCORECAM_MAX_N = 16  # Faster Score-CAM: only the feature maps of highest variance are masked in
-SMOOTHGRAD_SAMPLES = 20  # noisy copies of each image averaged by SmoothGrad
-SMOOTHGRAD_NOISE = 0.2  # noise sigma as a share of each image's pixel range
-
-
-@dataclass
-class Prediction:
-    """One test image as the evaluate stage scored it."""
-
-    path: str  # relative to the data folder
-    true_id: int
-    probability: float  # P(classes[1]) given by the model
-
-    @property
-    def predicted_id(self) -> int:
-        return int(self.probability > THRESHOLD)
-
-    @property
-    def right(self) -> bool:
-        return self.predicted_id == self.true_id
-
-    def probability_of(self, class_id: int) -> float:
-        return self.probability if class_id == 1 else 1.0 - self.probability
-
-
-@dataclass
-class ExplainedFile:
-    """One file of `chimuf predict --explain`: its overlay, or why there is none."""
-
-    path: str  # the input file as given
-    output: str  # the Grad-CAM overlay PNG written; "" when the file could not be read
-    label: str  # the predicted class explained; "" when the file could not be read
-    probability: float  # the model's probability of `label`; NaN when the file could not be read
-    error: str = ""
-
-
-# --- the stage ---------------------------------------------------------------------------------
 
 
 def explain_errors(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
@@ -119,15 +70,14 @@ def explain_errors(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
     0); kernels and activation maps are still drawn.
     """
     classes = list(evaluation.classes)
-    csv_path = ctx.run_dir / evaluation.predictions_csv
-    predictions = read_predictions(csv_path, classes)
-    check_in_test_split(predictions, split, csv_path)
+    check_in_test_split(evaluation.predictions, split)
+    predictions = evaluation.predictions.items()
     model = logit_model(modelfile.load_model(ctx.run_dir / final.model_path))
     layers = conv_layers(model, final.model_path)
     check_input_size(model, cache.image_size, final.model_path)
-    image_set = read_cache(cache)
+    image_set = load_images(cache)
 
-    mistakes = sorted_mistakes(predictions)
+    mistakes = evaluation.predictions.mistakes()
     shown = mistakes[: cfg.max_images]
     chosen = choose_activation_images(predictions, cfg.activation_images, seed)
     total = len(layers) + len(chosen) + (2 + len(shown) + 1 if shown else 0) + bool(mistakes)
@@ -167,89 +117,23 @@ def explain_errors(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
         n_misclassified=len(mistakes),
         activation_images=activation_images,
         n_test=len(predictions),
-        threshold=THRESHOLD,
+        threshold=evaluation.predictions.threshold,
     )
 
 
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def read_predictions(path: Path, classes: Sequence[str]) -> list[Prediction]:
-    """The evaluate stage's per-image predictions, found by the CSV's header: `path`,
-    `true_label` (or `label`; a class name or its id) and `probability` (of classes[1])."""
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DataError(f"predictions file `{path}` is missing; rerun the evaluate stage") from None
-    header = list(reader.fieldnames or [])
-    path_col = pick_column(header, ("path",), path)
-    label_col = pick_column(header, ("true_label", "label"), path)
-    probability_col = pick_column(header, ("probability",), path)
-    predictions = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        where = f"`{path}` line {number}"
-        probability = parse_probability(row[probability_col], where)
-        predictions.append(Prediction(row[path_col], label_id(row[label_col], classes, where),
-                                      probability))
-    return predictions
-
-
-def pick_column(header: Sequence[str], names: Sequence[str], path: Path) -> str:
-    """The first column of `header` named one of `names` (case-insensitive)."""
-    by_name = {column.strip().lower(): column for column in header}
-    for name in names:
-        if name.lower() in by_name:
-            return by_name[name.lower()]
-    raise DataError(
-        f"predictions file `{path}` has columns {list(header)}; expected one named "
-        f"{' or '.join(repr(n) for n in names)}. Rerun the evaluate stage with this chimuf."
-    )
-
-
-def label_id(value: str, classes: Sequence[str], where: str) -> int:
-    """A true label given as a class name or as its id (0 or 1)."""
-    text = value.strip()
-    if text in classes:
-        return list(classes).index(text)
-    if text in ("0", "1"):
-        return int(text)
-    raise DataError(f"{where}: true label {text!r} is neither one of {list(classes)} nor 0 or 1")
-
-
-def parse_probability(value: str, where: str) -> float:
-    try:
-        probability = float(value)
-    except ValueError:
-        raise DataError(f"{where}: probability {value!r} is not a number") from None
-    if not 0.0 <= probability <= 1.0:  # NaN fails too
-        raise DataError(f"{where}: probability {value!r} is outside [0, 1]")
-    return probability
-
-
-def check_in_test_split(predictions: Sequence[Prediction], split: SplitOutcome,
-                        csv_path: Path) -> None:
+def check_in_test_split(predictions: Predictions, split: SplitOutcome) -> None:
     """Every explained image must be a test image: explaining a training image as a 'test
-    mistake' would mislead the report."""
+    mistake' would mislead the report (the evaluation and the split must be of the same run)."""
     test = set(split.test)
-    outside = [p.path for p in predictions if p.path not in test]
+    outside = [path for path in predictions.paths if path not in test]
     if outside:
         raise DataError(
-            f"predictions file `{csv_path}` lists {len(outside)} image(s) outside the test split, "
+            f"the evaluate stage's predictions list {len(outside)} image(s) outside the test split, "
             f"e.g. `{outside[0]}`; rerun the evaluate stage on this run's split"
         )
-
-
-def conv_layers(model: keras.Model, where: str | Path) -> list[str]:
-    """Names of the model's Conv2D layers, first to last."""
-    from chimuf.ml.models import conv_layer_names
-
-    names = conv_layer_names(model)
-    if not names:
-        raise ModelError(f"model `{where}` has no Conv2D layer; Grad-CAM and activation maps need "
-                         "at least one. Explain a CNN built by chimuf.models")
-    return names
 
 
 def check_input_size(model: keras.Model, image_size: int, where: str | Path) -> None:
@@ -259,26 +143,13 @@ def check_input_size(model: keras.Model, image_size: int, where: str | Path) -> 
                          f"{image_size}-pixel ones; rerun the final training")
 
 
-def read_cache(cache: CacheOutcome) -> Any:
-    """The decoded images of the run (an ImageSet: .images, .labels, .paths, .rows)."""
-    from chimuf.data.cache import load_images
-
-    return load_images(cache)
-
-
-def pixels_of(image_set: Any, paths: Sequence[str]) -> np.ndarray:
+def pixels_of(image_set: ImageSet, paths: Sequence[str]) -> np.ndarray:
     """uint8 (N, S, S, 3): the cached pixels of `paths`, in that order."""
     rows = np.asarray(image_set.rows(list(paths)), dtype=np.int64)
     return np.asarray(image_set.images[rows], dtype=np.uint8)
 
 
-# --- which images ------------------------------------------------------------------------------
-
-
-def sorted_mistakes(predictions: Sequence[Prediction]) -> list[Prediction]:
-    """The misclassified ones, most confident first: lowest probability of the true class."""
-    wrong = [p for p in predictions if not p.right]
-    return sorted(wrong, key=lambda p: (p.probability_of(p.true_id), p.path))
+# --- which images ---------------------------------------------------------------------------------
 
 
 def choose_activation_images(predictions: Sequence[Prediction], count: int,
@@ -309,152 +180,6 @@ def explained_image(p: Prediction, classes: Sequence[str]) -> ExplainedImage:
 def row_label(p: Prediction, classes: Sequence[str]) -> str:
     return (f"true {classes[p.true_id]}\npredicted {classes[p.predicted_id]}\n"
             f"P(true) = {p.probability_of(p.true_id):.2f}")
-
-
-# --- the computations (TensorFlow) -------------------------------------------------------------
-
-
-def logit_model(model: keras.Model) -> keras.Model:
-    """A float32 copy of `model` with the same weights whose output is the logit z, not p.
-
-    Why the logit: Grad-CAM of p (class 1) or of 1 − p (class 0) is Grad-CAM of +z or −z times
-    p(1 − p), a positive factor per image that the map's normalisation removes; but when a
-    prediction is confident, p rounds to 1.0 in float32, p(1 − p) to 0, and the map of p comes
-    out blank. Explaining ±z gives the same maps without that loss. Why float32: a model trained
-    in mixed bfloat16 would give gradients of 8 significant bits.
-    """
-    import keras
-
-    output_layer = model.layers[-1].name  # Dense(1, sigmoid), as chimuf.modelfile checked
-
-    def float32_layer(layer: Any) -> Any:
-        config = layer.get_config()
-        config["dtype"] = "float32"
-        if layer.name == output_layer:
-            config["activation"] = "linear"
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=float32_layer)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def class_score(class_ids: Sequence[int]) -> Any:
-    """Score of class `class_ids[i]` for image i on the logit model: +z for class 1, −z for
-    class 0 (tf-keras-vis' BinaryScore), the directions in which p and 1 − p grow."""
-    from tf_keras_vis.utils.scores import BinaryScore
-
-    return BinaryScore([bool(c) for c in class_ids])
-
-
-def two_class_model(logits: keras.Model) -> keras.Model:
-    """The logit model with outputs (log(1 − p), log p), for Score-CAM.
-
-    Score-CAM applies a softmax to the model's output before scoring; on a single output that
-    is the constant 1, whatever the image. The softmax of (log(1 − p), log p) is (1 − p, p), so
-    its CategoricalScore(class) is the probability of the class, as Score-CAM defines it.
-    """
-    import keras
-    from keras import ops
-
-    z = logits.outputs[0]  # (None, 1)
-    pair = ops.concatenate([-ops.softplus(z), -ops.softplus(-z)], axis=-1)  # (None, 2), stable
-    return keras.Model(logits.inputs, pair)
-
-
-@contextlib.contextmanager
-def quiet_keras() -> Iterator[None]:
-    """No progress bars from the `predict` calls inside tf-keras-vis, none of Keras 3's warnings
-    about the list-shaped inputs it passes, and no TensorFlow notes about retracing `predict`
-    for its batch shapes; all restored afterwards."""
-    import keras
-
-    was_on = keras.utils.is_interactive_logging_enabled()
-    tf_logger = logging.getLogger("tensorflow")
-    level = tf_logger.level
-    keras.utils.disable_interactive_logging()
-    tf_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
-            yield
-    finally:
-        tf_logger.setLevel(level)
-        if was_on:
-            keras.utils.enable_interactive_logging()
-
-
-@contextlib.contextmanager
-def seeded_numpy(seed: int) -> Iterator[None]:
-    """SmoothGrad draws its noise from numpy's global generator: seed it, then restore it."""
-    state = np.random.get_state()
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def gradcam_maps(model: keras.Model, pixels: np.ndarray, layers: Sequence[str],
-                 class_ids: Sequence[int]) -> dict[str, np.ndarray]:
-    """Grad-CAM at each of `layers` for class `class_ids[i]` of image i: (N, S, S) in [0, 1].
-
-    `model` is the logit model (`logit_model`).
-    """
-    from tf_keras_vis.gradcam import Gradcam
-
-    gradcam = Gradcam(model, clone=False)
-    score = class_score(class_ids)
-    seed_input = pixels.astype(np.float32)  # raw 0-255: the model rescales inside
-    with quiet_keras():
-        return {layer: as_maps(gradcam(score, seed_input, penultimate_layer=layer,
-                                       seek_penultimate_conv_layer=False), len(pixels))
-                for layer in layers}
-
-
-def method_maps(model: keras.Model, pixels: np.ndarray, layer: str, class_ids: Sequence[int],
-                seed: int) -> list[tuple[str, np.ndarray]]:
-    """Four explanations of class `class_ids[i]` of image i at `layer`, each (N, S, S) in [0, 1].
-
-    `model` is the logit model; SmoothGrad's noise is drawn from `seed`.
-    """
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.saliency import Saliency
-    from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    score = class_score(class_ids)
-    seed_input = pixels.astype(np.float32)
-    n = len(pixels)
-    channels = int(model.get_layer(layer).output.shape[-1])
-    cam_args = {"penultimate_layer": layer, "seek_penultimate_conv_layer": False}
-    with quiet_keras():
-        plus = GradcamPlusPlus(model, clone=False)(score, seed_input, **cam_args)
-        scorecam = Scorecam(two_class_model(model), clone=False)(
-            CategoricalScore(list(class_ids)), seed_input, max_N=min(SCORECAM_MAX_N, channels),
-            **cam_args)
-        with seeded_numpy(seed):
-            smooth = Saliency(model, clone=False)(score, seed_input, smooth_samples=SMOOTHGRAD_SAMPLES,
-                                                  smooth_noise=SMOOTHGRAD_NOISE)
-    gradcam = gradcam_maps(model, pixels, [layer], class_ids)[layer]
-    return [("Grad-CAM", gradcam), ("Grad-CAM++", as_maps(plus, n)),
-            ("Score-CAM", as_maps(scorecam, n)), ("SmoothGrad", as_maps(smooth, n))]
-
-
-def as_maps(maps: Any, n: int) -> np.ndarray:
-    """tf-keras-vis output as float32 (N, S, S), NaN (a constant map) as 0."""
-    array = np.asarray(maps, dtype=np.float32).reshape(n, *np.shape(maps)[-2:])
-    return np.nan_to_num(array, nan=0.0)
-
-
-def feature_maps(model: keras.Model, layers: Sequence[str], pixels: np.ndarray) -> list[np.ndarray]:
-    """Each conv layer's output for `pixels`: per layer float32 (N, h, w, channels)."""
-    import keras
-
-    probe = keras.Model(model.input, [model.get_layer(name).output for name in layers])
-    outputs = probe(pixels.astype(np.float32), training=False)  # a few images: one eager call
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return [np.asarray(maps, dtype=np.float32) for maps in outputs]
 
 
 # --- the figures -------------------------------------------------------------------------------
@@ -488,7 +213,7 @@ def save_kernel_figures(ctx: StageContext, model: keras.Model, layers: Sequence[
 
 
 def save_activation_figures(ctx: StageContext, model: keras.Model, layers: Sequence[str],
-                            image_set: Any, chosen: Sequence[Prediction], classes: Sequence[str],
+                            image_set: ImageSet, chosen: Sequence[Prediction], classes: Sequence[str],
                             progress: Progress) -> list[ExplainedImage]:
     """One figure per chosen image: the feature maps of every conv layer."""
     if not chosen:
@@ -565,7 +290,7 @@ def save_method_figure(ctx: StageContext, model: keras.Model, layer: str, pixels
     return save(ctx, figure, f"methods_{safe_name(layer)}", caption, progress)
 
 
-def save_gallery(ctx: StageContext, image_set: Any, mistakes: Sequence[Prediction], n_test: int,
+def save_gallery(ctx: StageContext, image_set: ImageSet, mistakes: Sequence[Prediction], n_test: int,
                  classes: Sequence[str], progress: Progress) -> Figure | None:
     if not mistakes:
         return None
@@ -577,70 +302,3 @@ def save_gallery(ctx: StageContext, image_set: Any, mistakes: Sequence[Predictio
                "images, most confident first: true and predicted class and the probability the "
                "model gave the true class.")
     return save(ctx, figure, "gallery", caption, progress)
-
-
-# --- chimuf predict --explain ------------------------------------------------------------------
-
-
-def explain_files(model_path: Path, files: list[Path], outdir: Path, audit_cfg: AuditConfig,
-                  console: Console) -> list[ExplainedFile]:
-    """One Grad-CAM overlay PNG per image file (last conv layer, predicted class) in `outdir`.
-
-    A file that cannot be read is reported by name and reason and the others are still
-    explained; the returned list follows the order of `files`.
-    """
-    from chimuf.data.imagefile import load_rgb, model_array
-
-    model = modelfile.load_model(model_path)
-    classes = modelfile.read_classes(model_path) or ["0", "1"]  # as `chimuf predict` names them
-    layer = conv_layers(model, model_path)[-1]
-    size = modelfile.input_size(model)
-    results: list[ExplainedFile | None] = [None] * len(files)
-    readable: list[int] = []
-    arrays = []
-    for index, file in enumerate(files):
-        try:
-            arrays.append(model_array(load_rgb(file, audit_cfg), size))  # (S, S, 3) uint8
-        except DataError as exc:
-            console.warn(f"not explained: {exc}")  # the message names the file
-            results[index] = ExplainedFile(str(file), "", "", math.nan, str(exc))
-            continue
-        readable.append(index)
-    if readable:
-        outdir.mkdir(parents=True, exist_ok=True)
-        pixels = np.stack(arrays)  # (N, S, S, 3) uint8
-        # The saved model's own probabilities, as `chimuf predict` prints them; the heatmaps
-        # from its float32 copy.
-        probability = model.predict(pixels.astype(np.float32), verbose=0).reshape(-1)  # (N,)
-        predicted = [int(p > THRESHOLD) for p in probability]
-        heat = gradcam_maps(logit_model(model), pixels, [layer], predicted)[layer]  # (N, S, S)
-        names = output_names([files[i] for i in readable])
-        for k, index in enumerate(readable):
-            confidence = float(probability[k] if predicted[k] else 1.0 - probability[k])
-            label = f"predicted {classes[predicted[k]]}\np = {confidence:.2f}"
-            figure = draw_heatmap_grid(pixels[k: k + 1], [(f"Grad-CAM {layer}", heat[k: k + 1])],
-                                       [label])
-            target = save_figure(figure, outdir / names[k])
-            results[index] = ExplainedFile(str(files[index]), str(target), classes[predicted[k]],
-                                           confidence)
-        console.info(f"{len(readable)} Grad-CAM overlay(s) written to {outdir}")
-    return [r for r in results if r is not None]
-
-
-def output_names(files: Sequence[Path]) -> list[str]:
-    """`<stem>_gradcam.png` with only safe characters; a repeated stem gets -2, -3, ..."""
-    names, seen = [], set()
-    for file in files:
-        stem = safe_name(Path(file).stem) or "image"
-        name, n = f"{stem}_gradcam.png", 1
-        while name in seen:
-            n += 1
-            name = f"{stem}-{n}_gradcam.png"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
-def safe_name(text: str) -> str:
-    """Letters, digits, '.', '_' and '-' only: safe on every file system and in a report."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80]

@@ -4,9 +4,9 @@ The paper splits its data into n equal folds, trains the model n times, each tim
 fold out for validation, and reports accuracy and loss per fold with their average. Here the
 folds are made from train+validation only, so the test split stays untouched by every model:
 
-    train + validation paths → split.fold_assignments (stratified; near-duplicate groups whole)
+    train + validation paths → chimuf.data.split.fold_assignments (stratified; near-duplicate groups whole)
       → for fold i: the "tuned" model with the best hyperparameters, trained with augmentation
-        on the other folds (chimuf.stages.train.fit: same early stopping, resumable), then evaluated
+        on the other folds (chimuf.ml.fit: same early stopping, resumable), then evaluated
         on fold i without augmentation → FoldOutcome
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
 
@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chimuf.core.errors import ModelError, StageError
+from chimuf.core.hyperparameters import Hyperparameters
 from chimuf.core.results import Figure, FoldOutcome, KFoldOutcome
+from chimuf.data.cache import load_images
+from chimuf.data.split import fold_assignments
+from chimuf.ml import fit as fitting
+from chimuf.ml.models import resolve_precision, seeded_model
+from chimuf.ml.pipeline import make_dataset
+from chimuf.ml.plots import save_figure as save_png
+from chimuf.ml.training_plots import draw_folds
 
 if TYPE_CHECKING:
     from chimuf.core.config import AugmentConfig, KFoldConfig, TrainConfig
@@ -37,13 +45,10 @@ if TYPE_CHECKING:
     from chimuf.core.results import AuditOutcome, CacheOutcome, SplitOutcome
     from chimuf.data.cache import ImageSet
 
-
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
-              hyperparameters: dict[str, float], cfg: KFoldConfig, train_cfg: TrainConfig,
+              hyperparameters: Hyperparameters, cfg: KFoldConfig, train_cfg: TrainConfig,
               augment: AugmentConfig, seed: int) -> KFoldOutcome:
     """Train and score the tuned architecture on each fold of train+validation."""
-    from chimuf.data.cache import load_images
-
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
     epochs = cfg.epochs or train_cfg.epochs
@@ -75,8 +80,6 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
 
 def make_folds(split: SplitOutcome, audit: AuditOutcome, folds: int, seed: int) -> list[list[str]]:
     """Held-out paths of each fold: train+validation, stratified, duplicate groups never cut."""
-    from chimuf.data.split import fold_assignments
-
     paths = sorted(split.train + split.validation)
     label_of = {r.path: split.classes.index(r.label) for r in audit.files}
     labels = [label_of[p] for p in paths]
@@ -88,7 +91,7 @@ def make_folds(split: SplitOutcome, audit: AuditOutcome, folds: int, seed: int) 
 # --- 2. one fold -------------------------------------------------------------------------------
 
 # What a fold may fail of without the study failing: a diverged training (StageError from
-# chimuf.train), a model that cannot be built or saved, TensorFlow running out of memory.
+# chimuf.ml.fit), a model that cannot be built or saved, TensorFlow running out of memory.
 # A stop signal (Interrupted) is none of these, and ends the study as it should.
 def fold_failures() -> tuple[type[BaseException], ...]:
     import tensorflow as tf
@@ -110,26 +113,19 @@ def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validati
 
 
 def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],
-               held_out_paths: list[str], hyperparameters: dict[str, float], train_cfg: TrainConfig,
+               held_out_paths: list[str], hyperparameters: Hyperparameters, train_cfg: TrainConfig,
                augment: AugmentConfig, seed: int, epochs: int) -> FoldOutcome:
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
-    import keras
-
-    from chimuf.ml.models import build_trainable_model, resolve_precision
-    from chimuf.ml.pipeline import WEIGHTS, derive_seed, make_dataset
-    from chimuf.stages.train import fit
-
     # 1. The final model's architecture and starting weights (the trainings' seed).
-    keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
-    model = build_trainable_model("tuned", images.images.shape[1], hyperparameters,
-                                  resolve_precision(train_cfg.precision), train_cfg.learning_rate)
+    model = seeded_model("tuned", images.images.shape[1], hyperparameters,
+                         resolve_precision(train_cfg.precision), train_cfg.learning_rate, seed)
 
     # 2. Train, resumably, in the fold's own work folder.
     train_rows, held_rows = images.rows(train_paths), images.rows(held_out_paths)
     name = f"fold{number}"
-    result = fit(model, (images.images[train_rows], images.labels[train_rows]),
-                 (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
-                 ctx.dir / name, ctx.console, name, max_epochs=epochs)
+    result = fitting.fit(model, (images.images[train_rows], images.labels[train_rows]),
+                         (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
+                         ctx.dir / name, ctx.console, name, max_epochs=epochs)
 
     # 3. Score the kept (best) weights on the held-out fold as it is, not augmented.
     held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,
@@ -157,8 +153,6 @@ def sample_std(values: np.ndarray) -> float:
 
 
 def save_figure(ctx: StageContext, folds: list[FoldOutcome]) -> Figure | None:
-    from chimuf.ml.plots import save_figure as save_png
-
     completed = [f for f in folds if f.status == "COMPLETED"]
     if not completed:
         return None
@@ -166,38 +160,3 @@ def save_figure(ctx: StageContext, folds: list[FoldOutcome]) -> Figure | None:
     return Figure(ctx.rel(path), f"{len(folds)}-fold cross-validation: held-out accuracy (solid) and "
                                  "loss (dashed) per epoch for each fold (left), and of each fold's "
                                  "kept model with their means (right)")
-
-
-def draw_folds(folds: list[FoldOutcome]) -> Any:
-    """Left: per fold, validation accuracy (solid) and loss (dashed) per epoch. Right: the final
-    accuracy and loss of each fold, with their means."""
-    from chimuf.ml.plots import pyplot
-
-    plt = pyplot()
-    fig, (curves, final) = plt.subplots(1, 2, figsize=(9.5, 3.6))
-    curves_loss = curves.twinx()
-    for i, fold in enumerate(folds):
-        colour = f"C{i % 10}"
-        epochs = [r.epoch for r in fold.history]
-        curves.plot(epochs, [r.val_accuracy for r in fold.history], color=colour, linestyle="-",
-                    label=f"fold {fold.fold}")
-        curves_loss.plot(epochs, [r.val_loss for r in fold.history], color=colour, linestyle="--")
-    curves.set_xlabel("epoch")
-    curves.set_ylabel("validation accuracy (solid)")
-    curves_loss.set_ylabel("validation loss (dashed)")
-    curves.legend(loc="center right", fontsize=7)
-
-    numbers = [f.fold for f in folds]
-    final_loss = final.twinx()
-    final.plot(numbers, [f.accuracy for f in folds], marker="o", linestyle="-", color="C0",
-               label="accuracy")
-    final_loss.plot(numbers, [f.loss for f in folds], marker="s", linestyle="--", color="C3", label="loss")
-    final.axhline(float(np.mean([f.accuracy for f in folds])), color="C0", linewidth=0.8, alpha=0.5)
-    final_loss.axhline(float(np.mean([f.loss for f in folds])), color="C3", linewidth=0.8, alpha=0.5,
-                       linestyle="--")
-    final.set_xticks(numbers)
-    final.set_xlabel("fold")
-    final.set_ylabel("accuracy (solid)", color="C0")
-    final_loss.set_ylabel("loss (dashed)", color="C3")
-    fig.tight_layout()
-    return fig

@@ -1,0 +1,85 @@
+"""Files that are never half written: atomic writes, JSON in and out, and the time stamp.
+
+Every result chimuf keeps (stage outcomes, checkpoints' state, figures, the report) is written
+through `atomic_write_bytes`: a reader sees the old file or the new one, never half of one, even
+after a crash or a full disk. Stages, the model files, the cache, plots and the report all write
+this way, so the helpers live here, apart from the stage engine that uses them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from chimuf.core.errors import StageError
+from chimuf.core.results import dumps
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    Temp file in the same folder, fsync, os.replace, then fsync of the folder so the rename
+    itself survives a crash.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared and read
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, dumps(value) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON at `path`, or None when there is none. Files are only ever written atomically,
+    so a file that does not parse was damaged outside chimuf: that is an error, not a skip."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StageError(
+            f"`{path}` is damaged ({exc}); delete it to redo that step, then rerun"
+        ) from None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file name: letters, digits, '.', '_' and '-' only, at most 80 characters, safe
+    on every file system and in a report (runs of anything else become one '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80]

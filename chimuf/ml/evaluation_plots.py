@@ -1,0 +1,72 @@
+"""Figures of the evaluation (paper section 7): confusion matrix, ROC curve, reliability diagram."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from chimuf.ml import metrics
+from chimuf.ml.plots import pyplot
+
+
+def draw_confusion_matrix(cm: np.ndarray, classes: list[str], accuracy: float) -> Any:
+    """Counts and row shares; rows = true class, columns = predicted class."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(cm, cmap="Blues")
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # (2, 2), each row sums to 1
+    for i in range(2):
+        for j in range(2):
+            dark = cm[i, j] > cm.max() / 2
+            ax.text(j, i, f"{cm[i, j]}\n{shares[i, j]:.1%}", ha="center", va="center",
+                    color="white" if dark else "black")
+    ax.set_xticks([0, 1], labels=classes)
+    ax.set_yticks([0, 1], labels=classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {accuracy:.3f}")
+    return fig
+
+
+def draw_roc(labels: np.ndarray, probabilities: np.ndarray, auc: float, threshold: float,
+             classes: list[str]) -> Any:
+    curve = metrics.roc_curve(labels, probabilities)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot(curve.false_positive_rate, curve.true_positive_rate, label=f"final model (AUC = {auc:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
+    positive, negative = labels == 1, labels == 0
+    for t, marker in ((0.5, "o"), (threshold, "s")):
+        predicted = probabilities > t
+        tpr = predicted[positive].mean() if positive.any() else float("nan")
+        fpr = predicted[negative].mean() if negative.any() else float("nan")
+        ax.plot([fpr], [tpr], marker=marker, linestyle="none", label=f"threshold {t:.3f}")
+    ax.set_xlabel(f"false positive rate ({classes[0]} called {classes[1]})")
+    ax.set_ylabel(f"true positive rate ({classes[1]} found)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def draw_reliability(reliability: metrics.Calibration, classes: list[str]) -> Any:
+    """Top: mean predicted probability vs observed share per bin; bottom: images per bin."""
+    bins = reliability.bins
+    centres = np.array([(b.low + b.high) / 2 for b in bins])
+    width = bins[0].high - bins[0].low
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.2, 4.8), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    filled = [b for b in bins if b.count]
+    top.plot([b.mean_probability for b in filled], [b.observed_fraction for b in filled], marker="o",
+             label=f"final model (ECE = {reliability.expected_calibration_error:.3f})")
+    top.set_ylabel(f"observed share of {classes[1]}")
+    top.set_ylim(-0.02, 1.02)
+    top.legend(loc="upper left")
+    bottom.bar(centres, [b.count for b in bins], width=width * 0.9, color="tab:blue")
+    bottom.set_xlabel(f"predicted P({classes[1]})")
+    bottom.set_ylabel("images")
+    bottom.set_xlim(0, 1)
+    return fig

@@ -1,0 +1,174 @@
+"""The distributed search's protocol: addresses, roles, and the epoch reports workers send.
+
+The hyperparameter search is the study's one stage made of many independent, long units (a trial
+trains a model for up to `tune.epochs` epochs), so it is the stage that runs on several machines.
+Keras Tuner's distributed mode does the sharing: one chief holds the oracle, workers ask it for a
+trial, train it, report, and ask again, over gRPC.
+
+    chimuf study --tune-chief HOST:PORT     the study; during `tune` it is the chief and serves the
+                                            oracle (chimuf.tuning.chief) until every trial is done
+    chimuf tune-worker --chief HOST:PORT    a worker (chimuf.tools.tune_worker): the chief's split
+                                            and image cache, then trials until the chief says stop
+
+Keras Tuner learns its role from three environment variables (KERASTUNER_TUNER_ID: "chief" or a
+worker id; KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT); `tuner_role` sets them for the time a
+tuner is built and searched, and puts the old values back.
+
+What chimuf adds on top of Keras Tuner's protocol, whose messages stay as they are: each finished
+epoch travels to the chief as an UpdateTrial with metrics named `epoch_*` (step = epoch index), so
+the trial's history reaches the chief's run folder though the worker may share no file system
+with it, and every epoch is a sign of life. These reports do not name the objective, so Keras
+Tuner's own final report of the trial (objective at its best epoch) still comes, as in a local
+search. A worker whose chief stops answering ends with one line (ChiefLost, rpc_reason), not with
+a failed trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from chimuf.core.errors import ConfigError, StageError
+from chimuf.core.results import EpochRecord
+
+CHIEF_ID = "chief"  # Keras Tuner takes any tuner id containing "chief" for the chief
+ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+EPOCH_PREFIX = "epoch_"  # metrics of an epoch report; never the objective
+WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str  # a name or IP address; for the chief, 0.0.0.0 listens on every interface
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, flag: str) -> Address:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`) as an Address; `flag` names the option in errors."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\w+)|([^\s:\[\]]+):(\w+)", text.strip())
+    if match is None:
+        raise ConfigError(f"`{flag}` must be HOST:PORT (e.g. 10.0.0.5:8470 or [::1]:8470), got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = match.group(2) or match.group(4)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"`{flag}` port must be a number from 1 to 65535, got {port!r} in {text!r}")
+    return Address(host, int(port))
+
+
+def check_worker_id(worker_id: str) -> str:
+    """A worker id names files and must not read as the chief's to Keras Tuner."""
+    if not WORKER_ID.fullmatch(worker_id) or CHIEF_ID in worker_id.lower():
+        raise ConfigError(
+            f"`--id` must be 1-64 letters, digits, '.', '_' or '-' and must not contain "
+            f"'{CHIEF_ID}' (Keras Tuner would take the worker for the chief), got {worker_id!r}"
+        )
+    return worker_id
+
+
+def default_worker_id() -> str:
+    """`worker-<hostname>-<pid>`, made safe for `check_worker_id`."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).lower().replace(CHIEF_ID, "chf")
+    return f"worker-{host[:40]}-{os.getpid()}"
+
+
+# --- roles: Keras Tuner's environment variables, set and restored ---------------------------
+
+
+@contextlib.contextmanager
+def tuner_role(tuner_id: str, address: Address) -> Iterator[None]:
+    """Keras Tuner sees this process as `tuner_id` of the search served at `address`, inside the
+    block only; whatever the three variables held before (or their absence) comes back after."""
+    saved = {name: os.environ.get(name) for name in ENV_NAMES}
+    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=address.host,
+                      KERASTUNER_ORACLE_PORT=str(address.port))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def client_timeout(seconds: float) -> Iterator[None]:
+    """Each request of a worker to the chief waits at most `seconds` (Keras Tuner: one hour), so a
+    worker whose chief is gone says so instead of hanging; restored afterwards."""
+    from keras_tuner.src.distribute import oracle_client
+
+    saved = oracle_client.TIMEOUT
+    oracle_client.TIMEOUT = seconds
+    try:
+        yield
+    finally:
+        oracle_client.TIMEOUT = saved
+
+
+# --- epoch reports: a trial's history, as metrics that travel over gRPC ---------------------
+
+
+def epoch_metrics(record: EpochRecord, elapsed_s: float) -> dict[str, float]:
+    """One finished epoch as an UpdateTrial's metrics: `epoch_loss`, ..., `epoch_elapsed_s`."""
+    values = {name: float(value) for name, value in asdict(record).items() if name != "epoch"}
+    return {f"{EPOCH_PREFIX}{name}": value for name, value in {**values, "elapsed_s": elapsed_s}.items()}
+
+
+class ChiefLost(StageError):
+    """A worker's request to the chief failed (the chief is gone or unreachable)."""
+
+
+def report_epoch(oracle: Any, trial_id: str, record: EpochRecord, elapsed_s: float) -> None:
+    """Send one finished epoch to the chief. A chief that cannot be reached ends the worker's
+    search (ChiefLost), rather than failing the trial that was training well."""
+    import grpc
+
+    try:
+        oracle.update_trial(trial_id, epoch_metrics(record, elapsed_s), step=record.epoch - 1)
+    except grpc.RpcError as exc:
+        raise ChiefLost(rpc_reason(exc)) from None
+
+
+def is_epoch_report(metrics: Any) -> bool:
+    return len(metrics) > 0 and all(str(name).startswith(EPOCH_PREFIX) for name in metrics)
+
+
+def history_from_metrics(trial: Any) -> tuple[list[EpochRecord], float]:
+    """The epochs a trial reported to the chief, and its elapsed seconds after the last one.
+
+    Should an epoch have come twice, its later values are kept.
+    """
+    tracker = trial.metrics
+    names = [name for name in tracker.metrics if name.startswith(EPOCH_PREFIX)]
+    by_step: dict[int, dict[str, float]] = {}
+    for name in names:
+        for observation in tracker.get_history(name):
+            by_step.setdefault(int(observation.step), {})[name[len(EPOCH_PREFIX):]] = observation.value[-1]
+    known = {f.name for f in fields(EpochRecord)} - {"epoch"}
+    history = [EpochRecord(epoch=step + 1, **{k: v for k, v in by_step[step].items() if k in known})
+               for step in sorted(by_step)]
+    return history, (by_step[max(by_step)].get("elapsed_s", 0.0) if by_step else 0.0)
+
+
+def forget_epochs(trial: Any) -> None:
+    """Drop a trial's epoch reports: it starts again from its first epoch (a retry, a worker
+    restarted with the same id, a local rerun), and its history with it."""
+    for name in [name for name in trial.metrics.metrics if name.startswith(EPOCH_PREFIX)]:
+        del trial.metrics.metrics[name]
+
+
+def rpc_reason(exc: Any) -> str:
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = exc.details() if callable(getattr(exc, "details", None)) else ""
+    return f"{code.name if code else 'error'}: {details}" if details else (code.name if code else str(exc))
