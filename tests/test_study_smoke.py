@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chimuf.core.results import SCHEMA_VERSION
 from tests.conftest import SHARED_DATA, make_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.smoke]
@@ -79,7 +80,7 @@ def test_smoke_study_runs_every_stage_and_renders_the_report(smoke_run):
     state = json.loads((out / "run.json").read_text())
     assert state["status"] == "finished"
     results = json.loads((out / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == SCHEMA_VERSION  # 2 since the typed hand-offs
     for stage in ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain"):
         assert results[stage] is not None, f"stage {stage} missing from results.json"
     assert len(results["train"]["trainings"]) == 6

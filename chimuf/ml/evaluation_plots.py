@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from chimuf.core.results import DEFAULT_THRESHOLD
 from chimuf.ml import metrics
 from chimuf.ml.plots import pyplot
 
@@ -37,7 +38,7 @@ def draw_roc(labels: np.ndarray, probabilities: np.ndarray, auc: float, threshol
     ax.plot(curve.false_positive_rate, curve.true_positive_rate, label=f"final model (AUC = {auc:.3f})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
     positive, negative = labels == 1, labels == 0
-    for t, marker in ((0.5, "o"), (threshold, "s")):
+    for t, marker in ((DEFAULT_THRESHOLD, "o"), (threshold, "s")):
         predicted = probabilities > t
         tpr = predicted[positive].mean() if positive.any() else float("nan")
         fpr = predicted[negative].mean() if negative.any() else float("nan")
