@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from chimuf import __version__
-from chimuf.core.config import AuditConfig, ReportConfig, StudyConfig, load_config, to_toml
+from chimuf.core.config import AuditConfig, ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
 from chimuf.core.console import Console
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--tune-chief", metavar="HOST:PORT",
                        help="tune on several machines: during the tuning stage, serve its trials at "
                        "HOST:PORT to `chimuf tune-worker` processes (docs/distributed.md)")
+    study.add_argument("--mlflow", metavar="URI",
+                       help="also log the run to MLflow at URI (file:/path/mlruns, sqlite:///mlflow.db, "
+                       "http://host:5000), as tracking.mlflow_uri does; needs chimuf[mlflow]")
 
     worker = commands.add_parser(
         "tune-worker", help="run trials for a study's tuning chief on this machine",
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", metavar="MODEL", type=Path)
     evaluate.add_argument("dir", metavar="DIR", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threshold_option(evaluate)
 
     predict = commands.add_parser(
         "predict", help="classify image files with a saved model",
@@ -126,6 +130,34 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_const", dest="format", const="csv")
     predict.add_argument("--explain", metavar="OUTDIR", type=Path,
                          help="also write a Grad-CAM overlay per image into OUTDIR")
+    add_threshold_option(predict)
+
+    export = commands.add_parser(
+        "export", help="export a saved model to TFLite, SavedModel or ONNX, checked",
+        description="Write MODEL (.keras) as each --format into --out (default: beside MODEL), its "
+        "classes and decision threshold beside it, and check each export at once: its probabilities "
+        "on sample images against the Keras model's (largest difference printed). TFLite and "
+        "SavedModel come with TensorFlow; ONNX needs `pip install 'chimuf[onnx]'` (tf2onnx, "
+        "onnxruntime). Models trained in mixed bfloat16 are exported as a float32 copy.",
+    )
+    export.add_argument("model", metavar="MODEL", type=Path)
+    export.add_argument("--format", dest="formats", action="append", choices=("tflite", "savedmodel", "onnx"),
+                        help="format to write (repeatable; default: tflite)")
+    export.add_argument("--out", metavar="DIR", type=Path,
+                        help="where the exports go (default: beside MODEL)")
+    export.add_argument("--check", metavar="IMAGE", type=Path, nargs="+", default=[],
+                        help="images to compare the export with the model on (default: 16 random images)")
+
+    track = commands.add_parser(
+        "track", help="log a finished (or partial) run folder to MLflow",
+        description="Log RUN_DIR's results.json, report and exported model to MLflow: config as "
+        "params, headline and per-epoch metrics, artifacts (as `chimuf study --mlflow` does at the "
+        "end). A run already logged there is not logged twice. Needs chimuf[mlflow].",
+    )
+    track.add_argument("run", metavar="RUN_DIR", type=Path)
+    track.add_argument("--mlflow", metavar="URI", required=True, help="MLflow tracking URI")
+    track.add_argument("--experiment", default=TrackingConfig().mlflow_experiment,
+                       help="MLflow experiment (default: %(default)s)")
 
     config = commands.add_parser(
         "config", help="print the effective study config as commented TOML",
@@ -142,6 +174,24 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="preset to start from (default: the file's `profile`, else paper)")
 
 
+def add_threshold_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", metavar="T", type=probability_threshold,
+                        help="decide at this threshold (P(second class) > T); default: the model's own, "
+                        "from its .classes.json (a study's exported model carries the threshold chosen "
+                        "on validation data), else 0.5")
+
+
+def probability_threshold(text: str) -> float:
+    """`--threshold`: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
 def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
     return load_config(args.config, args.profile, overrides or None)
 
@@ -153,7 +203,9 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     from chimuf.study import StudyPaths, resolve_data_dir, run_study
 
     tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
-    overrides = {"seed": args.seed} if args.seed is not None else {}
+    overrides: dict[str, object] = {"seed": args.seed} if args.seed is not None else {}
+    if args.mlflow:
+        overrides["tracking"] = {"mlflow_uri": args.mlflow}
     config = load(args, **overrides)
     data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
     run_dir = run_folder(args.out, config)
@@ -221,7 +273,8 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from chimuf.tools import evaluate_folder
 
     start_tensorflow()
-    evaluation = evaluate_folder.evaluate_folder(args.model, args.dir, AuditConfig(), console)
+    evaluation = evaluate_folder.evaluate_folder(args.model, args.dir, AuditConfig(), console,
+                                                 threshold=args.threshold)
     print(evaluate_folder.format_folder_evaluation(evaluation, as_json=args.json))
     return 0
 
@@ -230,14 +283,36 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from chimuf.tools import predict
 
     start_tensorflow()
-    predictions = predict.predict_files(args.model, args.images, AuditConfig(), console)
+    predictions = predict.predict_files(args.model, args.images, AuditConfig(), console,
+                                        threshold=args.threshold)
     explained = []
     if args.explain:
         from chimuf.tools.explain_files import explain_files
 
-        explained = explain_files(args.model, args.images, args.explain, AuditConfig(), console)
+        explained = explain_files(args.model, args.images, args.explain, AuditConfig(), console,
+                                  threshold=args.threshold)
     print(predict.format_predictions(predictions, args.format or "table"))
     return 1 if any(p.error for p in predictions) or any(e.error for e in explained) else 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.tools import export
+
+    start_tensorflow()
+    checks = export.export_files(args.model, args.formats or ["tflite"], args.out, args.check, AuditConfig(),
+                                 console)
+    print(export.format_checks(checks))
+    return 0
+
+
+def cmd_track(args: argparse.Namespace, console: Console) -> int:
+    from chimuf import report
+    from chimuf.tools import tracking
+
+    cfg = TrackingConfig(mlflow_uri=args.mlflow, mlflow_experiment=args.experiment)
+    tracking.check_mlflow(cfg)
+    results = report.read_results(args.run)
+    return 0 if tracking.log_run(results, args.run, cfg, console) is not None else 1
 
 
 def cmd_config(args: argparse.Namespace, console: Console) -> int:
@@ -252,6 +327,8 @@ COMMANDS = {
     "report": cmd_report,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "export": cmd_export,
+    "track": cmd_track,
     "config": cmd_config,
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ from chimuf.core.results import (
     ConfigDifference,
     EvaluateOutcome,
     ExplainOutcome,
+    ExportOutcome,
     KFoldOutcome,
     ReportOutcome,
     Results,
@@ -41,7 +43,9 @@ from chimuf.core.results import (
     digest,
 )
 from chimuf.data import audit, cache, split
-from chimuf.stages import evaluate, explain, kfold, train, tune
+from chimuf.ml.fit import Monitoring
+from chimuf.stages import evaluate, explain, export, kfold, train, tune
+from chimuf.tools import tracking
 
 if TYPE_CHECKING:
     from chimuf.tuning.protocol import Address
@@ -57,15 +61,29 @@ class StudyPaths:
     cache_dir: Path
 
 
-def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
-              stop_after: str = "", tune_chief: Address | None = None) -> Results:
+def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str = "",
+              tune_chief: Address | None = None, callbacks: Sequence[Any] = ()) -> Results:
     """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
 
     With `tune_chief`, the search serves its trials to workers at that address (chimuf.tuning).
+    `callbacks` are extra Keras callbacks for every training (the six, the final model, the folds).
+    With `tracking.mlflow_uri`, what the run found is logged to MLflow once the stages are done.
     """
+    if config.tracking.mlflow_uri:
+        tracking.check_mlflow(config.tracking)
+    results = run_stages(config, paths, console, stop_after, tune_chief, callbacks)
+    if config.tracking.mlflow_uri:
+        tracking.log_run(results, paths.run_dir, config.tracking, console)
+    return results
+
+
+def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str,
+               tune_chief: Address | None, callbacks: Sequence[Any]) -> Results:
     run = Run(paths.run_dir, console)
     console.log_to(paths.run_dir / "study.log")
     seed = config.seed
+    tensorboard = paths.run_dir / "tensorboard" if config.tracking.tensorboard else None
+    monitor = Monitoring(tensorboard, tuple(callbacks))
     with run.activate({"profile": config.profile, "seed": seed, "data_dir": str(paths.data_dir)}):
         results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
 
@@ -108,7 +126,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         results.train = run.stage(
             "train", common, TrainOutcome,
             lambda ctx: train.run_trainings(ctx, results.cache, results.split, config.train,
-                                            config.augment, seed),
+                                            config.augment, seed, monitor),
         )
         if save("train", results.train):
             return results
@@ -117,7 +135,8 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         results.tune = run.stage(
             "tune", {**common, "tune": tune.tune_inputs(config.tune)}, TuneOutcome,
             lambda ctx: tune.run_tuning(ctx, results.cache, results.split, config.tune,
-                                        config.train, config.augment, seed, chief=tune_chief),
+                                        config.train, config.augment, seed, chief=tune_chief,
+                                        monitor=monitor),
         )
         if save("tune", results.tune):
             return results
@@ -127,7 +146,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         results.final = run.stage(
             "final", {**common, "hyperparameters": best}, TrainingOutcome,
             lambda ctx: train.train_final(ctx, results.cache, results.split, best, config.train,
-                                          config.augment, seed),
+                                          config.augment, seed, monitor),
         )
         if save("final", results.final):
             return results
@@ -152,7 +171,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
                       "audit": results.audit.digest},
             KFoldOutcome,
             lambda ctx: kfold.run_kfold(ctx, results.cache, results.split, results.audit, best,
-                                        config.kfold, config.train, config.augment, seed),
+                                        config.kfold, config.train, config.augment, seed, monitor),
         )
         if save("kfold", results.kfold):
             return results
@@ -169,7 +188,20 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         if save("explain", results.explain):
             return results
 
-        # 10. The report, from results.json and the figures alone. Every analysis stage is done,
+        # 10. The model to take home: the final model with the threshold chosen on validation
+        #     data, and its TFLite export, each checked against the Keras model.
+        results.export = run.stage(
+            "export",
+            {"final": digest(results.final), "evaluate": digest(results.evaluate),
+             "split": results.split.digest, "export": config.export},
+            ExportOutcome,
+            lambda ctx: export.export_final(ctx, results.cache, results.split, results.final,
+                                            results.evaluate, config.export),
+        )
+        if save("export", results.export):
+            return results
+
+        # 11. The report, from results.json and the figures alone. Every analysis stage is done,
         #     so results.json (and the report) say the study finished; run.json says so only
         #     once the report is rendered too.
         write_results(run, results, config, paths, status="finished")

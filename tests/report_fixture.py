@@ -25,6 +25,8 @@ from chimuf.core.results import (
     EvaluateOutcome,
     ExplainedImage,
     ExplainOutcome,
+    ExportedModel,
+    ExportOutcome,
     Figure,
     FileRecord,
     FoldOutcome,
@@ -225,7 +227,11 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
         ("final", 480.0), ("evaluate", 25.0), ("kfold", 600.0), ("explain", 90.0))]
     return Results(SCHEMA_VERSION, run_info(config, "fixture-run", "finished", stages, audit.digest),
                    audit=audit, split=split, cache=cache, train=train, tune=tune, final=final,
-                   evaluate=evaluate, kfold=kfold, explain=explain)
+                   evaluate=evaluate, kfold=kfold, explain=explain,
+                   export=ExportOutcome("export/final.keras", "export/final.classes.json", 0.43,
+                                        "maximum accuracy on the validation split",
+                                        [ExportedModel("tflite", "export/final.tflite", 2_400_000, 64,
+                                                       3.1e-7, 2.2e-3)]))
 
 
 def partial_results(run_dir: Path) -> Results:

@@ -48,8 +48,8 @@ def headline(run_dir: Path) -> dict:
     """The numbers that must not change between an uninterrupted and a resumed run."""
     results = json.loads((run_dir / "results.json").read_text())
 
-    def curves(history: list[dict]) -> list[dict]:  # wall times differ between runs, nothing else
-        return [{k: v for k, v in epoch.items() if k != "wall_s"} for epoch in history]
+    def curves(history: list[dict]) -> list[dict]:  # timings differ between runs, nothing else
+        return [{k: v for k, v in epoch.items() if k not in ("wall_s", "images_per_s")} for epoch in history]
 
     return {
         "split": results["split"]["digest"],
@@ -89,6 +89,21 @@ def test_smoke_study_runs_every_stage_and_renders_the_report(smoke_run):
     pdf = next((out / "report").glob("*.pdf"))
     assert html.stat().st_size > 10_000 and pdf.read_bytes().startswith(b"%PDF")
     assert "test accuracy" in done.stderr and "HTML report" in done.stderr
+
+
+def test_smoke_study_leaves_tensorboard_logs_and_a_checked_tflite_model(smoke_run):
+    _data, out, _cache, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("train/model1", "train/model3_aug", "final/final", "kfold/fold1", "tune/trial_0"):
+        for part in ("train", "validation"):
+            assert list((out / "tensorboard" / name / part).glob("events.out.tfevents.*")), (name, part)
+    assert list((out / "tensorboard" / "tune").glob("events.out.tfevents.*"))  # the HParams view
+    export = json.loads((out / "results.json").read_text())["export"]
+    (tflite,) = export["exports"]
+    assert tflite["format"] == "tflite" and (out / tflite["path"]).is_file()
+    assert tflite["max_abs_difference"] <= 1e-4 and tflite["images_checked"] > 0
+    sidecar = json.loads((out / export["sidecar_path"]).read_text())
+    assert sidecar["threshold"] == export["threshold"] and sidecar["threshold_rule"]
 
 
 def test_rerun_of_a_finished_study_redoes_nothing(smoke_run):

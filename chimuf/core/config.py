@@ -212,6 +212,25 @@ class ExplainConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    formats: tuple[str, ...] = opt(("tflite",), "formats the final model is exported to besides .keras: "
+                                   "'tflite', 'savedmodel', 'onnx' (onnx needs chimuf[onnx])",
+                                   Check(lambda v: set(v) <= {"tflite", "savedmodel", "onnx"},
+                                         "a list of 'tflite', 'savedmodel', 'onnx'"))
+    check_images: int = opt(64, "test images each export is run on to compare it with the Keras model",
+                            at_least(1))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tensorboard: bool = opt(True, "write TensorBoard logs of every training, trial and fold to "
+                            "RUN/tensorboard/")
+    mlflow_uri: str = opt("", "log the run to this MLflow tracking URI (file:/path/mlruns, "
+                          "sqlite:///mlflow.db, http://host:5000); '' = off; needs chimuf[mlflow]")
+    mlflow_experiment: str = opt("chimuf", "the MLflow experiment runs are logged under")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'",
                                    non_empty_subset("html", "pdf"))
@@ -233,6 +252,8 @@ class StudyConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     kfold: KFoldConfig = field(default_factory=KFoldConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
 

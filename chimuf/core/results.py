@@ -133,6 +133,8 @@ class EpochRecord:
     auc: float = float("nan")
     val_auc: float = float("nan")
     wall_s: float = 0.0
+    learning_rate: float = float("nan")  # the optimizer's rate at the end of the epoch
+    images_per_s: float = 0.0  # training images per second of the epoch's training pass
 
 
 @dataclass
@@ -394,6 +396,28 @@ class ExplainOutcome:
     threshold: float = DEFAULT_THRESHOLD  # p > threshold predicts classes[1], as the evaluate stage counts
 
 
+# --- the model to take home --------------------------------------------------------------------
+
+
+@dataclass
+class ExportedModel:
+    format: str  # "savedmodel" | "tflite" | "onnx"
+    path: str  # relative to the run folder (a folder for a SavedModel)
+    size_bytes: int
+    images_checked: int  # test images the export was run on beside the Keras model
+    max_abs_difference: float  # largest |P(export) - P(Keras float32 model)| over those images
+    max_abs_difference_saved: float  # the same against the saved model itself (bf16 if trained so)
+
+
+@dataclass
+class ExportOutcome:
+    model_path: str  # the final model, ready to use: .keras, relative to the run folder
+    sidecar_path: str  # its classes and threshold (<model>.classes.json)
+    threshold: float  # the decision threshold it carries: the one chosen on the validation split
+    threshold_rule: str
+    exports: list[ExportedModel]
+
+
 # --- report and run facts ----------------------------------------------------------------------
 
 
@@ -454,6 +478,7 @@ class Results:
     evaluate: EvaluateOutcome | None = None
     kfold: KFoldOutcome | None = None
     explain: ExplainOutcome | None = None
+    export: ExportOutcome | None = None
 
 
 # The study's stages in the order they run: one outcome field of Results each, then the report.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ from chimuf.core.results import EpochRecord, digest, from_jsonable
 from chimuf.ml.models import model_precision, save_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.seeds import DROPOUT, VALIDATION, WEIGHTS, derive_seed
+from chimuf.ml.tensorboard import EpochLog
 
 if TYPE_CHECKING:
     import keras
@@ -62,6 +64,21 @@ class FitResult:
     wall_s: float  # training and validation passes of every epoch, summed over resumes
     images_per_s: float  # training images per second of training passes (no validation)
     precision: str  # "float32" | "mixed_bfloat16"
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Where trainings report while they run, beside their results: TensorBoard logs under
+    `tensorboard_dir`/<stage>/<name>/ (None: none), and extra Keras callbacks (a user's own)."""
+
+    tensorboard_dir: Path | None = None
+    callbacks: tuple[Any, ...] = ()
+
+    def log(self, stage: str, name: str) -> EpochLog | None:
+        return None if self.tensorboard_dir is None else EpochLog(self.tensorboard_dir / stage / name)
+
+
+UNMONITORED = Monitoring()  # no TensorBoard logs, no extra callbacks
 
 
 # --- early stopping, as Keras decides it -------------------------------------------------------
@@ -178,12 +195,16 @@ def fit(
     console: Console,
     name: str,
     max_epochs: int | None = None,
+    log: EpochLog | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> FitResult:
     """Train compiled `model` on `train` = (uint8 images (N, S, S, 3), labels), resumably.
 
     Validation data are augmented only when `augment.augment_validation` is on. At most
     `max_epochs` (default `cfg.epochs`) epochs, early stopping from `cfg`; afterwards `model` holds
-    the best epoch's weights. Checkpoints go to `workdir`; a rerun continues from them.
+    the best epoch's weights. Checkpoints go to `workdir`; a rerun continues from them. Each
+    finished epoch goes to `log` (TensorBoard) once its checkpoint is saved; `callbacks` are
+    extra Keras callbacks, which see each epoch under its own number (Keras' `initial_epoch`).
     """
     if model.optimizer is None:
         raise AssertionError(f"{name}: compile the model (chimuf.ml.models.compile_model) before fit")
@@ -194,13 +215,18 @@ def fit(
     state = resume(model, workdir, fingerprint(model, cfg, augment, seed, len(train[1]), len(validation[1])),
                    console, name)
     validation_augment = validation_augmentation(augment)
+    if log is not None:
+        if state.epoch == 0:
+            log.reset()  # a training that starts over starts its curve over
+        log.write(state.history)  # epochs checkpointed before a kill, not yet logged
 
     while state.epoch < max_epochs and not state.stop.stopped:
         epoch = state.epoch + 1
         started = time.monotonic()
         record, train_s = run_epoch(model, train, validation, cfg, augment, validation_augment, seed,
-                                    epoch, max_epochs, console, name)
+                                    epoch, max_epochs, console, name, callbacks)
         check_finite(record, name)
+        record.images_per_s = len(train[1]) / train_s if train_s > 0 else 0.0
         state.stop = watch(state.stop, epoch, record.val_loss, cfg.patience, cfg.start_from_epoch)
         improved = state.stop.best_epoch == epoch
         record.wall_s = time.monotonic() - started
@@ -210,9 +236,13 @@ def fit(
         state.images_trained += len(train[1])
         state.wall_s += record.wall_s
         save_checkpoint(model, workdir, state, improved)
+        if log is not None:
+            log.write(state.history)
         console.info(f"  {name} epoch {epoch}/{max_epochs}: {describe(record)}"
                      f"{' (best)' if improved else ''} in {format_seconds(record.wall_s)}")
 
+    if log is not None:
+        log.close()
     # Keras restores the best weights only when some epoch was watched; else the last stay.
     if state.best_file:
         model.load_weights(workdir / state.best_file)
@@ -241,8 +271,13 @@ def run_epoch(
     max_epochs: int,
     console: Console,
     name: str,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[EpochRecord, float]:
-    """One pass over the training data and one over the validation data; (record, training s)."""
+    """One pass over the training data and one over the validation data; (record, training s).
+
+    Keras sees the pass as epoch `epoch` of `max_epochs` (`initial_epoch`), so callbacks that
+    count epochs (TensorBoard, schedules, a user's own) count the real ones.
+    """
     import keras
 
     seed_epoch(model, seed, epoch)
@@ -258,8 +293,9 @@ def run_epoch(
             on_train_batch_end=lambda _batch, logs: progress.update(1, batch_status(logs)),
             on_test_begin=lambda _logs: clock.update(trained=time.monotonic()),
         )
-        logs = model.fit(train_data, validation_data=validation_data, epochs=1, verbose=0,
-                         shuffle=False, callbacks=[callback]).history  # shuffled by make_dataset
+        logs = model.fit(train_data, validation_data=validation_data, initial_epoch=epoch - 1,
+                         epochs=epoch, verbose=0, shuffle=False,  # shuffled by make_dataset
+                         callbacks=[callback, *callbacks]).history
     value = {key: float(values[-1]) for key, values in logs.items()}
     record = EpochRecord(
         epoch=epoch,
@@ -269,8 +305,16 @@ def run_epoch(
         val_accuracy=value["val_accuracy"],
         auc=value.get("auc", math.nan),
         val_auc=value.get("val_auc", math.nan),
+        learning_rate=current_learning_rate(model),
     )
     return record, clock["trained"] - clock["start"]
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate now (a schedule's value at the current step)."""
+    import keras
+
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 def seed_epoch(model: keras.Model, seed: int, epoch: int) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chimuf.core.errors import ModelError
-from chimuf.ml.models import conv_layer_names
+from chimuf.ml.models import conv_layer_names, float32_copy
 
 if TYPE_CHECKING:
     import keras
@@ -58,20 +58,7 @@ def logit_model(model: keras.Model) -> keras.Model:
     out blank. Explaining ±z gives the same maps without that loss. Why float32: a model trained
     in mixed bfloat16 would give gradients of 8 significant bits.
     """
-    import keras
-
-    output_layer = model.layers[-1].name  # Dense(1, sigmoid), as chimuf.ml.modelfile checked
-
-    def float32_layer(layer: Any) -> Any:
-        config = layer.get_config()
-        config["dtype"] = "float32"
-        if layer.name == output_layer:
-            config["activation"] = "linear"
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=float32_layer)
-    copy.set_weights(model.get_weights())
-    return copy
+    return float32_copy(model, linear_output=True)
 
 
 def class_score(class_ids: Sequence[int]) -> Any:

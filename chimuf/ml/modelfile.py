@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chimuf.core.errors import ModelError
 from chimuf.core.files import atomic_write_json
+from chimuf.core.results import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     import keras
@@ -221,7 +223,17 @@ def input_size(model: keras.Model) -> int:
     return int(shape[1])
 
 
-# --- class names beside the model --------------------------------------------------------------
+# --- class names and threshold beside the model -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What `<model>.classes.json` says of a model that its file cannot: the class names (index i =
+    label i; the sigmoid gives P(classes[1])) and the decision threshold chosen for it."""
+
+    classes: list[str]
+    threshold: float = DEFAULT_THRESHOLD
+    threshold_rule: str = ""  # how it was chosen ("" = the default, not chosen)
 
 
 def classes_path(model_path: Path) -> Path:
@@ -230,15 +242,17 @@ def classes_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".classes.json")
 
 
-def write_classes(model_path: Path, classes: list[str]) -> Path:
-    """Record the class names of a saved model: index i = label i, sigmoid = P(classes[1])."""
+def write_classes(model_path: Path, classes: list[str], threshold: float = DEFAULT_THRESHOLD,
+                  threshold_rule: str = "") -> Path:
+    """Record the class names of a saved model, and the threshold it decides at."""
     path = classes_path(model_path)
-    atomic_write_json(path, {"classes": list(classes)})
+    atomic_write_json(path, Sidecar(list(classes), float(threshold), threshold_rule))
     return path
 
 
-def read_classes(model_path: Path) -> list[str] | None:
-    """The class names saved beside `model_path`, or None when there is no such file."""
+def read_sidecar(model_path: Path) -> Sidecar | None:
+    """The sidecar beside `model_path`, or None when there is none. One written before thresholds
+    travelled holds classes only: its threshold is the default."""
     path = classes_path(model_path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -251,4 +265,16 @@ def read_classes(model_path: Path) -> list[str] | None:
         raise ModelError(
             f"`{path}` should hold {{\"classes\": [two class names]}}; found {str(data)[:80]!r}"
         )
-    return classes
+    threshold = data.get("threshold", DEFAULT_THRESHOLD)
+    rule = data.get("threshold_rule", "")
+    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+            or not 0 < threshold < 1 or not isinstance(rule, str)):
+        raise ModelError(f"`{path}`: `threshold` must be a number between 0 and 1 (exclusive) and "
+                         f"`threshold_rule` a string; found {threshold!r}, {rule!r}")
+    return Sidecar(classes, float(threshold), rule)
+
+
+def read_classes(model_path: Path) -> list[str] | None:
+    """The class names saved beside `model_path`, or None when there is no such file."""
+    sidecar = read_sidecar(model_path)
+    return None if sidecar is None else sidecar.classes

@@ -154,6 +154,29 @@ def training_strategy() -> Any:
     return tf.distribute.get_strategy()
 
 
+def float32_copy(model: keras.Model, linear_output: bool = False) -> keras.Model:
+    """A float32 copy of `model` with the same weights; with `linear_output`, the output layer's
+    sigmoid dropped, so the copy gives the logit z instead of p = sigmoid(z).
+
+    Why: a model trained in mixed bfloat16 computes in 8 significant bits; gradients of it
+    (Grad-CAM) and exports of it (TFLite, ONNX: bf16 kernels are rare there) want float32.
+    """
+    import keras
+
+    output_layer = model.layers[-1].name  # Dense(1, sigmoid), as chimuf.ml.modelfile checked
+
+    def float32_layer(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        if linear_output and layer.name == output_layer:
+            config["activation"] = "linear"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=float32_layer)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def layer_rows(model: keras.Model) -> list[LayerRow]:
     """One row per layer (input layer left out), as `model.summary()` shows them."""
     rows = []

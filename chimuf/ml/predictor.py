@@ -40,6 +40,7 @@ class Classifier:
     model: keras.Model
     classes: list[str] | None  # index i = label i; the sigmoid gives P(classes[1])
     threshold: float = DEFAULT_THRESHOLD
+    threshold_source: str = "the default"  # where the threshold came from, in words
 
     @property
     def image_size(self) -> int:
@@ -50,10 +51,23 @@ class Classifier:
         return predicted_id(probability, self.threshold)
 
 
-def load_classifier(path: Path) -> Classifier:
-    """The model at `path`, checked (chimuf.ml.modelfile), with the class names saved beside it."""
+def load_classifier(path: Path, threshold: float | None = None) -> Classifier:
+    """The model at `path`, checked (chimuf.ml.modelfile), with the class names and threshold
+    saved beside it; `threshold` (e.g. `--threshold`) overrides the saved one."""
     model = modelfile.load_model(path)
-    return Classifier(Path(path), model, modelfile.read_classes(path))
+    sidecar = modelfile.read_sidecar(path)
+    classes = None if sidecar is None else sidecar.classes
+    if threshold is not None:
+        return Classifier(Path(path), model, classes, threshold, "given with --threshold")
+    if sidecar is None or not sidecar.threshold_rule:
+        return Classifier(Path(path), model, classes)
+    source = f"from {modelfile.classes_path(path).name}: {sidecar.threshold_rule}"
+    return Classifier(Path(path), model, classes, sidecar.threshold, source)
+
+
+def describe_threshold(classifier: Classifier) -> str:
+    """`threshold 0.43 (from final.classes.json: maximum accuracy on the validation split)`"""
+    return f"threshold {classifier.threshold:g} ({classifier.threshold_source})"
 
 
 def numbered_classes(classifier: Classifier, console: Console) -> list[str]:

@@ -95,6 +95,7 @@ def environment() -> Any:
         fold_rows=views.fold_rows,
         misclassified_rows=views.misclassified_rows,
         difference_rows=views.difference_rows,
+        export_rows=views.export_rows,
     )
     return env
 

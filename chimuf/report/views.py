@@ -20,6 +20,7 @@ from chimuf.core.results import (
     DuplicateGroup,
     EvaluateOutcome,
     ExplainedImage,
+    ExportOutcome,
     FileRecord,
     FoldOutcome,
     LayerRow,
@@ -253,6 +254,11 @@ def fold_rows(folds: Sequence[FoldOutcome]) -> list[list[object]]:
 
 def misclassified_rows(images: Sequence[ExplainedImage]) -> list[list[object]]:
     return [[m.path, m.true_label, m.predicted_label, num(m.probability_true)] for m in images]
+
+
+def export_rows(export: ExportOutcome) -> list[list[object]]:
+    return [[e.format, e.path, f"{e.size_bytes / 2**20:.1f} MiB", count(e.images_checked),
+             f"{e.max_abs_difference:.1e}"] for e in export.exports]
 
 
 def difference_rows(differences: Sequence[ConfigDifference]) -> list[list[object]]:

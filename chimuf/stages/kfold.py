@@ -34,6 +34,7 @@ from chimuf.core.results import Figure, FoldOutcome, KFoldOutcome
 from chimuf.data.cache import load_images
 from chimuf.data.split import fold_assignments
 from chimuf.ml import fit as fitting
+from chimuf.ml.fit import UNMONITORED, Monitoring
 from chimuf.ml.models import resolve_precision, seeded_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
               hyperparameters: Hyperparameters, cfg: KFoldConfig, train_cfg: TrainConfig,
-              augment: AugmentConfig, seed: int) -> KFoldOutcome:
+              augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED) -> KFoldOutcome:
     """Train and score the tuned architecture on each fold of train+validation."""
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
@@ -56,7 +57,7 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
     for number, paths in enumerate(held_out, start=1):
         others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
         work = functools.partial(train_fold, ctx, number, images, others, paths, hyperparameters,
-                                 train_cfg, augment, seed, epochs)
+                                 train_cfg, augment, seed, epochs, monitor)
         folds.append(run_fold(ctx, number, work, len(others), len(paths)))
         ctx.console.info(fold_line(folds[-1], cfg.folds))
 
@@ -114,7 +115,8 @@ def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validati
 
 def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],
                held_out_paths: list[str], hyperparameters: Hyperparameters, train_cfg: TrainConfig,
-               augment: AugmentConfig, seed: int, epochs: int) -> FoldOutcome:
+               augment: AugmentConfig, seed: int, epochs: int,
+               monitor: Monitoring = UNMONITORED) -> FoldOutcome:
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
     # 1. The final model's architecture and starting weights (the trainings' seed).
     model = seeded_model("tuned", images.images.shape[1], hyperparameters,
@@ -125,7 +127,8 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
     name = f"fold{number}"
     result = fitting.fit(model, (images.images[train_rows], images.labels[train_rows]),
                          (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
-                         ctx.dir / name, ctx.console, name, max_epochs=epochs)
+                         ctx.dir / name, ctx.console, name, max_epochs=epochs,
+                         log=monitor.log(ctx.name, name), callbacks=monitor.callbacks)
 
     # 3. Score the kept (best) weights on the held-out fold as it is, not augmented.
     held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,

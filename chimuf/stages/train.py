@@ -31,7 +31,7 @@ from chimuf.core.results import (
 )
 from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
-from chimuf.ml.fit import fit
+from chimuf.ml.fit import UNMONITORED, Monitoring, fit
 from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
 from chimuf.ml.training_plots import plot_comparison, plot_curves
 
@@ -50,6 +50,7 @@ def train_one(
     cfg: TrainConfig,
     augment: AugmentConfig,
     seed: int,
+    monitor: Monitoring = UNMONITORED,
 ) -> TrainingOutcome:
     """Build, fit and save one model; its history as CSV and JSON; its curves as a figure.
 
@@ -68,7 +69,8 @@ def train_one(
     result = fit(model,
                  (images.images[train_rows], images.labels[train_rows]),
                  (images.images[validation_rows], images.labels[validation_rows]),
-                 cfg, augment if augmented else None, seed, ctx.dir / name, ctx.console, name)
+                 cfg, augment if augmented else None, seed, ctx.dir / name, ctx.console, name,
+                 log=monitor.log(ctx.name, name), callbacks=monitor.callbacks)
 
     # 3. The best model, its class names, its history and its curves.
     model_path = save_model(model, ctx.dir / f"{name}.keras")
@@ -125,7 +127,7 @@ def write_history(history: list[EpochRecord], path: Path) -> Path:
 
 
 def run_trainings(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: TrainConfig,
-                  augment: AugmentConfig, seed: int) -> TrainOutcome:
+                  augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED) -> TrainOutcome:
     """Models cfg.models, each without and with augmentation (paper 5); finished ones are reused."""
     images = load_images(cache)
     trainings: list[TrainingOutcome] = []
@@ -136,7 +138,7 @@ def run_trainings(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, c
         for augmented in (False, True):
             name = f"{architecture}_aug" if augmented else architecture
             work = functools.partial(train_one, ctx, name, architecture, augmented, None, images, split,
-                                     cfg, augment, seed)
+                                     cfg, augment, seed, monitor)
             pair.append(ctx.unit(name, TrainingOutcome, work))
         trainings += pair
         title = f"Model {number}"
@@ -148,7 +150,8 @@ def run_trainings(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, c
 
 def train_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
                 hyperparameters: Hyperparameters, cfg: TrainConfig, augment: AugmentConfig,
-                seed: int) -> TrainingOutcome:
+                seed: int, monitor: Monitoring = UNMONITORED) -> TrainingOutcome:
     """The tuned architecture with the best hyperparameters, trained with augmentation (paper 6)."""
     images = load_images(cache)
-    return train_one(ctx, "final", "tuned", True, hyperparameters, images, split, cfg, augment, seed)
+    return train_one(ctx, "final", "tuned", True, hyperparameters, images, split, cfg, augment, seed,
+                     monitor)

@@ -30,6 +30,7 @@ depends on timing.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from chimuf.core.errors import Interrupted, StageError
 from chimuf.core.results import TuneOutcome, to_jsonable
 from chimuf.data.cache import load_images
-from chimuf.ml.fit import epoch_datasets, validation_augmentation
+from chimuf.ml.fit import UNMONITORED, Monitoring, epoch_datasets, validation_augmentation
 from chimuf.ml.models import resolve_precision, training_strategy
 from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_timeout, tuner_role
 from chimuf.tuning.space import search_space
@@ -64,10 +65,12 @@ RANDOM_SHARE = 1 / 3
 
 def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: TuneConfig,
                train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
-               chief: Address | None = None) -> TuneOutcome:
+               chief: Address | None = None, monitor: Monitoring = UNMONITORED) -> TuneOutcome:
     """Run (or continue) the search; every trial, its history and the best hyperparameters.
 
     With `chief`, this process serves the search at that address and workers run the trials.
+    With `monitor.tensorboard_dir`, each trial is logged there (tune/trial_<id>/) with the HParams
+    view at tune/.
     """
     from chimuf.tuning.search import collect_trials, last_error, quiet_keras_tuner
 
@@ -75,9 +78,12 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
     hypermodel = trial_hypermodel(cfg, cache.image_size, train_cfg)
 
     # 1-3. The tuner, reloaded from ctx.dir/search when a previous attempt left one; the search.
+    board = None if monitor.tensorboard_dir is None else monitor.tensorboard_dir / ctx.name
     with quiet_keras_tuner():
         if chief is None:
-            tuner = new_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console)
+            tuner = new_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console, board=board,
+                              images_per_epoch=len(split.train))
+            start_board(board, tuner.oracle, cfg)
             say_continuing(tuner.oracle, cfg, ctx.console)
             run_search(tuner, search_data(load_images(cache), split, cfg, train_cfg, augment, seed))
         else:
@@ -109,6 +115,17 @@ def tune_inputs(cfg: TuneConfig) -> dict[str, Any]:
     return inputs
 
 
+def start_board(board: Path | None, oracle: Any, cfg: TuneConfig) -> None:
+    """The HParams view's columns; a search that starts afresh starts its logs afresh."""
+    if board is None:
+        return
+    from chimuf.ml.tensorboard import write_hparams_config
+
+    if not oracle.trials and board.exists():
+        shutil.rmtree(board)
+    write_hparams_config(board, {d.name: d.values for d in search_space(cfg)})
+
+
 def say_continuing(oracle: Any, cfg: TuneConfig, console: Console) -> None:
     finished = sum(t.status in ("COMPLETED", "FAILED") for t in oracle.trials.values())
     if finished:
@@ -127,14 +144,16 @@ def trial_hypermodel(cfg: TuneConfig, image_size: int, train_cfg: TrainConfig) -
 
 
 def new_tuner(hypermodel: Model3Family, cfg: TuneConfig, directory: Path, seed: int, console: Console,
-              oracle_class: type | None = None) -> SearchTuner:
+              oracle_class: type | None = None, board: Path | None = None,
+              images_per_epoch: int = 0) -> SearchTuner:
     """The stage's tuner in `directory` (a local search, a chief's or a worker's)."""
     from chimuf.tuning.search import SeededBayesianOracle, make_tuner
 
     return make_tuner(hypermodel, directory, objective=OBJECTIVE, max_trials=cfg.max_trials,
                       random_trials=max(2, round(cfg.max_trials * RANDOM_SHARE)),
                       max_failures=MAX_CONSECUTIVE_FAILURES, seed=seed, console=console,
-                      strategy=training_strategy(), oracle_class=oracle_class or SeededBayesianOracle)
+                      strategy=training_strategy(), oracle_class=oracle_class or SeededBayesianOracle,
+                      board_dir=board, images_per_epoch=images_per_epoch)
 
 
 def fit_trial(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -243,6 +262,7 @@ def work_for_chief(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train
     hypermodel = trial_hypermodel(cfg, images.images.shape[1], train_cfg)
     data = search_data(images, split, cfg, train_cfg, augment, seed)
     with tuner_role(worker_id, chief), client_timeout(chief_timeout_s), quiet_keras_tuner():
-        tuner = new_tuner(hypermodel, cfg, workdir, seed, console)
+        tuner = new_tuner(hypermodel, cfg, workdir, seed, console, board=workdir / "tensorboard",
+                          images_per_epoch=len(split.train))
         run_search(tuner, data)
     return tuner.trials_run

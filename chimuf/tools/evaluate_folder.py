@@ -40,6 +40,7 @@ class FolderEvaluation:
     classes_from: str  # "model" (<model>.classes.json) or "folder" (sorted sub-folder names)
     n_images: int  # images evaluated (skipped files not counted)
     threshold: float
+    threshold_source: str  # where the threshold came from, in words
     accuracy: float
     accuracy_interval: Interval
     roc_auc: float  # NaN (null in JSON) when the folder holds only one class's images
@@ -51,13 +52,14 @@ class FolderEvaluation:
     skipped: list[SkippedFile]  # files the audit rejects (and entries not walked), with reasons
 
 
-def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig,
-                    console: Console) -> FolderEvaluation:
+def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, console: Console,
+                    threshold: float | None = None) -> FolderEvaluation:
     """Metrics of the model at `model_path` on a labelled folder (one sub-folder per class).
 
-    Files the audit rejects are skipped and listed with their reasons; the rest are evaluated.
+    Files the audit rejects are skipped and listed with their reasons; the rest are evaluated,
+    decided at the model's own threshold (its sidecar's) or at `threshold`.
     """
-    classifier = load_classifier(model_path)
+    classifier = load_classifier(model_path, threshold)
     root = audit.check_data_dir(data_dir)
     listing = audit.list_folder(root)
     classes, source = folder_classes(model_path, classifier.classes, root, listing.classes, console)
@@ -77,7 +79,7 @@ def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig,
         raise DataError(f"no usable image in `{root}`: all {len(files)} file(s) were rejected"
                         f"{example}; add readable JPEG/PNG/BMP/GIF/WebP images")
     return folder_metrics(model_path, root, classes, source, np.array(labels), np.array(probabilities),
-                          skipped, classifier.threshold)
+                          skipped, classifier.threshold, classifier.threshold_source)
 
 
 def folder_classes(model_path: Path, saved: list[str] | None, root: Path, found: list[str],
@@ -105,7 +107,8 @@ def folder_classes(model_path: Path, saved: list[str] | None, root: Path, found:
 
 def folder_metrics(model_path: Path, root: Path, classes: list[str], source: str, labels: np.ndarray,
                    probabilities: np.ndarray, skipped: list[SkippedFile],
-                   threshold: float = DEFAULT_THRESHOLD) -> FolderEvaluation:
+                   threshold: float = DEFAULT_THRESHOLD,
+                   threshold_source: str = "the default") -> FolderEvaluation:
     defaults = EvaluateConfig()
     at_half = metrics.metrics_at(labels, probabilities, threshold, classes, rule=f"fixed at {threshold:g}")
     intervals = metrics.bootstrap_intervals(labels, probabilities, threshold=threshold,
@@ -119,6 +122,7 @@ def folder_metrics(model_path: Path, root: Path, classes: list[str], source: str
         classes_from=source,
         n_images=len(labels),
         threshold=threshold,
+        threshold_source=threshold_source,
         accuracy=at_half.accuracy,
         accuracy_interval=intervals.accuracy,
         roc_auc=metrics.roc_auc(labels, probabilities),
@@ -142,7 +146,8 @@ def format_folder_evaluation(evaluation: FolderEvaluation, as_json: bool) -> str
     lines = [
         f"model {e.model} on {e.data_dir}: {e.n_images} images, {len(e.skipped)} skipped",
         f"accuracy {e.accuracy:.3f} [{e.accuracy_interval.low:.3f}, {e.accuracy_interval.high:.3f}]"
-        f"   ROC AUC {format_number(e.roc_auc)}   macro F1 {e.macro_f1:.3f}   (threshold {e.threshold:g})",
+        f"   ROC AUC {format_number(e.roc_auc)}   macro F1 {e.macro_f1:.3f}",
+        f"decided at threshold {e.threshold:g} ({e.threshold_source})",
         "",
         "confusion matrix (rows = true class, columns = predicted):",
         f"{'':<{width}}" + "".join(f"{c:>{width}}" for c in e.classes),

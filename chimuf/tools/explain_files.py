@@ -39,13 +39,13 @@ class ExplainedFile:
 
 
 def explain_files(model_path: Path, files: list[Path], outdir: Path, audit_cfg: AuditConfig,
-                  console: Console) -> list[ExplainedFile]:
+                  console: Console, threshold: float | None = None) -> list[ExplainedFile]:
     """One Grad-CAM overlay PNG per image file (last conv layer, predicted class) in `outdir`.
 
     A file that cannot be read is reported by name and reason and the others are still
     explained; the returned list follows the order of `files`.
     """
-    classifier = load_classifier(model_path)
+    classifier = load_classifier(model_path, threshold)
     model = classifier.model
     classes = classifier.classes or ["0", "1"]  # as `chimuf predict` names them
     layer = conv_layers(model, model_path)[-1]

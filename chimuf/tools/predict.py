@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 from chimuf.core.errors import ConfigError
 from chimuf.core.results import to_jsonable
-from chimuf.ml.predictor import Classifier, Scored, load_classifier, numbered_classes, score_files
+from chimuf.ml.predictor import (
+    Classifier,
+    Scored,
+    describe_threshold,
+    load_classifier,
+    numbered_classes,
+    score_files,
+)
 
 if TYPE_CHECKING:
     from chimuf.core.config import AuditConfig
@@ -32,11 +39,15 @@ class FilePrediction:
     error: str = ""  # why the file could not be used; "" when it was predicted
 
 
-def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig,
-                  console: Console) -> list[FilePrediction]:
-    """One FilePrediction per file, in the order given; unreadable files carry their reason."""
-    classifier = load_classifier(model_path)
+def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig, console: Console,
+                  threshold: float | None = None) -> list[FilePrediction]:
+    """One FilePrediction per file, in the order given; unreadable files carry their reason.
+
+    A file's class is decided at the model's own threshold (its sidecar's), or at `threshold`.
+    """
+    classifier = load_classifier(model_path, threshold)
     classes = numbered_classes(classifier, console)
+    console.info(f"deciding at {describe_threshold(classifier)}")
     scored = score_files(classifier.model, [Path(f) for f in files], audit_cfg, console)
     return [as_prediction(s, classifier, classes) for s in scored]
 

@@ -36,6 +36,7 @@ from chimuf.core.files import atomic_write_json, read_json
 from chimuf.core.results import EpochRecord, Trial, from_jsonable
 from chimuf.ml.models import build_model, compile_model
 from chimuf.ml.seeds import TRIAL, derive_seed
+from chimuf.ml.tensorboard import EpochLog, write_trial_hparams
 from chimuf.tuning.protocol import ChiefLost, forget_epochs, history_from_metrics, report_epoch
 from chimuf.tuning.space import declare_space, trial_values
 
@@ -89,11 +90,15 @@ class TrialHistory:
 class SearchTuner(kt.Tuner):
     """Keras Tuner's Tuner with chimuf's hooks: seeding, per-epoch history, one line a trial."""
 
-    def __init__(self, *args: Any, seed: int, history_dir: Path, console: Console, **kwargs: Any):
+    def __init__(self, *args: Any, seed: int, history_dir: Path, console: Console,
+                 board_dir: Path | None = None, images_per_epoch: int = 0, **kwargs: Any):
         self.base_seed = seed
+        self.images_per_epoch = images_per_epoch  # training images a trial's epoch sees
         self.history_dir = history_dir
+        self.board_dir = board_dir  # TensorBoard: one folder per trial; None: no logs
         self.console = console
         self.record = TrialHistory()
+        self.epoch_log: EpochLog | None = None
         self.trials_run = 0
         super().__init__(*args, **kwargs)
 
@@ -102,22 +107,41 @@ class SearchTuner(kt.Tuner):
         self.record = TrialHistory()
         if not self._is_worker():  # a local rerun of a trial a worker began: the file tells it now
             forget_epochs(trial)
+        self.epoch_log = self.start_trial_log(trial)
         try:
             return super().run_trial(trial, *args, **kwargs)
         except (Interrupted, ChiefLost) as exc:  # a stop signal or no chief: not a failed trial
             raise kt.errors.FatalError(str(exc)) from exc
 
+    def start_trial_log(self, trial: Any) -> EpochLog | None:
+        """The trial's TensorBoard log, started over (a trial always runs from its first epoch),
+        with its row of the HParams view."""
+        if self.board_dir is None:
+            return None
+        log = EpochLog(self.board_dir / f"trial_{trial.trial_id}")
+        log.reset()
+        write_trial_hparams(log.folder, trial_values(trial.hyperparameters.values), trial.trial_id)
+        return log
+
     def on_epoch_begin(self, trial: Any, model: Any, epoch: int, logs: dict | None = None) -> None:
-        self.epoch_started = time.monotonic()
+        self.epoch_started = self.trained_until = time.monotonic()
         if not self.record.history:
             self.train_started = self.epoch_started
+
+    def on_batch_end(self, trial: Any, model: Any, batch: int, logs: dict | None = None) -> None:
+        self.trained_until = time.monotonic()  # a training batch: validation batches do not come here
 
     def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict | None = None) -> None:
         now = time.monotonic()
         record = epoch_record(epoch, logs or {}, now - self.epoch_started)
+        record.learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        training_s = self.trained_until - self.epoch_started
+        record.images_per_s = self.images_per_epoch / training_s if training_s > 0 else 0.0
         self.record.history.append(record)
         self.record.wall_s = now - self.train_started
         atomic_write_json(self.history_dir / f"trial_{trial.trial_id}.json", self.record)
+        if self.epoch_log is not None:
+            self.epoch_log.write(self.record.history)
         if self._is_worker():
             report_epoch(self.oracle, trial.trial_id, record, self.record.wall_s)
 
@@ -131,7 +155,8 @@ class SearchTuner(kt.Tuner):
 
 def make_tuner(hypermodel: Model3Family, directory: Path, *, objective: str, max_trials: int,
                random_trials: int, max_failures: int, seed: int, console: Console, strategy: Any,
-               oracle_class: type = SeededBayesianOracle) -> SearchTuner:
+               oracle_class: type = SeededBayesianOracle, board_dir: Path | None = None,
+               images_per_epoch: int = 0) -> SearchTuner:
     """The Bayesian tuner in `directory`/search, reloaded if it exists (the one construction).
 
     Its role (local, chief or worker) comes from the KERASTUNER_* variables
@@ -147,8 +172,8 @@ def make_tuner(hypermodel: Model3Family, directory: Path, *, objective: str, max
     with contextlib.redirect_stdout(io.StringIO()):  # Keras Tuner prints "Reloading Tuner from ..."
         return SearchTuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory),
                            project_name="search", overwrite=False, seed=seed,
-                           history_dir=directory / "trials", console=console,
-                           distribution_strategy=strategy)
+                           history_dir=directory / "trials", console=console, board_dir=board_dir,
+                           images_per_epoch=images_per_epoch, distribution_strategy=strategy)
 
 
 @contextlib.contextmanager

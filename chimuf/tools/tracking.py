@@ -1,0 +1,190 @@
+"""Logging a run to MLflow, so it can be found beside others in an experiment tracker.
+
+    chimuf study --mlflow URI      the study logs itself once its stages are done
+    chimuf track RUN --mlflow URI  an existing run folder, after the fact
+
+What is logged, all from results.json and the run folder (no TensorFlow): the config as params
+(dotted keys, as `chimuf config` prints them); tags with the run id and status, the data digest,
+the seed, the software versions and the hardware; each stage's headline metrics (test accuracy and
+AUC with their intervals, per-class precision/recall/F1, k-fold mean and spread, the search's best
+score, every training's best validation accuracy) and, step by step, every epoch of every
+training, fold and trial; and as artifacts results.json, the report (HTML and PDF) and the model
+to take home (export/: the .keras file, its classes and threshold, its TFLite file).
+
+A run is logged once: its MLflow run carries the digest of what it found
+(`chimuf.results_digest`), and a second logging of the same results is skipped. A tracker that
+cannot be reached, or refuses, is a one-line warning: the study has finished either way.
+MLflow keeps `file:` stores in maintenance mode and refuses them unless MLFLOW_ALLOW_FILE_STORE is
+set; for a `file:` URI chimuf sets it (for its own calls only), since a folder is the simplest
+tracker for one person.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from chimuf.core.config import TrackingConfig, flatten
+from chimuf.core.console import Console
+from chimuf.core.errors import ConfigError
+from chimuf.core.results import Results, digest
+
+MLFLOW_HINT = "install it with `pip install 'chimuf[mlflow]'`"
+PARAM_CHARS = 500  # MLflow caps a param value (6 000 characters today); long lists are cut here
+BATCH = 900  # metrics per log_batch call (MLflow's limit is 1 000)
+
+
+def check_mlflow(cfg: TrackingConfig) -> None:
+    """Before any work: `tracking.mlflow_uri` needs the mlflow package."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"`tracking.mlflow_uri` is {cfg.mlflow_uri!r}, but the mlflow package is not "
+                          f"installed; {MLFLOW_HINT}, or leave --mlflow out") from None
+
+
+def log_run(results: Results, run_dir: Path, cfg: TrackingConfig, console: Console) -> str | None:
+    """Log `results` (the run in `run_dir`) to `cfg.mlflow_uri`; the MLflow run id, or None when the
+    tracker could not be reached (a warning says why) or had this run already (said too)."""
+    import mlflow
+    import requests
+
+    try:
+        with mlflow_calls(cfg.mlflow_uri):
+            return log_to(mlflow.tracking.MlflowClient(cfg.mlflow_uri), results, run_dir, cfg, console)
+    except (mlflow.exceptions.MlflowException, requests.RequestException, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        console.warn(f"MLflow at {cfg.mlflow_uri} could not log this run ({first[:300]}); the study's "
+                     f"results are in {run_dir}. Log it later with `chimuf track {run_dir} --mlflow URI`")
+        return None
+
+
+def log_to(client: Any, results: Results, run_dir: Path, cfg: TrackingConfig, console: Console) -> str | None:
+    experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else client.create_experiment(cfg.mlflow_experiment))
+    found = results_digest(results)
+    same = client.search_runs([experiment_id], filter_string=f"tags.`chimuf.results_digest` = '{found}'",
+                              max_results=1)
+    if same:
+        console.info(f"MLflow: this run's results are logged already (run {same[0].info.run_id})")
+        return same[0].info.run_id
+    run = client.create_run(experiment_id, run_name=results.run.run_id, tags=tags_of(results, found))
+    run_id = run.info.run_id
+    from mlflow.entities import Metric, Param
+
+    params = [Param(k, v) for k, v in params_of(results).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+        client.log_batch(run_id, params=params[start:start + 100])
+    metrics = [Metric(key, value, 0, step) for key, value, step in metrics_of(results)]
+    for start in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + BATCH])
+    for path, folder in artifacts_of(run_dir):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), folder)
+        else:
+            client.log_artifact(run_id, str(path), folder)
+    client.set_terminated(run_id, "FINISHED" if results.run.status == "finished" else "KILLED")
+    console.info(f"MLflow: logged as run {run_id} of experiment `{cfg.mlflow_experiment}` "
+                 f"at {cfg.mlflow_uri}")
+    return run_id
+
+
+@contextlib.contextmanager
+def mlflow_calls(uri: str) -> Iterator[None]:
+    """MLflow's environment for chimuf's calls only: an unreachable server answers within seconds
+    (no minutes of retries), and a `file:` store is allowed (see the module doc)."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    if uri.startswith("file:") or "://" not in uri:
+        wanted["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update({name: value for name, value in wanted.items() if saved[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+# --- what is logged ----------------------------------------------------------------------------
+
+
+def results_digest(results: Results) -> str:
+    """What the run found, without its timings: two loggings of the same results have the same."""
+    outcomes = {name: getattr(results, name) for name in ("train", "tune", "final", "evaluate", "kfold")}
+    return digest({"run_id": results.run.run_id, "status": results.run.status, "outcomes": outcomes})
+
+
+def tags_of(results: Results, results_digest_value: str) -> dict[str, str]:
+    run = results.run
+    tags = {"chimuf.run_id": run.run_id, "chimuf.status": run.status, "chimuf.profile": run.profile,
+            "chimuf.seed": str(run.seed), "chimuf.data_digest": run.data_digest,
+            "chimuf.version": run.chimuf_version, "chimuf.hardware": run.hardware,
+            "chimuf.results_digest": results_digest_value}
+    tags.update({f"versions.{name}": version for name, version in run.packages.items()})
+    return tags
+
+
+def params_of(results: Results) -> dict[str, str]:
+    def text(value: Any) -> str:
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        return shown[:PARAM_CHARS]
+
+    return {key: text(value) for key, value in flatten(results.run.config).items()}
+
+
+def metrics_of(results: Results) -> list[tuple[str, float, int]]:
+    """(key, value, step): the headline numbers at step 0, every epoch at its own step."""
+    out: list[tuple[str, float, int]] = []
+
+    def add(key: str, value: Any, step: int = 0) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            out.append((key, float(value), step))
+
+    e = results.evaluate
+    if e is not None:
+        add("test_accuracy", e.accuracy)
+        add("test_accuracy_low", e.accuracy_interval.low)
+        add("test_accuracy_high", e.accuracy_interval.high)
+        add("test_roc_auc", e.roc_auc)
+        add("test_roc_auc_low", e.roc_auc_interval.low)
+        add("test_roc_auc_high", e.roc_auc_interval.high)
+        add("test_macro_f1", e.macro_f1)
+        add("test_expected_calibration_error", e.expected_calibration_error)
+        add("test_accuracy_at_validation_threshold", e.at_validation_threshold.accuracy)
+        for m in e.per_class:
+            for name in ("precision", "recall", "f1"):
+                add(f"test_{name}.{m.label}", getattr(m, name))
+    if results.kfold is not None:
+        add("kfold_mean_accuracy", results.kfold.mean_accuracy)
+        add("kfold_std_accuracy", results.kfold.std_accuracy)
+        for fold in results.kfold.folds:
+            add_history(add, f"fold{fold.fold}", fold.history)
+    if results.tune is not None:
+        add("tune_best_score", results.tune.best_score)
+        for trial in results.tune.trials:
+            add_history(add, f"trial_{trial.trial_id}", trial.history)
+    trainings = [*(results.train.trainings if results.train else []),
+                 *([results.final] if results.final else [])]
+    for training in trainings:
+        add(f"{training.name}.best_val_accuracy", training.best_val_accuracy)
+        add_history(add, training.name, training.history)
+    return out
+
+
+def add_history(add: Any, name: str, history: list[Any]) -> None:
+    for record in history:
+        for field in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            add(f"{name}.{field}", getattr(record, field), record.epoch)
+
+
+def artifacts_of(run_dir: Path) -> list[tuple[Path, str]]:
+    """(file or folder, artifact folder) of what there is to log."""
+    wanted = [(run_dir / "results.json", ""), (run_dir / "report" / "index.html", "report"),
+              (run_dir / "report" / "index.pdf", "report"), (run_dir / "export", "model")]
+    return [(path, folder) for path, folder in wanted if path.exists()]
+
