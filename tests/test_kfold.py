@@ -121,11 +121,11 @@ def test_a_failed_fold_is_recorded_and_the_others_go_on(tiny_study, tmp_path, mo
     real_fit = train.fit
 
     def diverge_on_fold_1(model, train_data, validation, cfg, augment, seed, workdir, console, name,
-                          max_epochs=None):
+                          **options):
         if name == "fold1":
             raise StageError("fold1 diverged at epoch 1: loss nan, pretend")
         return real_fit(model, train_data, validation, cfg, augment, seed, workdir, console, name,
-                        max_epochs=max_epochs)
+                        **options)
 
     monkeypatch.setattr(train, "fit", diverge_on_fold_1)
     ctx, stream = context(tmp_path / "run")
