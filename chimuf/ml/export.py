@@ -27,6 +27,7 @@ from chimuf.core.errors import ModelError
 from chimuf.ml import modelfile
 from chimuf.ml.models import float32_copy, model_precision
 from chimuf.ml.predictor import probabilities_of
+from chimuf.ml.tfstart import native_notes_filtered
 
 if TYPE_CHECKING:
     import keras
@@ -120,14 +121,14 @@ def run_tflite(path: Path, pixels: np.ndarray) -> np.ndarray:
 
     import tensorflow as tf
 
-    with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT will replace it
+    with warnings.catch_warnings(), native_notes_filtered():  # LiteRT notices, the XNNPACK note
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(model_path=str(path))
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    interpreter.resize_tensor_input(inp["index"], list(pixels.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], pixels)
-    interpreter.invoke()
+        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        interpreter.resize_tensor_input(inp["index"], list(pixels.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], pixels)
+        interpreter.invoke()
     return np.asarray(interpreter.get_tensor(out["index"]), dtype=np.float64)[:, 0]
 
 

@@ -9,18 +9,21 @@ those notes: real errors still reach the user.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 
 # Abseil's INFO and WARNING lines ("I0000 00:00:1795887742.120600  10328 port.cc:153] ..."), its
 # "not initialised" banner, and the one ERROR every machine without a GPU gets.
 NOISE = re.compile(
     r"^(?:[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\]"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|E\d{4} \d\d:\d\d:[\d.]+ +\d+ cuda_[a-z_]+\.cc:\d+\] failed call to cuInit)"
+    r"|E\d{4} \d\d:\d\d:[\d.]+ +\d+ cuda_[a-z_]+\.cc:\d+\] failed call to cuInit"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)"
 )
 
 
@@ -38,14 +41,25 @@ def start_tensorflow() -> None:
     """
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
         return
+    with native_notes_filtered():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def native_notes_filtered() -> Iterator[None]:
+    """Run the block with file descriptor 2 captured, then replay what is not a known note: for
+    TensorFlow's C++ code, which writes past Python's sys.stderr."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
+        yield
+        return
     with tempfile.TemporaryFile() as captured:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
