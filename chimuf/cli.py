@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", metavar="MODEL", type=Path)
     evaluate.add_argument("dir", metavar="DIR", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    add_threshold_option(evaluate)
+    add_model_options(evaluate)
 
     predict = commands.add_parser(
         "predict", help="classify image files with a saved model",
@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_const", dest="format", const="json")
     fmt.add_argument("--csv", action="store_const", dest="format", const="csv")
     predict.add_argument("--explain", metavar="OUTDIR", type=Path,
-                         help="also write a Grad-CAM overlay per image into OUTDIR")
-    add_threshold_option(predict)
+                         help="also write a Grad-CAM overlay per image into OUTDIR (of MODEL alone)")
+    add_model_options(predict)
 
     export = commands.add_parser(
         "export", help="export a saved model to TFLite, SavedModel or ONNX, checked",
@@ -172,6 +172,16 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="TOML", type=Path, help="study config file")
     parser.add_argument("--profile", choices=("paper", "quick", "smoke"),
                         help="preset to start from (default: the file's `profile`, else paper)")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--threshold, --ensemble and --tta: how a model (or several) decides."""
+    add_threshold_option(parser)
+    parser.add_argument("--ensemble", metavar="MODEL", type=Path, nargs="+", default=[],
+                        help="more models (.keras) whose probabilities are averaged with MODEL's, e.g. the "
+                        "k-fold models of a study (RUN/kfold/fold*.keras); decides at 0.5 unless --threshold")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each image's probability with its mirror's")
 
 
 def add_threshold_option(parser: argparse.ArgumentParser) -> None:
@@ -274,7 +284,8 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
 
     start_tensorflow()
     evaluation = evaluate_folder.evaluate_folder(args.model, args.dir, AuditConfig(), console,
-                                                 threshold=args.threshold)
+                                                 threshold=args.threshold, ensemble=args.ensemble,
+                                                 flips=args.tta)
     print(evaluate_folder.format_folder_evaluation(evaluation, as_json=args.json))
     return 0
 
@@ -284,7 +295,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, AuditConfig(), console,
-                                        threshold=args.threshold)
+                                        threshold=args.threshold, ensemble=args.ensemble, flips=args.tta)
     explained = []
     if args.explain:
         from chimuf.tools.explain_files import explain_files

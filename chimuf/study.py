@@ -27,6 +27,7 @@ from chimuf.core.results import (
     ANALYSIS_STAGES,
     SCHEMA_VERSION,
     AuditOutcome,
+    BeyondOutcome,
     CacheOutcome,
     ConfigDifference,
     EvaluateOutcome,
@@ -44,7 +45,7 @@ from chimuf.core.results import (
 )
 from chimuf.data import audit, cache, split
 from chimuf.ml.fit import Monitoring
-from chimuf.stages import evaluate, explain, export, kfold, train, tune
+from chimuf.stages import beyond, evaluate, explain, export, kfold, train, tune
 from chimuf.tools import tracking
 
 if TYPE_CHECKING:
@@ -188,7 +189,32 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("explain", results.explain):
             return results
 
-        # 10. The model to take home: the final model with the threshold chosen on validation
+        # 10. Beyond the paper: a modern from-scratch recipe, then it, the fold ensemble and
+        #     test-time flips beside the final model on the same test split.
+        if config.modern.enabled:
+            results.modern = run.stage(
+                "modern", {**common, "modern": config.modern}, TrainingOutcome,
+                lambda ctx: train.train_modern(ctx, results.cache, results.split, config.modern,
+                                               config.train, config.augment, seed, monitor),
+            )
+        else:
+            run.switched_off("modern", "modern.enabled = false")
+        if save("modern", results.modern):
+            return results
+        results.beyond = run.stage(
+            "beyond",
+            {"final": digest(results.final), "evaluate": digest(results.evaluate),
+             "kfold": digest(results.kfold), "modern": digest(results.modern),
+             "evaluate_cfg": config.evaluate, "seed": seed},
+            BeyondOutcome,
+            lambda ctx: beyond.compare_beyond(ctx, results.cache, results.split, results.final,
+                                              results.evaluate, results.kfold, results.modern,
+                                              config.evaluate, seed),
+        )
+        if save("beyond", results.beyond):
+            return results
+
+        # 11. The model to take home: the final model with the threshold chosen on validation
         #     data, and its TFLite export, each checked against the Keras model.
         results.export = run.stage(
             "export",
@@ -201,7 +227,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("export", results.export):
             return results
 
-        # 11. The report, from results.json and the figures alone. Every analysis stage is done,
+        # 12. The report, from results.json and the figures alone. Every analysis stage is done,
         #     so results.json (and the report) say the study finished; run.json says so only
         #     once the report is rendered too.
         write_results(run, results, config, paths, status="finished")

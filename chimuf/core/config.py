@@ -190,6 +190,32 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class ModernConfig:
+    """A modern from-scratch recipe trained beside the paper's models (chimuf.ml.modern), for the
+    report's "beyond the paper" part; the paper's sections are untouched by it."""
+
+    enabled: bool = opt(True, "train the modern recipe (its own stage, after the k-fold)")
+    widths: tuple[int, ...] = opt((32, 64, 128, 256), "channels of the stem and of each residual stage",
+                                  Check(lambda v: len(v) >= 1 and all(w >= 1 for w in v),
+                                        "a non-empty list of whole numbers of at least 1"))
+    blocks: int = opt(1, "residual blocks per stage", at_least(1))
+    epochs: int = opt(40, "epochs of the cosine schedule (no early stopping; the best val_loss epoch "
+                      "is kept)", at_least(1))
+    batch_size: int = opt(64, "images per batch", at_least(1))
+    learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", positive())
+    weight_decay: float = opt(0.05, "AdamW decoupled weight decay", non_negative())
+    schedule: str = opt("cosine", "learning rate after the warm-up: 'cosine' (decay to 0 over the training) "
+                        "or 'constant'", one_of("cosine", "constant"))
+    warmup_epochs: int = opt(3, "epochs of linear warm-up before the cosine decay", non_negative())
+    label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy",
+                                 between(0, 0.5, high_inclusive=False))
+    dropout: float = opt(0.2, "dropout before the output layer", between(0, 1, high_inclusive=False))
+    mixup: float = opt(0.0, "mixup Beta parameter (0 = off)", non_negative())
+    cutmix: float = opt(0.0, "CutMix Beta parameter (0 = off)", non_negative())
+    augment: bool = opt(True, "also apply the paper's augmentation (section [augment])")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
     confidence: float = opt(0.95, "confidence level of the intervals", between(0.5, 1, high_inclusive=False))
@@ -251,6 +277,7 @@ class StudyConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     kfold: KFoldConfig = field(default_factory=KFoldConfig)
+    modern: ModernConfig = field(default_factory=ModernConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -268,6 +295,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 8, "start_from_epoch": 4, "patience": 2},
         "tune": {"max_trials": 3, "epochs": 5},
         "kfold": {"folds": 3, "epochs": 5},
+        "modern": {"epochs": 8, "warmup_epochs": 1},
         "evaluate": {"bootstrap_samples": 1000},
         "explain": {"max_images": 6, "activation_images": 2},
     },
@@ -278,6 +306,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 2, "start_from_epoch": 1, "patience": 1, "batch_size": 16},
         "tune": {"max_trials": 2, "epochs": 2},
         "kfold": {"folds": 2, "epochs": 2},
+        "modern": {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "widths": [8, 16, 32]},
         "evaluate": {"bootstrap_samples": 200},
         "explain": {"max_images": 2, "activation_images": 1},
     },

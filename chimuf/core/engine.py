@@ -257,6 +257,12 @@ class Run:
         self.console.info(f"[{name}] done in {format_seconds(this_attempt_s)}{over}")
         return outcome
 
+    def switched_off(self, name: str, why: str) -> None:
+        """Record that stage `name` does not run in this study, by the config (`why`)."""
+        self.console.info(f"[{name}] off ({why})")
+        self.facts[name] = StageFact(name, "off", 0.0, 0)
+        self.write_state()
+
     def prepare_stage_dir(self, stage_dir: Path, fingerprint: str) -> None:
         """Keep partial work made from the same inputs; discard work made from other inputs."""
         marker = stage_dir / INPUTS_FILE

@@ -356,6 +356,7 @@ class FoldOutcome:
     wall_s: float
     error: str = ""
     history: list[EpochRecord] = field(default_factory=list)  # per epoch, on this fold's held-out part
+    model_path: str = ""  # the fold's kept model (.keras, relative to the run folder): an ensemble member
 
 
 @dataclass
@@ -396,6 +397,32 @@ class ExplainOutcome:
     threshold: float = DEFAULT_THRESHOLD  # p > threshold predicts classes[1], as the evaluate stage counts
 
 
+# --- beyond the paper ---------------------------------------------------------------------------
+
+
+@dataclass
+class BeyondRow:
+    """One classifier beyond the paper's protocol, on the same test split as the final model."""
+
+    name: str  # "final + flips", "modern", "fold ensemble", ...
+    description: str
+    models: int  # models averaged
+    flips: bool  # test-time augmentation: each image averaged with its mirror
+    accuracy: float  # at threshold 0.5
+    accuracy_interval: Interval
+    roc_auc: float
+    roc_auc_interval: Interval
+    chance_p_value: float  # exact binomial test: accuracy above the majority-class rate?
+    vs_final: McNemarTest | None  # against the paper-protocol final model (None for that model)
+
+
+@dataclass
+class BeyondOutcome:
+    n_images: int  # test images
+    majority_rate: float  # accuracy of always answering the larger class of the test split
+    rows: list[BeyondRow]  # the final model first, as the reference
+
+
 # --- the model to take home --------------------------------------------------------------------
 
 
@@ -432,7 +459,7 @@ class ReportOutcome:
 @dataclass
 class StageFact:
     name: str
-    status: str  # "done" | "skipped" (reused) | "failed" | "not run"
+    status: str  # "done" | "skipped" (reused) | "failed" | "not run" | "off" (switched off by the config)
     wall_s: float  # summed over the attempts with the same inputs
     attempts: int = 1  # a stopped, failed or killed attempt and the one that resumed it: 2
 
@@ -478,6 +505,8 @@ class Results:
     evaluate: EvaluateOutcome | None = None
     kfold: KFoldOutcome | None = None
     explain: ExplainOutcome | None = None
+    modern: TrainingOutcome | None = None
+    beyond: BeyondOutcome | None = None
     export: ExportOutcome | None = None
 
 

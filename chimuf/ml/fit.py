@@ -41,6 +41,7 @@ from chimuf.core.console import Console, format_seconds
 from chimuf.core.errors import StageError
 from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.results import EpochRecord, digest, from_jsonable
+from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import model_precision, save_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.seeds import DROPOUT, VALIDATION, WEIGHTS, derive_seed
@@ -197,6 +198,7 @@ def fit(
     max_epochs: int | None = None,
     log: EpochLog | None = None,
     callbacks: Sequence[Any] = (),
+    mix: Mixing | None = None,
 ) -> FitResult:
     """Train compiled `model` on `train` = (uint8 images (N, S, S, 3), labels), resumably.
 
@@ -205,6 +207,7 @@ def fit(
     the best epoch's weights. Checkpoints go to `workdir`; a rerun continues from them. Each
     finished epoch goes to `log` (TensorBoard) once its checkpoint is saved; `callbacks` are
     extra Keras callbacks, which see each epoch under its own number (Keras' `initial_epoch`).
+    With `mix`, training batches are mixed (mixup/CutMix) after augmentation.
     """
     if model.optimizer is None:
         raise AssertionError(f"{name}: compile the model (chimuf.ml.models.compile_model) before fit")
@@ -224,7 +227,7 @@ def fit(
         epoch = state.epoch + 1
         started = time.monotonic()
         record, train_s = run_epoch(model, train, validation, cfg, augment, validation_augment, seed,
-                                    epoch, max_epochs, console, name, callbacks)
+                                    epoch, max_epochs, console, name, callbacks, mix)
         check_finite(record, name)
         record.images_per_s = len(train[1]) / train_s if train_s > 0 else 0.0
         state.stop = watch(state.stop, epoch, record.val_loss, cfg.patience, cfg.start_from_epoch)
@@ -272,6 +275,7 @@ def run_epoch(
     console: Console,
     name: str,
     callbacks: Sequence[Any] = (),
+    mix: Mixing | None = None,
 ) -> tuple[EpochRecord, float]:
     """One pass over the training data and one over the validation data; (record, training s).
 
@@ -284,7 +288,8 @@ def run_epoch(
     train_rows = np.arange(len(train[1]))
     train_data, validation_data = epoch_datasets((*train, train_rows),
                                                  (*validation, np.arange(len(validation[1]))),
-                                                 cfg.batch_size, augment, validation_augment, seed, epoch)
+                                                 cfg.batch_size, augment, validation_augment, seed, epoch,
+                                                 mix)
     steps = math.ceil(len(train_rows) / cfg.batch_size)
     clock: dict[str, float] = {}
     with console.progress(f"{name} epoch {epoch}/{max_epochs}", total=steps, unit="batches") as progress:
@@ -369,15 +374,16 @@ def validation_augmentation(augment: AugmentConfig | None) -> AugmentConfig | No
 
 
 def epoch_datasets(train: Part, validation: Part, batch_size: int, augment: AugmentConfig | None,
-                   validation_augment: AugmentConfig | None, seed: int,
-                   epoch: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+                   validation_augment: AugmentConfig | None, seed: int, epoch: int,
+                   mix: Mixing | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Epoch `epoch`'s batches: the training rows shuffled and augmented by (seed, epoch), the
     validation rows in their order (augmented, anew each epoch, only with `validation_augment`).
 
     The one place epoch data are made: the fit loop and the tuning trials both take theirs here,
     so a trial's epoch e sees the images a training's epoch e sees.
     """
-    train_data = make_dataset(*train, batch_size, shuffle=True, seed=seed, epoch=epoch, augment=augment)
+    train_data = make_dataset(*train, batch_size, shuffle=True, seed=seed, epoch=epoch, augment=augment,
+                              mix=mix)
     validation_data = make_dataset(*validation, batch_size, shuffle=False,
                                    seed=derive_seed(seed, VALIDATION), epoch=epoch,
                                    augment=validation_augment)

@@ -260,6 +260,27 @@ def mcnemar_from_counts(only_a: int, only_b: int) -> tuple[float, float, str]:
     return float(statistic), float(chi2.sf(statistic, df=1)), "chi-square, continuity-corrected"
 
 
+# --- against chance ----------------------------------------------------------------------------
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most frequent class: what guessing reaches."""
+    y = np.asarray(labels)
+    return float(max(np.mean(y == 0), np.mean(y == 1))) if len(y) else float("nan")
+
+
+def chance_p_value(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """One-sided exact binomial test: could `predicted` be right this often by always answering
+    the majority class? A small p value says the classifier is better than that."""
+    from scipy.stats import binomtest
+
+    y = np.asarray(labels)
+    if len(y) == 0:
+        return float("nan")
+    right = int(np.sum(y == np.asarray(predicted)))
+    return float(binomtest(right, len(y), majority_rate(y), alternative="greater").pvalue)
+
+
 # --- calibration -------------------------------------------------------------------------------
 
 

@@ -195,7 +195,7 @@ def conv_layer_names(model: keras.Model) -> list[str]:
 
 def model_precision(model: keras.Model) -> str:
     """"mixed_bfloat16" or "float32": the dtype policy the model's conv layers were built with."""
-    return model.get_layer("conv1").dtype_policy.name
+    return model.get_layer(conv_layer_names(model)[0]).dtype_policy.name
 
 
 def resolve_precision(setting: str) -> str:

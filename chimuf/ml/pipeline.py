@@ -33,7 +33,8 @@ import numpy as np
 
 from chimuf.core.config import AugmentConfig
 from chimuf.ml.augment import augment_batch, is_identity
-from chimuf.ml.seeds import AUGMENT, SHUFFLE, derive_seed
+from chimuf.ml.mixing import Mixing, mix_batch
+from chimuf.ml.seeds import AUGMENT, MIX, SHUFFLE, derive_seed
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -61,13 +62,15 @@ def make_dataset(
     seed: int,
     epoch: int = 0,
     augment: AugmentConfig | None = None,
+    mix: Mixing | None = None,
 ) -> tf.data.Dataset:
     """Batches (images float32 (B, S, S, 3) on 0-255, labels float32 (B,)) of `rows` of `images`.
 
     `images` is the uint8 cache array (or any array of that shape, memory-mapped or not);
     `labels[i]` is the label of `images[i]`. With `shuffle`, the order is a pure function of
     (seed, epoch); without, `rows` are served in the order given (for evaluation). With
-    `augment`, the batches are augmented, again as a pure function of (seed, epoch).
+    `augment`, the batches are augmented, and with `mix` mixed (mixup/CutMix, soft labels), again
+    as a pure function of (seed, epoch).
     """
     import tensorflow as tf
 
@@ -86,16 +89,22 @@ def make_dataset(
     targets = np.asarray(labels, dtype=np.float32)[order]
     dataset = tf.data.Dataset.from_tensor_slices((order, targets)).batch(batch_size)
     dataset = dataset.map(load, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
-    if augment is not None and not is_identity(augment):
-        epoch_seed = derive_seed(seed, epoch, AUGMENT)
+    augmenting = augment is not None and not is_identity(augment)
+    if augmenting or mix is not None:
+        augment_seed, mix_seed = derive_seed(seed, epoch, AUGMENT), derive_seed(seed, epoch, MIX)
 
-        def augment_one(index: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-            batch_seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-            return augment_batch(batch[0], augment, batch_seed), batch[1]
+        def transform(index: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            """Batch `index` of the epoch: augmented, then mixed, each keyed on (its seed, index)."""
+            pixels, targets = batch
+            if augmenting:
+                batch_seed = tf.stack([tf.constant(augment_seed, tf.int64), index])
+                pixels = augment_batch(pixels, augment, batch_seed)
+            if mix is not None:
+                batch_seed = tf.stack([tf.constant(mix_seed, tf.int64), index])
+                pixels, targets = mix_batch(pixels, targets, mix.mixup_alpha, mix.cutmix_alpha, batch_seed)
+            return pixels, targets
 
-        dataset = dataset.enumerate().map(
-            augment_one, num_parallel_calls=PARALLEL_CALLS, deterministic=True
-        )
+        dataset = dataset.enumerate().map(transform, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
     return dataset.prefetch(PREFETCH_BATCHES).with_options(without_autotune())
 
 

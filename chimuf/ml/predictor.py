@@ -11,12 +11,14 @@ an image's class is decided by the same rule (chimuf.core.results.predicted_id).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from chimuf.core.errors import ModelError
 from chimuf.core.results import DEFAULT_THRESHOLD, predicted_id
 from chimuf.data.imagefile import model_array, read_image
 from chimuf.ml import modelfile
@@ -34,13 +36,16 @@ BATCH = 64  # images decoded and predicted at a time: bounds memory on large fol
 
 @dataclass
 class Classifier:
-    """A loaded model, its class names (None when no sidecar says them) and its threshold."""
+    """A loaded model, its class names (None when no sidecar says them) and its threshold; with
+    `others`, an ensemble whose probabilities are averaged; with `flips`, each image and its mirror."""
 
     path: Path
     model: keras.Model
     classes: list[str] | None  # index i = label i; the sigmoid gives P(classes[1])
     threshold: float = DEFAULT_THRESHOLD
     threshold_source: str = "the default"  # where the threshold came from, in words
+    others: list[keras.Model] = field(default_factory=list)  # ensemble members after the first
+    flips: bool = False  # test-time augmentation: average with the left-right mirror
 
     @property
     def image_size(self) -> int:
@@ -50,19 +55,42 @@ class Classifier:
         """The class id an image with P(classes[1]) = `probability` gets."""
         return predicted_id(probability, self.threshold)
 
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """P(classes[1]) of uint8 images (N, S, S, 3): float64 (N,), averaged over the models
+        (and mirrors)."""
+        return averaged_probabilities([self.model, *self.others], pixels, self.flips)
 
-def load_classifier(path: Path, threshold: float | None = None) -> Classifier:
+
+def load_classifier(path: Path, threshold: float | None = None, ensemble: Sequence[Path] = (),
+                    flips: bool = False) -> Classifier:
     """The model at `path`, checked (chimuf.ml.modelfile), with the class names and threshold
-    saved beside it; `threshold` (e.g. `--threshold`) overrides the saved one."""
+    saved beside it; `threshold` (e.g. `--threshold`) overrides the saved one. With `ensemble`,
+    those models too, averaged with the first (they must take the same images and, where they
+    say, have the same classes); an ensemble decides at 0.5 unless given a threshold, since a
+    saved threshold was chosen for its one model."""
     model = modelfile.load_model(path)
     sidecar = modelfile.read_sidecar(path)
     classes = None if sidecar is None else sidecar.classes
+    others = [load_member(member, model, classes) for member in ensemble]
     if threshold is not None:
-        return Classifier(Path(path), model, classes, threshold, "given with --threshold")
-    if sidecar is None or not sidecar.threshold_rule:
-        return Classifier(Path(path), model, classes)
+        return Classifier(Path(path), model, classes, threshold, "given with --threshold", others, flips)
+    if others or sidecar is None or not sidecar.threshold_rule:
+        return Classifier(Path(path), model, classes, others=others, flips=flips)
     source = f"from {modelfile.classes_path(path).name}: {sidecar.threshold_rule}"
-    return Classifier(Path(path), model, classes, sidecar.threshold, source)
+    return Classifier(Path(path), model, classes, sidecar.threshold, source, others, flips)
+
+
+def load_member(path: Path, first: keras.Model, classes: list[str] | None) -> keras.Model:
+    """One more model of an ensemble: it must fit with the first."""
+    model = modelfile.load_model(path)
+    if modelfile.input_size(model) != modelfile.input_size(first):
+        raise ModelError(f"ensemble member `{path}` takes {modelfile.input_size(model)}-pixel images, the "
+                         f"first model {modelfile.input_size(first)}-pixel ones; an ensemble needs one size")
+    theirs = modelfile.read_classes(path)
+    if theirs is not None and classes is not None and theirs != classes:
+        raise ModelError(f"ensemble member `{path}` has classes {theirs}, the first model {classes}; "
+                         "an ensemble averages one probability, of the same class")
+    return model
 
 
 def describe_threshold(classifier: Classifier) -> str:
@@ -91,7 +119,7 @@ class Scored:
     error: str = ""
 
 
-def score_files(model: keras.Model, files: list[Path], audit_cfg: AuditConfig,
+def score_files(classifier: Classifier, files: list[Path], audit_cfg: AuditConfig,
                 console: Console, description: str = "predicting") -> list[Scored]:
     """P(classes[1]) of each file, reading and predicting BATCH files at a time.
 
@@ -99,7 +127,7 @@ def score_files(model: keras.Model, files: list[Path], audit_cfg: AuditConfig,
     decode, conversion to 8-bit RGB) and resized exactly as the cache resizes it, so a photo gets
     the same pixels here as in the study; a file the audit would reject carries its reason.
     """
-    size = modelfile.input_size(model)
+    size = classifier.image_size
     scored: list[Scored] = []
     with console.progress(description, total=len(files), unit="images") as progress:
         for start in range(0, len(files), BATCH):
@@ -113,7 +141,7 @@ def score_files(model: keras.Model, files: list[Path], audit_cfg: AuditConfig,
                 pixels.append(model_array(decoded.image, size))  # (S, S, 3) uint8
                 results.append(Scored(path, 0.0))
             if pixels:
-                readable = iter(probabilities_of(model, np.stack(pixels)).tolist())
+                readable = iter(classifier.probabilities(np.stack(pixels)).tolist())
                 for item in results:
                     if item.probability is not None:
                         item.probability = next(readable)
@@ -123,9 +151,19 @@ def score_files(model: keras.Model, files: list[Path], audit_cfg: AuditConfig,
 
 
 def probabilities_of(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
-    """P(classes[1]) of uint8 images (N, S, S, 3) in one call: float64 (N,)."""
-    batch = pixels.astype(np.float32)  # 0-255 as in training: the model rescales inside
-    return np.asarray(model(batch, training=False), dtype=np.float64)[:, 0]
+    """P(classes[1]) of uint8 images (N, S, S, 3), BATCH at a time: float64 (N,)."""
+    out = []
+    for start in range(0, len(pixels), BATCH):
+        batch = pixels[start:start + BATCH].astype(np.float32)  # 0-255: the model rescales inside
+        out.append(np.asarray(model(batch, training=False), dtype=np.float64)[:, 0])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def averaged_probabilities(models: Sequence[keras.Model], pixels: np.ndarray, flips: bool) -> np.ndarray:
+    """The mean P(classes[1]) of uint8 images (N, S, S, 3) over `models`, and over each image and
+    its left-right mirror with `flips` (test-time augmentation): float64 (N,)."""
+    views = [pixels, pixels[:, :, ::-1, :]] if flips else [pixels]  # (N, S, S, 3): W is axis 2
+    return np.mean([probabilities_of(model, view) for model in models for view in views], axis=0)
 
 
 def predict_rows(model: keras.Model, images: ImageSet, rows: np.ndarray, batch_size: int) -> np.ndarray:

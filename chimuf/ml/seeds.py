@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 # Salts that keep the random streams of different uses of one (seed, epoch) apart.
-SHUFFLE, AUGMENT, VALIDATION, WEIGHTS, DROPOUT, TRIAL = 1, 2, 3, 4, 5, 6
+SHUFFLE, AUGMENT, VALIDATION, WEIGHTS, DROPOUT, TRIAL, MIX = 1, 2, 3, 4, 5, 6, 7
 
 
 def derive_seed(*parts: int) -> int:

@@ -96,6 +96,8 @@ def environment() -> Any:
         misclassified_rows=views.misclassified_rows,
         difference_rows=views.difference_rows,
         export_rows=views.export_rows,
+        beyond_rows=views.beyond_rows,
+        beyond_verdict=views.beyond_verdict,
     )
     return env
 

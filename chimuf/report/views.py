@@ -15,6 +15,7 @@ from chimuf.core.hyperparameters import LABEL, PAPER_BEST
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     AuditOutcome,
+    BeyondOutcome,
     ClassMetrics,
     ConfigDifference,
     DuplicateGroup,
@@ -46,7 +47,7 @@ from chimuf.report.blocks import (
     with_interval,
     yesno,
 )
-from chimuf.report.escape import Trusted
+from chimuf.report.escape import Trusted, markdown_text
 
 # --- which stages, which trainings, which figures ----------------------------------------------
 
@@ -59,7 +60,8 @@ def class_names(results: Results) -> list[str]:
 
 
 def missing_stages(results: Results) -> list[str]:
-    return [name for name in ANALYSIS_STAGES if getattr(results, name) is None]
+    off = {f.name for f in results.run.stages if f.status == "off"}
+    return [name for name in ANALYSIS_STAGES if getattr(results, name) is None and name not in off]
 
 
 def architectures(train: TrainOutcome) -> list[TrainingOutcome]:
@@ -254,6 +256,44 @@ def fold_rows(folds: Sequence[FoldOutcome]) -> list[list[object]]:
 
 def misclassified_rows(images: Sequence[ExplainedImage]) -> list[list[object]]:
     return [[m.path, m.true_label, m.predicted_label, num(m.probability_true)] for m in images]
+
+
+SIGNIFICANCE = 0.05  # a difference is called real when its test gives p below this
+
+
+def beyond_rows(beyond: BeyondOutcome) -> list[list[object]]:
+    """One row per classifier: accuracy and AUC with intervals, the chance test, McNemar."""
+    rows = []
+    for row in beyond.rows:
+        p = markdown_text(f"(p = {row.chance_p_value:.2g})")
+        chance = Trusted(f"yes {p}" if row.chance_p_value < SIGNIFICANCE else f"{strong('no')} {p}")
+        if row.vs_final is None:
+            versus = "(the reference)"
+        else:
+            t = row.vs_final
+            better = "better" if t.only_a_right > t.only_b_right else "worse"
+            versus = (f"{better}, p = {t.p_value:.2g}" if t.p_value < SIGNIFICANCE
+                      else f"not distinguishable (p = {t.p_value:.2g})")
+        rows.append([row.name, row.models, with_interval(row.accuracy, row.accuracy_interval),
+                     with_interval(row.roc_auc, row.roc_auc_interval), chance, versus])
+    return rows
+
+
+def beyond_verdict(beyond: BeyondOutcome) -> str:
+    """One sentence on which rows differ from the final model by McNemar's test, from the numbers."""
+    better = [r.name for r in beyond.rows if r.vs_final is not None and r.vs_final.p_value < SIGNIFICANCE
+              and r.vs_final.only_a_right > r.vs_final.only_b_right]
+    worse = [r.name for r in beyond.rows if r.vs_final is not None and r.vs_final.p_value < SIGNIFICANCE
+             and r.vs_final.only_a_right < r.vs_final.only_b_right]
+    if not better and not worse:
+        return ("None of them differs from the final model by more than chance allows on this test "
+                f"split (McNemar, p ≥ {SIGNIFICANCE:g}).")
+    parts = []
+    if better:
+        parts.append(f"better than the final model beyond chance: {', '.join(better)}")
+    if worse:
+        parts.append(f"worse than it beyond chance: {', '.join(worse)}")
+    return f"By McNemar's test (p < {SIGNIFICANCE:g}), " + "; ".join(parts) + "."
 
 
 def export_rows(export: ExportOutcome) -> list[list[object]]:

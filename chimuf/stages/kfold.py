@@ -35,7 +35,7 @@ from chimuf.data.cache import load_images
 from chimuf.data.split import fold_assignments
 from chimuf.ml import fit as fitting
 from chimuf.ml.fit import UNMONITORED, Monitoring
-from chimuf.ml.models import resolve_precision, seeded_model
+from chimuf.ml.models import resolve_precision, save_model, seeded_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
 from chimuf.ml.training_plots import draw_folds
@@ -134,10 +134,11 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
     held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,
                         seed=seed)
     scores = model.evaluate(held, verbose=0, return_dict=True)
+    model_path = save_model(model, ctx.dir / f"{name}.keras")  # a member of the fold ensemble
     return FoldOutcome(fold=number, status="COMPLETED", n_train=len(train_rows),
                        n_validation=len(held_rows), accuracy=float(scores["accuracy"]),
                        loss=float(scores["loss"]), epochs_run=result.epochs_run, wall_s=result.wall_s,
-                       history=result.history)
+                       history=result.history, model_path=ctx.rel(model_path))
 
 
 def fold_line(fold: FoldOutcome, folds: int) -> str:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimuf.core.config import AugmentConfig, TrainConfig
+from chimuf.core.config import AugmentConfig, ModernConfig, TrainConfig
 from chimuf.core.engine import StageContext
 from chimuf.core.files import atomic_write_json, atomic_write_text
 from chimuf.core.hyperparameters import Hyperparameters
@@ -32,10 +34,14 @@ from chimuf.core.results import (
 from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
 from chimuf.ml.fit import UNMONITORED, Monitoring, fit
+from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
+from chimuf.ml.modern import seeded_modern
 from chimuf.ml.training_plots import plot_comparison, plot_curves
 
 if TYPE_CHECKING:
+    import keras
+
     from chimuf.data.cache import ImageSet
 
 
@@ -51,16 +57,21 @@ def train_one(
     augment: AugmentConfig,
     seed: int,
     monitor: Monitoring = UNMONITORED,
+    model: keras.Model | None = None,
+    mix: Mixing | None = None,
 ) -> TrainingOutcome:
     """Build, fit and save one model; its history as CSV and JSON; its curves as a figure.
 
     Every training of a study starts from the same seed, so a model and its augmented twin start
-    from the same weights and see the images in the same order: only augmentation differs.
+    from the same weights and see the images in the same order: only augmentation differs. A
+    `model` built and compiled by the caller (the modern recipe) is trained instead of the
+    paper's `architecture`; `mix` mixes its training batches.
     """
     # 1. The model, initialised from the seed.
     precision = resolve_precision(cfg.precision)
-    model = seeded_model(architecture, images.images.shape[1], hyperparameters, precision,
-                         cfg.learning_rate, seed)
+    if model is None:
+        model = seeded_model(architecture, images.images.shape[1], hyperparameters, precision,
+                             cfg.learning_rate, seed)
     ctx.console.info(f"  {name}: {architecture}, {'with' if augmented else 'without'} augmentation, "
                      f"{model.count_params():,} parameters, {precision}")
 
@@ -70,7 +81,7 @@ def train_one(
                  (images.images[train_rows], images.labels[train_rows]),
                  (images.images[validation_rows], images.labels[validation_rows]),
                  cfg, augment if augmented else None, seed, ctx.dir / name, ctx.console, name,
-                 log=monitor.log(ctx.name, name), callbacks=monitor.callbacks)
+                 log=monitor.log(ctx.name, name), callbacks=monitor.callbacks, mix=mix)
 
     # 3. The best model, its class names, its history and its curves.
     model_path = save_model(model, ctx.dir / f"{name}.keras")
@@ -107,6 +118,8 @@ def pretty_name(name: str) -> str:
     """"model2_aug" → "Model 2 (with augmentation)"; "final" → "the final model"."""
     if name == "final":
         return "the final model"
+    if name == "modern":
+        return "the modern recipe"
     base, _, aug = name.partition("_")
     label = base.replace("model", "Model ") if base.startswith("model") else base
     return f"{label} ({'with' if aug else 'without'} augmentation)"
@@ -155,3 +168,17 @@ def train_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
     images = load_images(cache)
     return train_one(ctx, "final", "tuned", True, hyperparameters, images, split, cfg, augment, seed,
                      monitor)
+
+
+def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: ModernConfig,
+                 train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
+                 monitor: Monitoring = UNMONITORED) -> TrainingOutcome:
+    """The modern recipe (chimuf.ml.modern): the whole cosine schedule, no early stopping; the
+    epoch with the lowest val_loss is kept, as the fit loop keeps a best epoch."""
+    images = load_images(cache)
+    fit_cfg = replace(train_cfg, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.epochs,
+                      start_from_epoch=0)
+    steps = math.ceil(len(split.train) / cfg.batch_size)
+    model = seeded_modern(images.images.shape[1], cfg, resolve_precision(train_cfg.precision), steps, seed)
+    return train_one(ctx, "modern", "modern", cfg.augment, None, images, split, fit_cfg, augment, seed,
+                     monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix))

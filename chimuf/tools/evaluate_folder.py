@@ -8,6 +8,7 @@ them (chimuf.ml.predictor) and measured as the evaluate stage measures (chimuf.m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,18 +54,20 @@ class FolderEvaluation:
 
 
 def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, console: Console,
-                    threshold: float | None = None) -> FolderEvaluation:
+                    threshold: float | None = None, ensemble: Sequence[Path] = (),
+                    flips: bool = False) -> FolderEvaluation:
     """Metrics of the model at `model_path` on a labelled folder (one sub-folder per class).
 
     Files the audit rejects are skipped and listed with their reasons; the rest are evaluated,
-    decided at the model's own threshold (its sidecar's) or at `threshold`.
+    decided at the model's own threshold (its sidecar's) or at `threshold`; with `ensemble` and
+    `flips`, by the mean probability of several models and of each image and its mirror.
     """
-    classifier = load_classifier(model_path, threshold)
+    classifier = load_classifier(model_path, threshold, ensemble, flips)
     root = audit.check_data_dir(data_dir)
     listing = audit.list_folder(root)
     classes, source = folder_classes(model_path, classifier.classes, root, listing.classes, console)
     files = [root / rel for rel, _ in listing.files]
-    scored = score_files(classifier.model, files, audit_cfg, console, description="evaluating")
+    scored = score_files(classifier, files, audit_cfg, console, description="evaluating")
 
     skipped = [SkippedFile("", note) for note in listing.skipped]  # entries the audit did not walk
     labels, probabilities = [], []

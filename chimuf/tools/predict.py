@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,15 +41,18 @@ class FilePrediction:
 
 
 def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig, console: Console,
-                  threshold: float | None = None) -> list[FilePrediction]:
+                  threshold: float | None = None, ensemble: Sequence[Path] = (),
+                  flips: bool = False) -> list[FilePrediction]:
     """One FilePrediction per file, in the order given; unreadable files carry their reason.
 
-    A file's class is decided at the model's own threshold (its sidecar's), or at `threshold`.
+    A file's class is decided at the model's own threshold (its sidecar's), or at `threshold`;
+    with `ensemble`, by the mean probability of all the models; with `flips`, of each image and
+    its mirror.
     """
-    classifier = load_classifier(model_path, threshold)
+    classifier = load_classifier(model_path, threshold, ensemble, flips)
     classes = numbered_classes(classifier, console)
     console.info(f"deciding at {describe_threshold(classifier)}")
-    scored = score_files(classifier.model, [Path(f) for f in files], audit_cfg, console)
+    scored = score_files(classifier, [Path(f) for f in files], audit_cfg, console)
     return [as_prediction(s, classifier, classes) for s in scored]
 
 
