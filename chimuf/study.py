@@ -169,10 +169,11 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         # 8. n-fold cross-validation of the final architecture (paper 8).
         results.kfold = run.stage(
             "kfold", {**common, "hyperparameters": best, "kfold": config.kfold,
-                      "audit": results.audit.digest},
+                      "audit": results.audit.digest, "final_epoch": results.final.best_epoch},
             KFoldOutcome,
             lambda ctx: kfold.run_kfold(ctx, results.cache, results.split, results.audit, best,
-                                        config.kfold, config.train, config.augment, seed, monitor),
+                                        config.kfold, config.train, config.augment, seed, monitor,
+                                        final_epoch=results.final.best_epoch),
         )
         if save("kfold", results.kfold):
             return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,20 @@ def test_every_fold_failing_stops_the_stage(tiny_study, tmp_path, monkeypatch):
     ctx, _ = context(tmp_path / "run")
     with pytest.raises(StageError, match="every one of the 2 folds failed"):
         cross_validate(ctx, tiny_study)
+
+
+@pytest.mark.slow
+def test_without_early_stopping_every_fold_trains_the_final_models_epochs(tiny_study, tmp_path):
+    cache, split, audit = tiny_study
+    # A learning rate of 0 keeps val_loss the same each epoch: early stopping would stop at epoch 2.
+    eager = replace(TRAIN, epochs=6, patience=0, start_from_epoch=0, learning_rate=0.0)
+    ctx, _ = context(tmp_path / "fixed")
+    fixed = kfold.run_kfold(ctx, cache, split, audit, HYPERPARAMETERS, KFoldConfig(folds=2), eager,
+                            AugmentConfig(), seed=4, final_epoch=3)
+    assert [f.epochs_run for f in fixed.folds] == [3, 3] and not fixed.early_stopping and fixed.epochs == 3
+    ctx, _ = context(tmp_path / "paper")
+    paper = kfold.run_kfold(ctx, cache, split, audit, HYPERPARAMETERS,
+                            KFoldConfig(folds=2, early_stopping=True), eager, AugmentConfig(), seed=4,
+                            final_epoch=3)
+    assert [f.epochs_run for f in paper.folds] == [2, 2] and paper.early_stopping  # stopped on its fold
+    assert all((ctx.run_dir / f.model_path).is_file() for f in paper.folds)  # the ensemble members

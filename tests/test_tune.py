@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,47 @@ def test_search_stopped_mid_trial_resumes_to_the_same_trials_as_an_unbroken_one(
     assert [(t.trial_id, t.status, t.hyperparameters, t.score) for t in resumed.trials] == [
         (t.trial_id, t.status, t.hyperparameters, t.score) for t in unbroken.trials]
     assert resumed.best_hyperparameters == unbroken.best_hyperparameters
+
+
+# --- pruning -----------------------------------------------------------------------------------
+
+
+def epochs_of(*val_accuracies: float) -> list:
+    from chimuf.core.results import EpochRecord
+
+    return [EpochRecord(e, 0.5, 0.5, 0.5, v) for e, v in enumerate(val_accuracies, start=1)]
+
+
+def test_median_stopping_stops_a_trial_below_the_finished_trials_median_after_the_grace():
+    from chimuf.tuning.pruning import MedianStopping
+
+    rule = MedianStopping(grace_epochs=2)
+    finished = [epochs_of(0.6, 0.7, 0.8, 0.8), epochs_of(0.5, 0.6, 0.7), epochs_of(0.7, 0.8, 0.9)]
+    assert not rule.should_stop(epochs_of(0.1, 0.1), finished)  # still in its grace epochs
+    assert rule.should_stop(epochs_of(0.1, 0.1, 0.6), finished)  # 0.6 < median(0.8, 0.7, 0.9)
+    assert not rule.should_stop(epochs_of(0.1, 0.1, 0.8), finished)  # at the median: goes on
+    assert not rule.should_stop(epochs_of(0.1, 0.1, 0.1, 0.1), finished[:1])  # one trial is no median
+
+
+def test_epochs_saved_lies_between_early_stoppings_first_chance_and_the_budget():
+    from chimuf.tuning.pruning import epochs_saved
+
+    assert epochs_saved([6, 10], max_epochs=50, earliest_stop=21) == (15 + 11, 44 + 40)
+    assert epochs_saved([], max_epochs=50, earliest_stop=21) == (0, 0)
+
+
+def test_a_pruned_trial_stops_where_the_rule_says_and_is_recorded(tiny_data, tmp_path, monkeypatch):
+    from chimuf.tuning.pruning import MedianStopping
+
+    monkeypatch.setattr(MedianStopping, "should_stop",
+                        lambda self, history, completed: len(history) == 2 and bool(completed))
+    ctx, stream = context(tmp_path / "run")
+    cache, split = tiny_data
+    cfg = TuneConfig(max_trials=2, epochs=3, prune_after=1, **TINY_SPACE)
+    outcome = tune.run_tuning(ctx, cache, split, cfg, replace(TRAIN, patience=5), AugmentConfig(), seed=5)
+    first, second = outcome.trials
+    assert (first.pruned, first.epochs) == (False, 3)  # nothing finished yet: no median to compare
+    assert (second.pruned, second.epochs) == (True, 2)
+    assert outcome.pruning == "median stopping rule after 1 epochs" and outcome.epochs_saved == [1, 1]
+    assert "pruned: below the median" in stream.getvalue()
+    assert "epoch 2/3 of trial 2/2" in stream.getvalue()

@@ -165,7 +165,12 @@ class TuneConfig:
     of chimuf.core.hyperparameters' six names."""
 
     max_trials: int = opt(10, "hyperparameter sets to try", at_least(1))
-    epochs: int = opt(20, "maximum epochs per trial (early stopping as in training)", at_least(1))
+    epochs: int = opt(50, "maximum epochs per trial, as the trainings' (early stopping as in training; "
+                      "the paper's search ran 50)", at_least(1))
+    prune: bool = opt(True, "stop a trial whose best val_accuracy so far is below the median of the "
+                      "finished trials' at the same epoch (the median stopping rule); false: every trial "
+                      "runs until early stopping, the paper's protocol")
+    prune_after: int = opt(5, "pruning: epochs every trial runs before the rule may stop it", at_least(1))
     conv1_filters: tuple[int, ...] = opt((16, 64, 16), "filters of conv block 1: [min, max, step]",
                                          search_range())
     conv2_filters: tuple[int, ...] = opt((32, 128, 32), "filters of conv block 2: [min, max, step]",
@@ -225,8 +230,13 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class KFoldConfig:
     folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)", at_least(2))
-    epochs: int = opt(0, "maximum epochs per fold; 0 means train.epochs",
-                      non_negative("0 (train.epochs) or more"))
+    early_stopping: bool = opt(
+        False, "true: each fold early-stops on its own held-out fold, as the paper did (costs epochs "
+        "and flatters the fold's score: the fold that scores it also chose its epoch); false: each fold "
+        "trains for a fixed number of epochs, no stopping")
+    epochs: int = opt(0, "with early_stopping, the maximum epochs per fold (0 = train.epochs); without, "
+                      "the epochs of every fold (0 = as many as the final model's kept epoch)",
+                      non_negative("0 or more"))
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,7 @@ class Trial:
     history: list[EpochRecord]
     error: str = ""
     worker: str = ""  # distributed search: the id of the worker that ran it; "" when run locally
+    pruned: bool = False  # the median stopping rule ended it before early stopping would have
 
 
 @dataclass
@@ -204,6 +205,8 @@ class TuneOutcome:
     best_hyperparameters: Hyperparameters
     best_score: float
     wall_s: float
+    pruning: str = "off"  # how trials were pruned: "off" or the rule, in words
+    epochs_saved: list[int] = field(default_factory=list)  # [fewest, most] epochs pruning saved
 
 
 # --- predictions: computed once by the evaluate stage, read by every later analysis -------------
@@ -367,6 +370,8 @@ class KFoldOutcome:
     mean_loss: float
     std_loss: float
     figure: Figure | None
+    early_stopping: bool = True  # each fold stopped on its own held-out fold (the paper's way)
+    epochs: int = 0  # fixed epochs of every fold (without early stopping), or the maximum
 
 
 # --- explanation -------------------------------------------------------------------------------

@@ -210,7 +210,8 @@ def search_rows(space: Sequence[SearchDimension]) -> list[list[object]]:
 def trial_table(tune: TuneOutcome) -> Trusted:
     """One row per trial; its hyperparameters in one cell (there may be many of them)."""
     rows = [[trial.trial_id, trial.status, hyperparameters(trial.hyperparameters), num(trial.score, 4),
-             trial.epochs, seconds(trial.wall_s)] for trial in tune.trials]
+             f"{trial.epochs}{', pruned' if trial.pruned else ''}", seconds(trial.wall_s)]
+            for trial in tune.trials]
     return table(["Trial", "Status", "Hyperparameters", tune.objective, "Epochs", "Wall time"], rows,
                  "lllrrr")
 

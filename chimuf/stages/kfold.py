@@ -10,8 +10,10 @@ folds are made from train+validation only, so the test split stays untouched by 
         on fold i without augmentation → FoldOutcome
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
 
-As in the paper, early stopping watches the held-out fold, which makes the fold scores slightly
-optimistic; the test-split numbers of the evaluate stage carry no such bias.
+In the paper, early stopping watched the held-out fold, which costs epochs and makes the fold
+scores optimistic (the fold that scores a model also chose its epoch). By default here every fold
+trains for the number of epochs the final model's early stopping kept, with no stopping, and is
+scored with its last epoch's weights; `kfold.early_stopping = true` is the paper's way.
 
 Each fold is a unit of the stage (ctx.unit): a finished fold is not trained again when the stage
 resumes. A fold that fails (diverged, out of memory) is recorded as FAILED with its error and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,11 +51,22 @@ if TYPE_CHECKING:
 
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
               hyperparameters: Hyperparameters, cfg: KFoldConfig, train_cfg: TrainConfig,
-              augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED) -> KFoldOutcome:
-    """Train and score the tuned architecture on each fold of train+validation."""
+              augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED,
+              final_epoch: int = 0) -> KFoldOutcome:
+    """Train and score the tuned architecture on each fold of train+validation.
+
+    Without `cfg.early_stopping`, every fold trains for `cfg.epochs`, else for `final_epoch` (the
+    epoch the final model's early stopping kept), and is scored on its held-out fold with the
+    weights of its last epoch: the fold that scores a model has not also chosen its epoch.
+    """
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
-    epochs = cfg.epochs or train_cfg.epochs
+    if cfg.early_stopping:
+        epochs = cfg.epochs or train_cfg.epochs
+    else:
+        epochs = cfg.epochs or max(1, final_epoch)
+        train_cfg = replace(train_cfg, start_from_epoch=epochs)  # no epoch watched: no stop, last kept
+        ctx.console.info(f"  every fold trains {epochs} epochs (no early stopping on the scored fold)")
     folds = []
     for number, paths in enumerate(held_out, start=1):
         others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
@@ -73,6 +87,8 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
         mean_loss=float(losses.mean()),
         std_loss=sample_std(losses),
         figure=save_figure(ctx, folds),
+        early_stopping=cfg.early_stopping,
+        epochs=epochs,
     )
 
 

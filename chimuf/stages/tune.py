@@ -36,12 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chimuf.core.console import format_seconds
 from chimuf.core.errors import Interrupted, StageError
-from chimuf.core.results import TuneOutcome, to_jsonable
+from chimuf.core.results import EpochRecord, TuneOutcome, to_jsonable
 from chimuf.data.cache import load_images
-from chimuf.ml.fit import UNMONITORED, Monitoring, epoch_datasets, validation_augmentation
+from chimuf.ml.fit import UNMONITORED, Monitoring, describe, epoch_datasets, validation_augmentation
 from chimuf.ml.models import resolve_precision, training_strategy
 from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_timeout, tuner_role
+from chimuf.tuning.pruning import MedianStopping, epochs_saved
 from chimuf.tuning.space import search_space
 
 # chimuf.tuning.search, chimuf.tuning.chief and chimuf.ml.callbacks import Keras Tuner or Keras
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
     from chimuf.core.engine import StageContext
     from chimuf.core.results import CacheOutcome, SplitOutcome
     from chimuf.data.cache import ImageSet
-    from chimuf.tuning.search import Model3Family, SearchTuner
+    from chimuf.tuning.search import Model3Family, SearchTuner, TrialWatch
 
 OBJECTIVE = "val_accuracy"
 MAX_CONSECUTIVE_FAILURES = 3
@@ -81,8 +83,8 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
     board = None if monitor.tensorboard_dir is None else monitor.tensorboard_dir / ctx.name
     with quiet_keras_tuner():
         if chief is None:
-            tuner = new_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console, board=board,
-                              images_per_epoch=len(split.train))
+            tuner = new_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console,
+                              watch=trial_watch(cfg, train_cfg, len(split.train), board))
             start_board(board, tuner.oracle, cfg)
             say_continuing(tuner.oracle, cfg, ctx.console)
             run_search(tuner, search_data(load_images(cache), split, cfg, train_cfg, augment, seed))
@@ -96,6 +98,8 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
         raise StageError(f"tuning finished with no completed trial out of {len(trials)}; the last "
                          f"error: {last_error(tuner.oracle)}")
     best = max(completed, key=lambda t: t.score)  # first of equals: the earliest trial
+    earliest_stop = train_cfg.start_from_epoch + 1 + train_cfg.patience  # early stopping's first chance
+    saved = epochs_saved([t.epochs for t in trials if t.pruned], cfg.epochs, earliest_stop)
     return TuneOutcome(
         objective=OBJECTIVE,
         max_trials=cfg.max_trials,
@@ -104,6 +108,8 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
         best_hyperparameters=best.hyperparameters,
         best_score=float(best.score),
         wall_s=time.monotonic() - started,
+        pruning=(f"median stopping rule after {cfg.prune_after} epochs" if cfg.prune else "off"),
+        epochs_saved=list(saved),
     )
 
 
@@ -144,16 +150,24 @@ def trial_hypermodel(cfg: TuneConfig, image_size: int, train_cfg: TrainConfig) -
 
 
 def new_tuner(hypermodel: Model3Family, cfg: TuneConfig, directory: Path, seed: int, console: Console,
-              oracle_class: type | None = None, board: Path | None = None,
-              images_per_epoch: int = 0) -> SearchTuner:
+              oracle_class: type | None = None, watch: TrialWatch | None = None) -> SearchTuner:
     """The stage's tuner in `directory` (a local search, a chief's or a worker's)."""
-    from chimuf.tuning.search import SeededBayesianOracle, make_tuner
+    from chimuf.tuning.search import SeededBayesianOracle, TrialWatch, make_tuner
 
     return make_tuner(hypermodel, directory, objective=OBJECTIVE, max_trials=cfg.max_trials,
                       random_trials=max(2, round(cfg.max_trials * RANDOM_SHARE)),
                       max_failures=MAX_CONSECUTIVE_FAILURES, seed=seed, console=console,
                       strategy=training_strategy(), oracle_class=oracle_class or SeededBayesianOracle,
-                      board_dir=board, images_per_epoch=images_per_epoch)
+                      watch=watch or TrialWatch())
+
+
+def trial_watch(cfg: TuneConfig, train_cfg: TrainConfig, n_train: int, board: Path | None) -> TrialWatch:
+    """Around each trial: its TensorBoard folder, its progress, and the pruning rule when on."""
+    from chimuf.tuning.search import TrialWatch
+
+    return TrialWatch(board_dir=board, images_per_epoch=n_train,
+                      steps_per_epoch=math.ceil(n_train / train_cfg.batch_size), max_epochs=cfg.epochs,
+                      pruner=MedianStopping(cfg.prune_after) if cfg.prune else None)
 
 
 def fit_trial(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -232,7 +246,7 @@ def serve_as_chief(ctx: StageContext, hypermodel: Model3Family, cfg: TuneConfig,
                    chief: Address) -> SearchTuner:
     """Serve the search at `chief` until every trial has ended (workers train them); the tuner."""
     from chimuf.tuning.chief import ChiefOracle, serve_search
-    from chimuf.tuning.search import trial_history, trial_line
+    from chimuf.tuning.search import epoch_label, trial_history, trial_line
 
     with tuner_role(CHIEF_ID, chief):
         tuner = new_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console, oracle_class=ChiefOracle)
@@ -245,7 +259,12 @@ def serve_as_chief(ctx: StageContext, hypermodel: Model3Family, cfg: TuneConfig,
         worker = oracle.trial_workers.get(trial.trial_id, "")
         ctx.console.info(trial_line(trial, cfg.max_trials, OBJECTIVE, history, worker))
 
-    serve_search(oracle, chief, cfg.worker_timeout_s, ctx.console, announce)
+    def say_epoch(trial: Any, record: EpochRecord) -> None:
+        worker = oracle.trial_workers.get(trial.trial_id, "")
+        ctx.console.info(f"  {epoch_label(trial, cfg.max_trials, record.epoch, cfg.epochs, worker)}: "
+                         f"{describe(record)} in {format_seconds(record.wall_s)}")
+
+    serve_search(oracle, chief, cfg.worker_timeout_s, ctx.console, announce, say_epoch)
     return tuner
 
 
@@ -262,7 +281,7 @@ def work_for_chief(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train
     hypermodel = trial_hypermodel(cfg, images.images.shape[1], train_cfg)
     data = search_data(images, split, cfg, train_cfg, augment, seed)
     with tuner_role(worker_id, chief), client_timeout(chief_timeout_s), quiet_keras_tuner():
-        tuner = new_tuner(hypermodel, cfg, workdir, seed, console, board=workdir / "tensorboard",
-                          images_per_epoch=len(split.train))
+        tuner = new_tuner(hypermodel, cfg, workdir, seed, console,
+                          watch=trial_watch(cfg, train_cfg, len(split.train), workdir / "tensorboard"))
         run_search(tuner, data)
     return tuner.trials_run

@@ -22,7 +22,8 @@ import keras_tuner as kt
 
 from chimuf.core.console import Console
 from chimuf.core.errors import StageError
-from chimuf.tuning.protocol import Address, forget_epochs, is_epoch_report
+from chimuf.core.results import EpochRecord
+from chimuf.tuning.protocol import Address, forget_epochs, history_from_metrics, is_epoch_report
 from chimuf.tuning.search import SeededBayesianOracle, error_line
 
 POLL_S = 0.5  # how often the chief looks for silent workers and finished trials
@@ -104,6 +105,12 @@ class ChiefOracle(SeededBayesianOracle):
         return bool(no_more) and not self.ongoing_trials and not self._retry_queue
 
     @kt.synchronized
+    def running_histories(self) -> dict[str, tuple[Any, list[EpochRecord]]]:
+        """trial id → (trial, the epochs its worker reported) of every running trial."""
+        return {trial.trial_id: (trial, history_from_metrics(trial)[0])
+                for trial in self.ongoing_trials.values()}
+
+    @kt.synchronized
     def failed_in_a_row(self) -> int:
         count = 0
         for trial_id in self.end_order:
@@ -119,19 +126,26 @@ class ChiefOracle(SeededBayesianOracle):
 
 
 def serve_search(oracle: Any, address: Address, worker_timeout_s: float, console: Console,
-                 on_trial_end: Callable[[Any], None]) -> None:
+                 on_trial_end: Callable[[Any], None],
+                 on_epoch: Callable[[Any, EpochRecord], None] = lambda trial, record: None) -> None:
     """Serve `oracle` (a ChiefOracle) at `address` until every trial has ended.
 
-    Calls `on_trial_end(trial)` as trials end. Raises StageError when the oracle's limit of
-    failed trials in a row is reached, as a local search does; the trials so far are kept.
+    Calls `on_epoch(trial, record)` as workers report epochs and `on_trial_end(trial)` as trials
+    end. Raises StageError when the oracle's limit of failed trials in a row is reached, as a local
+    search does; the trials so far are kept.
     """
     oracle.verbose = 0  # Keras Tuner's own trial tables; chimuf prints one line a trial
     server = start_server(oracle, address)
     console.info(f"  tuning chief listening on {address}; start workers with "
                  f"`chimuf tune-worker --chief HOST:{address.port}` (same config, profile and seed)")
     announced = set(oracle.end_order)
+    epochs_said: dict[str, int] = {}  # trial id → epochs of it said so far
     try:
         while True:
+            for trial_id, (trial, history) in oracle.running_histories().items():
+                for record in history[epochs_said.get(trial_id, 0):]:
+                    on_epoch(trial, record)
+                epochs_said[trial_id] = len(history)
             oracle.give_up_silent(worker_timeout_s)  # announced below, as any ended trial
             over = oracle.search_over()  # before announcing, so that no last trial goes unsaid
             for trial_id in [t for t in list(oracle.end_order) if t not in announced]:

@@ -119,23 +119,26 @@ def client_timeout(seconds: float) -> Iterator[None]:
 # --- epoch reports: a trial's history, as metrics that travel over gRPC ---------------------
 
 
-def epoch_metrics(record: EpochRecord, elapsed_s: float) -> dict[str, float]:
-    """One finished epoch as an UpdateTrial's metrics: `epoch_loss`, ..., `epoch_elapsed_s`."""
+def epoch_metrics(record: EpochRecord, elapsed_s: float, pruned: bool = False) -> dict[str, float]:
+    """One finished epoch as an UpdateTrial's metrics: `epoch_loss`, ..., `epoch_elapsed_s`,
+    `epoch_pruned` (1 when the median stopping rule ended the trial after this epoch)."""
     values = {name: float(value) for name, value in asdict(record).items() if name != "epoch"}
-    return {f"{EPOCH_PREFIX}{name}": value for name, value in {**values, "elapsed_s": elapsed_s}.items()}
+    extra = {"elapsed_s": elapsed_s, "pruned": float(pruned)}
+    return {f"{EPOCH_PREFIX}{name}": value for name, value in {**values, **extra}.items()}
 
 
 class ChiefLost(StageError):
     """A worker's request to the chief failed (the chief is gone or unreachable)."""
 
 
-def report_epoch(oracle: Any, trial_id: str, record: EpochRecord, elapsed_s: float) -> None:
+def report_epoch(oracle: Any, trial_id: str, record: EpochRecord, elapsed_s: float,
+                 pruned: bool = False) -> None:
     """Send one finished epoch to the chief. A chief that cannot be reached ends the worker's
     search (ChiefLost), rather than failing the trial that was training well."""
     import grpc
 
     try:
-        oracle.update_trial(trial_id, epoch_metrics(record, elapsed_s), step=record.epoch - 1)
+        oracle.update_trial(trial_id, epoch_metrics(record, elapsed_s, pruned), step=record.epoch - 1)
     except grpc.RpcError as exc:
         raise ChiefLost(rpc_reason(exc)) from None
 
@@ -159,6 +162,13 @@ def history_from_metrics(trial: Any) -> tuple[list[EpochRecord], float]:
     history = [EpochRecord(epoch=step + 1, **{k: v for k, v in by_step[step].items() if k in known})
                for step in sorted(by_step)]
     return history, (by_step[max(by_step)].get("elapsed_s", 0.0) if by_step else 0.0)
+
+
+def pruned_from_metrics(trial: Any) -> bool:
+    """Whether the trial's worker reported that the median stopping rule ended it."""
+    observations = trial.metrics.get_history(f"{EPOCH_PREFIX}pruned") if trial.metrics.exists(
+        f"{EPOCH_PREFIX}pruned") else []
+    return any(o.value[-1] for o in observations)
 
 
 def forget_epochs(trial: Any) -> None:

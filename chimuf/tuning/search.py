@@ -30,14 +30,22 @@ import keras_tuner as kt
 import numpy as np
 from keras_tuner.src import config as kt_config
 
-from chimuf.core.console import Console, format_seconds
+from chimuf.core.console import Console, Progress, format_seconds
 from chimuf.core.errors import Interrupted
 from chimuf.core.files import atomic_write_json, read_json
 from chimuf.core.results import EpochRecord, Trial, from_jsonable
+from chimuf.ml.fit import batch_status, describe
 from chimuf.ml.models import build_model, compile_model
 from chimuf.ml.seeds import TRIAL, derive_seed
 from chimuf.ml.tensorboard import EpochLog, write_trial_hparams
-from chimuf.tuning.protocol import ChiefLost, forget_epochs, history_from_metrics, report_epoch
+from chimuf.tuning.protocol import (
+    ChiefLost,
+    forget_epochs,
+    history_from_metrics,
+    pruned_from_metrics,
+    report_epoch,
+)
+from chimuf.tuning.pruning import MedianStopping
 from chimuf.tuning.space import declare_space, trial_values
 
 # --- the oracle --------------------------------------------------------------------------------
@@ -85,20 +93,33 @@ class TrialHistory:
 
     history: list[EpochRecord] = field(default_factory=list)
     wall_s: float = 0.0  # from the start of training to the end of the last finished epoch
+    pruned: bool = False  # the median stopping rule ended it
+
+
+@dataclass(frozen=True)
+class TrialWatch:
+    """What a tuner does around each trial's epochs besides training them."""
+
+    board_dir: Path | None = None  # TensorBoard: one folder per trial; None: no logs
+    images_per_epoch: int = 0  # training images an epoch sees (for images/s)
+    steps_per_epoch: int = 0  # training batches an epoch has (for the progress bar)
+    max_epochs: int = 0
+    pruner: MedianStopping | None = None  # None: every trial runs until early stopping
 
 
 class SearchTuner(kt.Tuner):
-    """Keras Tuner's Tuner with chimuf's hooks: seeding, per-epoch history, one line a trial."""
+    """Keras Tuner's Tuner with chimuf's hooks: seeding, per-epoch history and progress, pruning,
+    one line a trial."""
 
     def __init__(self, *args: Any, seed: int, history_dir: Path, console: Console,
-                 board_dir: Path | None = None, images_per_epoch: int = 0, **kwargs: Any):
+                 watch: TrialWatch = TrialWatch(), **kwargs: Any):
         self.base_seed = seed
-        self.images_per_epoch = images_per_epoch  # training images a trial's epoch sees
         self.history_dir = history_dir
-        self.board_dir = board_dir  # TensorBoard: one folder per trial; None: no logs
         self.console = console
+        self.watch = watch
         self.record = TrialHistory()
         self.epoch_log: EpochLog | None = None
+        self.progress: Progress | None = None
         self.trials_run = 0
         super().__init__(*args, **kwargs)
 
@@ -112,13 +133,15 @@ class SearchTuner(kt.Tuner):
             return super().run_trial(trial, *args, **kwargs)
         except (Interrupted, ChiefLost) as exc:  # a stop signal or no chief: not a failed trial
             raise kt.errors.FatalError(str(exc)) from exc
+        finally:
+            self.end_progress()
 
     def start_trial_log(self, trial: Any) -> EpochLog | None:
         """The trial's TensorBoard log, started over (a trial always runs from its first epoch),
         with its row of the HParams view."""
-        if self.board_dir is None:
+        if self.watch.board_dir is None:
             return None
-        log = EpochLog(self.board_dir / f"trial_{trial.trial_id}")
+        log = EpochLog(self.watch.board_dir / f"trial_{trial.trial_id}")
         log.reset()
         write_trial_hparams(log.folder, trial_values(trial.hyperparameters.values), trial.trial_id)
         return log
@@ -127,23 +150,46 @@ class SearchTuner(kt.Tuner):
         self.epoch_started = self.trained_until = time.monotonic()
         if not self.record.history:
             self.train_started = self.epoch_started
+        self.progress = self.console.progress(
+            epoch_label(trial, self.oracle.max_trials, epoch + 1, self.watch.max_epochs),
+            total=self.watch.steps_per_epoch or None, unit="batches").__enter__()
 
     def on_batch_end(self, trial: Any, model: Any, batch: int, logs: dict | None = None) -> None:
         self.trained_until = time.monotonic()  # a training batch: validation batches do not come here
+        if self.progress is not None:
+            self.progress.update(1, batch_status(logs))
 
     def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict | None = None) -> None:
+        self.end_progress()
         now = time.monotonic()
         record = epoch_record(epoch, logs or {}, now - self.epoch_started)
         record.learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         training_s = self.trained_until - self.epoch_started
-        record.images_per_s = self.images_per_epoch / training_s if training_s > 0 else 0.0
+        record.images_per_s = self.watch.images_per_epoch / training_s if training_s > 0 else 0.0
         self.record.history.append(record)
         self.record.wall_s = now - self.train_started
+        pruner = self.watch.pruner
+        if pruner is not None and pruner.should_stop(self.record.history, self.completed_histories()):
+            self.record.pruned = True
+            model.stop_training = True
         atomic_write_json(self.history_dir / f"trial_{trial.trial_id}.json", self.record)
         if self.epoch_log is not None:
             self.epoch_log.write(self.record.history)
         if self._is_worker():
-            report_epoch(self.oracle, trial.trial_id, record, self.record.wall_s)
+            report_epoch(self.oracle, trial.trial_id, record, self.record.wall_s, self.record.pruned)
+        pruned = "; pruned: below the median of the finished trials" if self.record.pruned else ""
+        label = epoch_label(trial, self.oracle.max_trials, epoch + 1, self.watch.max_epochs)
+        self.console.info(f"  {label}: {describe(record)} in {format_seconds(record.wall_s)}{pruned}")
+
+    def end_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+            self.progress = None
+
+    def completed_histories(self) -> list[list[EpochRecord]]:
+        """The histories of the trials finished so far (on a worker, as the chief has them)."""
+        ranked = self.oracle.get_best_trials(self.oracle.max_trials)  # padded with unfinished ones
+        return [trial_history(t, self.history_dir).history for t in ranked if t.status == "COMPLETED"]
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
@@ -153,10 +199,15 @@ class SearchTuner(kt.Tuner):
                                      read_trial_history(self.history_dir, trial.trial_id)))
 
 
+def epoch_label(trial: Any, max_trials: int, epoch: int, max_epochs: int, worker: str = "") -> str:
+    """`epoch 3/50 of trial 2/10` (on `worker`): a trial's epoch, as the trainings' are said."""
+    where = f" on {worker}" if worker else ""
+    return f"epoch {epoch}/{max_epochs} of trial {int(trial.trial_id) + 1}/{max_trials}{where}"
+
+
 def make_tuner(hypermodel: Model3Family, directory: Path, *, objective: str, max_trials: int,
                random_trials: int, max_failures: int, seed: int, console: Console, strategy: Any,
-               oracle_class: type = SeededBayesianOracle, board_dir: Path | None = None,
-               images_per_epoch: int = 0) -> SearchTuner:
+               oracle_class: type = SeededBayesianOracle, watch: TrialWatch = TrialWatch()) -> SearchTuner:
     """The Bayesian tuner in `directory`/search, reloaded if it exists (the one construction).
 
     Its role (local, chief or worker) comes from the KERASTUNER_* variables
@@ -172,8 +223,8 @@ def make_tuner(hypermodel: Model3Family, directory: Path, *, objective: str, max
     with contextlib.redirect_stdout(io.StringIO()):  # Keras Tuner prints "Reloading Tuner from ..."
         return SearchTuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory),
                            project_name="search", overwrite=False, seed=seed,
-                           history_dir=directory / "trials", console=console, board_dir=board_dir,
-                           images_per_epoch=images_per_epoch, distribution_strategy=strategy)
+                           history_dir=directory / "trials", console=console, watch=watch,
+                           distribution_strategy=strategy)
 
 
 @contextlib.contextmanager
@@ -204,7 +255,9 @@ def trial_history(trial: Any, history_dir: Path) -> TrialHistory:
     rewritten from the first epoch), so the one present is the trial's last run.
     """
     history, wall_s = history_from_metrics(trial)
-    return TrialHistory(history, wall_s) if history else read_trial_history(history_dir, trial.trial_id)
+    if history:
+        return TrialHistory(history, wall_s, pruned_from_metrics(trial))
+    return read_trial_history(history_dir, trial.trial_id)
 
 
 def epoch_record(epoch: int, logs: dict[str, float], wall_s: float) -> EpochRecord:
@@ -225,8 +278,9 @@ def trial_line(trial: Any, max_trials: int, objective: str, saved: TrialHistory,
     if trial.status != "COMPLETED":
         return f"  trial {number}/{max_trials} {trial.status.lower()}{where}: {error_line(trial.message)}"
     values = ", ".join(f"{k} {v}" for k, v in trial_values(trial.hyperparameters.values).items())
+    pruned = ", pruned" if saved.pruned else ""
     return (f"  trial {number}/{max_trials}{where}: {objective} {trial.score:.3f} after "
-            f"{len(saved.history)} epochs ({format_seconds(saved.wall_s)}); {values}")
+            f"{len(saved.history)} epochs{pruned} ({format_seconds(saved.wall_s)}); {values}")
 
 
 def collect_trials(oracle: Any, directory: Path) -> list[Trial]:
@@ -249,6 +303,7 @@ def collect_trials(oracle: Any, directory: Path) -> list[Trial]:
             history=saved.history,
             error=error_line(trial.message) if trial.status != "COMPLETED" else "",
             worker=workers.get(trial_id, ""),
+            pruned=saved.pruned,
         ))
     return trials
 
