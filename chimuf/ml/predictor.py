@@ -25,7 +25,7 @@ from chimuf.ml.pipeline import make_dataset
 if TYPE_CHECKING:
     import keras
 
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
     from chimuf.data.cache import ImageSet
 
@@ -50,9 +50,10 @@ class Classifier:
         return predicted_id(probability, self.threshold)
 
 
-def load_classifier(path: Path) -> Classifier:
-    """The model at `path`, checked (chimuf.ml.modelfile), with the class names saved beside it."""
-    model = modelfile.load_model(path)
+def load_classifier(path: Path, limits: ModelFilesConfig | None = None) -> Classifier:
+    """The model at `path`, checked (chimuf.ml.modelfile, within `limits`), with the class names
+    saved beside it."""
+    model = modelfile.load_model(path, limits)
     return Classifier(Path(path), model, modelfile.read_classes(path))
 
 

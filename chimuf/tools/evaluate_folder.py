@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chimuf.core.config import EvaluateConfig
+from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, dumps
 from chimuf.data import audit
@@ -22,7 +23,7 @@ from chimuf.ml import metrics, modelfile
 from chimuf.ml.predictor import load_classifier, score_files
 
 if TYPE_CHECKING:
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
 
 
@@ -51,13 +52,13 @@ class FolderEvaluation:
     skipped: list[SkippedFile]  # files the audit rejects (and entries not walked), with reasons
 
 
-def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig,
-                    console: Console) -> FolderEvaluation:
+def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, console: Console,
+                    limits: ModelFilesConfig | None = None) -> FolderEvaluation:
     """Metrics of the model at `model_path` on a labelled folder (one sub-folder per class).
 
     Files the audit rejects are skipped and listed with their reasons; the rest are evaluated.
     """
-    classifier = load_classifier(model_path)
+    classifier = load_classifier(model_path, limits)
     root = audit.check_data_dir(data_dir)
     listing = audit.list_folder(root)
     classes, source = folder_classes(model_path, classifier.classes, root, listing.classes, console)
@@ -156,7 +157,7 @@ def format_folder_evaluation(evaluation: FolderEvaluation, as_json: bool) -> str
     if e.skipped:
         lines += ["", "skipped:"] + [f"  {s.path}: {s.reason}" if s.path else f"  {s.reason}"
                                      for s in e.skipped]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names from the folder, shown escaped
 
 
 def format_number(value: float) -> str:

@@ -6,19 +6,19 @@ predicted (chimuf.ml.predictor reads and scores them as the study does).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chimuf.core.console import printable
 from chimuf.core.errors import ConfigError
+from chimuf.core.files import csv_text
 from chimuf.core.results import to_jsonable
 from chimuf.ml.predictor import Classifier, Scored, load_classifier, numbered_classes, score_files
 
 if TYPE_CHECKING:
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
 
 FORMATS = ("table", "json", "csv")
@@ -32,10 +32,10 @@ class FilePrediction:
     error: str = ""  # why the file could not be used; "" when it was predicted
 
 
-def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig,
-                  console: Console) -> list[FilePrediction]:
+def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig, console: Console,
+                  limits: ModelFilesConfig | None = None) -> list[FilePrediction]:
     """One FilePrediction per file, in the order given; unreadable files carry their reason."""
-    classifier = load_classifier(model_path)
+    classifier = load_classifier(model_path, limits)
     classes = numbered_classes(classifier, console)
     scored = score_files(classifier.model, [Path(f) for f in files], audit_cfg, console)
     return [as_prediction(s, classifier, classes) for s in scored]
@@ -60,22 +60,21 @@ def format_predictions(predictions: list[FilePrediction], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(to_jsonable(predictions), indent=1, ensure_ascii=False, allow_nan=False)
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "probability", "error"])
-        for p in predictions:
-            writer.writerow([p.path, p.label, "" if p.error else f"{p.probability:.6f}", p.error])
-        return buffer.getvalue().rstrip("\n")
+        rows = ([p.path, p.label, "" if p.error else f"{p.probability:.6f}", p.error] for p in predictions)
+        return csv_text(["path", "label", "probability", "error"], rows).rstrip("\n")
     return format_table(predictions)
 
 
 def format_table(predictions: list[FilePrediction]) -> str:
-    width = max([len("image")] + [len(p.path) for p in predictions])
-    label_width = max([len("class")] + [len(p.label) for p in predictions])
+    """An aligned table; names are shown escaped (chimuf.core.console.printable), so a file name
+    cannot move the cursor, break a line or reverse the text on the user's terminal."""
+    rows = [(printable(p.path), printable(p.label), p) for p in predictions]
+    width = max([len("image")] + [len(path) for path, _, _ in rows])
+    label_width = max([len("class")] + [len(label) for _, label, _ in rows])
     lines = [f"{'image':<{width}}  {'class':<{label_width}}  probability"]
-    for p in predictions:
+    for path, label, p in rows:
         if p.error:
-            lines.append(f"{p.path:<{width}}  {'-':<{label_width}}  error: {p.error}")
+            lines.append(f"{path:<{width}}  {'-':<{label_width}}  error: {printable(p.error)}")
         else:
-            lines.append(f"{p.path:<{width}}  {p.label:<{label_width}}  {p.probability:.3f}")
+            lines.append(f"{path:<{width}}  {label:<{label_width}}  {p.probability:.3f}")
     return "\n".join(lines)
