@@ -243,3 +243,14 @@ def test_a_changed_input_starts_the_count_again(tmp_path):
         run.stage("train", {"a": 1}, Count, lambda ctx: (_ for _ in ()).throw(RuntimeError("boom")))
     run.stage("train", {"a": 2}, Count, lambda ctx: Count(1))
     assert run.facts["train"].attempts == 1
+
+
+def test_a_saved_outcome_with_a_value_of_another_type_is_redone_not_misread(tmp_path):
+    run, _ = make_run(tmp_path)
+    run.stage("count", {"a": 1}, Count, lambda ctx: Count(1))
+    saved = read_json(run.outcome_path("count"))
+    saved["outcome"] = {"value": "one"}  # a str where Count.value is an int
+    atomic_write_json(run.outcome_path("count"), saved)
+    again, stream = make_run(tmp_path)
+    assert again.stage("count", {"a": 1}, Count, lambda ctx: Count(2)) == Count(2)
+    assert "another layout" in stream.getvalue()
