@@ -316,6 +316,21 @@ def test_weights_member_larger_than_its_parameters_need_is_refused_unread(saved_
                    r"parameters need at most")
 
 
+def test_members_adding_up_to_more_than_the_largest_model_can_need_are_refused_unread(
+        saved_model, tmp_path, temp_folder, monkeypatch):
+    import os
+
+    from chimuf.core.config import ModelFilesConfig
+    from chimuf.ml import modelsize
+
+    monkeypatch.setattr(modelsize, "MAX_LAYERS", 1)  # the cap: 1 parameter, 1 layer: about 5.3 MB
+    members = members_of(saved_model)
+    members["model.weights.h5"] = os.urandom(6 << 20)
+    path = write_archive(tmp_path / "total.keras", members)
+    refused_unread(path, temp_folder, monkeypatch, r"its members add up to 6,\d{3},\d{3} bytes uncompressed",
+                   limits=ModelFilesConfig(max_params=1))
+
+
 def test_dense_layer_of_two_million_units_is_refused_before_keras_allocates_it(flat_saved, tmp_path,
                                                                               temp_folder, monkeypatch):
     def widen(config):

@@ -8,7 +8,8 @@ before a byte of any member is read:
       for a model without assets), or one of them missing or repeated
     names that are absolute, hold `..` or a backslash, and symlinks (zip external attributes)
     encrypted members, and compression other than stored (what Keras writes) or deflated
-    a member above its own size cap, or expanding more than MAX_EXPANSION times
+    a member above its own size cap, or expanding more than MAX_EXPANSION times, or members
+      adding up to more than the caller's cap (what the largest model allowed can need)
 
 Then members are read with their CRC checked (zipfile raises on a mismatch at the end of each
 member) into a private folder (tempfile.mkdtemp, mode 0700) under fixed names, never the
@@ -59,8 +60,9 @@ class Inventory:
         return self.members[name].file_size
 
 
-def read_inventory(path: Path) -> Inventory:
-    """The checked member list of the archive at `path`; ModelError for anything refused."""
+def read_inventory(path: Path, max_total: int) -> Inventory:
+    """The checked member list of the archive at `path`, whose members may add up to `max_total`
+    bytes uncompressed; ModelError for anything refused."""
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -86,6 +88,10 @@ def read_inventory(path: Path) -> Inventory:
     if missing:
         raise ModelError(f"model `{path}` has no {shown(missing)}; a Keras model archive holds "
                          f"{', '.join(MEMBERS)}; {FIX}")
+    total = sum(info.file_size for info in infos)
+    if total > max_total:
+        raise ModelError(f"model `{path}`: its members add up to {total:,} bytes uncompressed, more than "
+                         f"the {max_total:,} the largest model chimuf opens can need; refused unread")
     members = {info.filename: info for info in infos}
     check_size(path, members[CONFIG], MAX_CONFIG_BYTES, "a model's is a few kB")
     check_size(path, members[METADATA], MAX_METADATA_BYTES, "Keras writes 64 bytes")

@@ -75,7 +75,7 @@ def load_model(path: Path, limits: ModelFilesConfig | None = None,
     limits = limits or ModelFilesConfig()
     path = check_model_path(Path(path))
     check_keras_version(installed_keras_version())
-    inventory = modelarchive.read_inventory(path)
+    inventory = modelarchive.read_inventory(path, largest_archive(limits))
     config_bytes = modelarchive.read_member(inventory, CONFIG)
     config = modelarchive.parse_json(inventory, CONFIG, config_bytes)
     check_config(config, path)
@@ -240,6 +240,13 @@ def check_size(config: Any, inventory: Inventory, limits: ModelFilesConfig) -> i
 def weights_allowance(size: modelsize.Estimate) -> int:
     """The largest weights file `size.params` parameters in `size.layers` layers can make."""
     return BYTES_PER_PARAM * size.params + HDF5_MARGIN + HDF5_PER_LAYER * size.layers
+
+
+def largest_archive(limits: ModelFilesConfig) -> int:
+    """Uncompressed bytes of the largest archive chimuf may open: the largest model `limits` allow
+    (800 MB of weights file at the default 50 M parameters) and the largest JSON members."""
+    largest = modelsize.Estimate(limits.max_params, 0, modelsize.MAX_LAYERS)
+    return weights_allowance(largest) + modelarchive.MAX_CONFIG_BYTES + modelarchive.MAX_METADATA_BYTES
 
 
 def check_weights_file(file: Path, allowance: int, path: Path) -> None:

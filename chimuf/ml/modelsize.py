@@ -37,6 +37,7 @@ Rule = Callable[[dict[str, Any], list[Shape]], tuple[int, list[Shape]]]
 # 1024 filters: chimuf.core.config's bounds) has 512 * 512 * 1024 = 2**28; nothing real needs more.
 MAX_TENSOR_VALUES = 2**28
 MAX_RANK = 8  # dimensions of a tensor, batch included
+MAX_LAYERS = 10_000  # layers in all (chimuf's models: 12; MobileNetV2: 156; EfficientNetB7: 813)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def estimate(config: Any) -> Estimate:
             raise Unsized(f"its top object is {describe(config)}, not a Keras model (Functional or "
                           "Sequential)")
         counter.model(config, None)
+        if counter.layers > MAX_LAYERS:
+            raise Unsized(f"it has {counter.layers:,} layers, more than the {MAX_LAYERS:,} chimuf opens")
     except Unsized as exc:
         raise ModelError(str(exc)) from None
     return Estimate(counter.params, counter.largest, counter.layers)
