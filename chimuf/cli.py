@@ -8,6 +8,7 @@ imports the modules that do its work when it runs, so `chimuf --help` starts ins
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from types import FrameType
 
 from chimuf import __version__
 from chimuf.core.config import AuditConfig, ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
-from chimuf.core.console import Console
+from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json
 from chimuf.core.results import ANALYSIS_STAGES, dumps
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dir", metavar="DIR", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_options(evaluate)
+    add_config_options(evaluate)
 
     predict = commands.add_parser(
         "predict", help="classify image files with a saved model",
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", metavar="OUTDIR", type=Path,
                          help="also write a Grad-CAM overlay per image into OUTDIR (of MODEL alone)")
     add_model_options(predict)
+    add_config_options(predict)
 
     export = commands.add_parser(
         "export", help="export a saved model to TFLite, SavedModel or ONNX, checked",
@@ -234,7 +237,7 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
 
     chief = parse_address(args.chief, "--chief")
     worker_id = check_worker_id(args.id) if args.id is not None else default_worker_id()
-    if not args.chief_timeout > 0:
+    if not (args.chief_timeout > 0 and math.isfinite(args.chief_timeout)):
         raise ConfigError(f"`--chief-timeout` must be a positive number of seconds, got {args.chief_timeout}")
     overrides = {"seed": args.seed} if args.seed is not None else {}
     config = load(args, **overrides)
@@ -249,7 +252,11 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_folder(out: str | None, config: StudyConfig) -> Path:
-    return Path(out) if out else PROJECT_DIR / "runs" / config.profile
+    path = Path(out) if out else PROJECT_DIR / "runs" / config.profile
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run folder `{path}` (--out) exists and is not a folder; a run folder holds "
+                          "run.json, results.json and the stages' files. Pass a new or existing folder")
+    return path
 
 
 def cache_folder(config: StudyConfig) -> Path:
@@ -282,10 +289,11 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from chimuf.tools import evaluate_folder
 
+    config = load(args)  # its [audit] reads the images, its [model_files] limits the model file
     start_tensorflow()
-    evaluation = evaluate_folder.evaluate_folder(args.model, args.dir, AuditConfig(), console,
+    evaluation = evaluate_folder.evaluate_folder(args.model, args.dir, config.audit, console,
                                                  threshold=args.threshold, ensemble=args.ensemble,
-                                                 flips=args.tta)
+                                                 flips=args.tta, limits=config.model_files)
     print(evaluate_folder.format_folder_evaluation(evaluation, as_json=args.json))
     return 0
 
@@ -293,16 +301,20 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from chimuf.tools import predict
 
+    config = load(args)  # its [audit] reads the images, its [model_files] limits the model file
     start_tensorflow()
-    predictions = predict.predict_files(args.model, args.images, AuditConfig(), console,
-                                        threshold=args.threshold, ensemble=args.ensemble, flips=args.tta)
+    predictions = predict.predict_files(args.model, args.images, config.audit, console,
+                                        threshold=args.threshold, ensemble=args.ensemble, flips=args.tta,
+                                        limits=config.model_files)
+    # The predictions are printed before any overlay is drawn: a failing --explain (its error
+    # reaches main as one line, exit status non-zero) cannot take them away.
+    print(predict.format_predictions(predictions, args.format or "table"), flush=True)
     explained = []
     if args.explain:
         from chimuf.tools.explain_files import explain_files
 
-        explained = explain_files(args.model, args.images, args.explain, AuditConfig(), console,
-                                  threshold=args.threshold)
-    print(predict.format_predictions(predictions, args.format or "table"))
+        explained = explain_files(args.model, args.images, args.explain, config.audit, console,
+                                  threshold=args.threshold, limits=config.model_files)
     return 1 if any(p.error for p in predictions) or any(e.error for e in explained) else 0
 
 
@@ -359,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except ChimufError as exc:
-        print(f"chimuf {args.command}: error: {exc}", file=sys.stderr)
+        if exc.detail:  # at length, for the run's log only (when there is one)
+            console.write(f"error detail: {exc.detail}", echo=False)
+        print(f"chimuf {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"chimuf {args.command}: interrupted; rerun the same command to resume",

@@ -21,7 +21,7 @@ from chimuf import __version__, report
 from chimuf.core.config import StudyConfig, as_dict, differences
 from chimuf.core.console import Console
 from chimuf.core.engine import Run
-from chimuf.core.errors import DataError
+from chimuf.core.errors import ConfigError, DataError
 from chimuf.core.files import atomic_write_json, now_iso
 from chimuf.core.results import (
     ANALYSIS_STAGES,
@@ -45,6 +45,7 @@ from chimuf.core.results import (
 )
 from chimuf.data import audit, cache, split
 from chimuf.ml.fit import Monitoring
+from chimuf.ml.models import Blueprint, blueprint, parameter_count
 from chimuf.stages import beyond, evaluate, explain, export, kfold, train, tune
 from chimuf.tools import tracking
 
@@ -70,6 +71,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_aft
     `callbacks` are extra Keras callbacks for every training (the six, the final model, the folds).
     With `tracking.mlflow_uri`, what the run found is logged to MLflow once the stages are done.
     """
+    check_model_sizes(config)
     if config.tracking.mlflow_uri:
         tracking.check_mlflow(config.tracking)
     results = run_stages(config, paths, console, stop_after, tune_chief, callbacks)
@@ -89,10 +91,14 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
 
         def save(stage: str, outcome: object) -> bool:
-            """Record `outcome` in results.json; True when the study should stop here."""
+            """Record `outcome` in results.json; True when the study should stop here (the run
+            is then recorded as `stopped`, resumable)."""
             setattr(results, stage, outcome)
+            stopping = stage == stop_after
+            if stopping:
+                run.stop(stage)
             write_results(run, results, config, paths)
-            return stage == stop_after
+            return stopping
 
         # 1. Which files are usable, and what is wrong with the others.
         results.audit = run.stage(
@@ -161,7 +167,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
             EvaluateOutcome,
             lambda ctx: evaluate.evaluate_final(ctx, results.cache, results.split, results.audit,
                                                 results.final, results.train, config.evaluate,
-                                                config.train, seed),
+                                                config.train, seed, config.model_files),
         )
         if save("evaluate", results.evaluate):
             return results
@@ -185,7 +191,8 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
              "explain": config.explain, "seed": seed},
             ExplainOutcome,
             lambda ctx: explain.explain_errors(ctx, results.cache, results.split, results.final,
-                                               results.evaluate, config.explain, seed),
+                                               results.evaluate, config.explain, seed,
+                                               config.model_files),
         )
         if save("explain", results.explain):
             return results
@@ -242,6 +249,25 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         write_results(run, results, config, paths)
         print_headline(console, paths.run_dir, results, rendered)
         return results
+
+
+def check_model_sizes(config: StudyConfig) -> None:
+    """Refuse, before any work, a study whose models would exceed `model_files.max_params`: their
+    saved files would be refused when the later stages open them (chimuf.ml.modelfile)."""
+    tune = config.tune
+    largest_tuned = Blueprint(tuple(int(tune.range_of(f"conv{i}_filters")[1]) for i in (1, 2, 3)),
+                              int(tune.dense_units[1]), None, None)
+    plans = [(f"model {n}", blueprint(f"model{n}", None)) for n in config.train.models]
+    plans.append(("the tuner's largest", largest_tuned))
+    size = config.data.image_size
+    name, count = max(((name, parameter_count(plan, size)) for name, plan in plans), key=lambda p: p[1])
+    if count > config.model_files.max_params:
+        raise ConfigError(
+            f"at {size} px, {name} has {count:,} parameters, more than `model_files.max_params` = "
+            f"{config.model_files.max_params:,}, so its saved model would be refused when it is "
+            f"evaluated; raise model_files.max_params to at least {count:,}, or lower data.image_size "
+            "or the tuning ranges"
+        )
 
 
 # --- what each data stage depends on: the engine reruns it when one of these changes -----------

@@ -105,3 +105,72 @@ def test_start_up_filter_drops_only_the_known_notes():
     real = ("E0000 00:00:1795887753.973037   10328 bfc_allocator.cc:12] out of memory\n"
             "UserWarning: something the user should see\n")
     assert drop_noise(notes + real) == real
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a run folder")
+    assert main(["study", "--data", str(tmp_path / "data"), "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists and is not a folder" in err
+
+
+def test_negative_seed_on_the_command_line_is_one_line(tmp_path, capsys):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    assert main(["study", "--seed", "-5", "--data", str(tmp_path / "data"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "chimuf study: error: `seed` must be a whole number from 0 to 4294967295 (2**32 - 1), " \
+                  "got -5"
+
+
+def test_an_error_naming_a_path_with_control_characters_stays_one_line(tmp_path, capsys):
+    assert main(["config", "--config", str(tmp_path / "a\nb\x1b[2J.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and r"a\nb\x1b[2J.toml" in err
+
+
+def test_error_detail_goes_to_the_run_log_not_the_terminal(tmp_path, monkeypatch, capsys):
+    from chimuf import cli
+    from chimuf.core.errors import ModelError
+
+    log = tmp_path / "study.log"
+
+    def failing(args, console):
+        console.log_to(log)
+        raise ModelError("model `m.keras` could not be loaded by Keras (short reason)",
+                         detail="Keras said\nat length\nover lines")
+
+    monkeypatch.setitem(cli.COMMANDS, "config", failing)
+    assert main(["config"]) == 2
+    expected = "chimuf config: error: model `m.keras` could not be loaded by Keras (short reason)\n"
+    assert capsys.readouterr().err == expected
+    assert "error detail: Keras said\nat length\nover lines" in log.read_text()
+
+
+def test_a_study_stopped_after_a_stage_is_recorded_stopped_and_resumes_without_a_kill_warning(tmp_path):
+    import io
+    import json
+
+    from chimuf.core.console import Console
+    from chimuf.study import StudyPaths, run_study
+    from tests.conftest import make_dataset
+
+    paths = StudyPaths(make_dataset(tmp_path / "data", per_class=10), tmp_path / "run", tmp_path / "cache")
+    config = load_config(profile="smoke")
+    run_study(config, paths, Console(stream=io.StringIO(), live=False), stop_after="split")
+    assert json.loads((paths.run_dir / "run.json").read_text())["status"] == "stopped"
+    assert json.loads((paths.run_dir / "results.json").read_text())["run"]["status"] == "stopped"
+    stream = io.StringIO()
+    run_study(config, paths, Console(stream=stream, live=False), stop_after="split")
+    assert "stopped after `split` as asked; resuming" in stream.getvalue()
+    assert "was killed" not in stream.getvalue()
+
+
+def test_a_study_whose_models_would_exceed_the_parameter_cap_is_refused_before_any_work(tmp_path):
+    from chimuf.core.errors import ConfigError
+    from chimuf.study import check_model_sizes
+
+    check_model_sizes(load_config())  # the paper's study fits the default cap
+    with pytest.raises(ConfigError, match=r"at 512 px, the tuner's largest has 134,588,801 parameters"):
+        check_model_sizes(load_config(overrides={"data": {"image_size": 512}}))

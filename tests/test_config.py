@@ -82,3 +82,56 @@ def test_differences_from_the_paper():
     assert diffs["train.epochs"] == (50, 2)
     assert "split.test_fraction" not in diffs
     assert differences(StudyConfig()) == []
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("seed = -1\n", r"`seed` must be a whole number from 0 to 4294967295"),
+        ("seed = 4294967296\n", r"`seed` must be a whole number from 0 to 4294967295"),
+        ("[audit]\nmax_file_mb = nan\n", r"`audit.max_file_mb` must be a finite number, got nan"),
+        ("[audit]\nmax_file_mb = inf\n", r"`audit.max_file_mb` must be a finite number, got inf"),
+        ("[audit]\nmax_file_mb = -1\n", r"`audit.max_file_mb` must be a positive number of MiB, got -1.0"),
+        ("[train]\nlearning_rate = inf\n", r"`train.learning_rate` must be a finite number"),
+        ("[tune]\nworker_timeout_s = -inf\n", r"`tune.worker_timeout_s` must be a finite number"),
+        ("[tune]\ndropout_conv = [0.0, nan, 0.1]\n", r"`tune.dropout_conv` must be a finite number"),
+        ("[data]\nimage_size = 4096\n", r"`data.image_size` must be between 16 and 512 pixels"),
+        ("[kfold]\nfolds = 100000\n", r"`kfold.folds` must be between 2 and 100"),
+        ("[tune]\nconv1_filters = [128, 32, 32]\n", r"`tune.conv1_filters` must be \[min, max, step\]"),
+        ("[tune]\ndense_units = [32, 100000, 32]\n", r"`tune.dense_units` .*within \[1, 1024\]"),
+        ("[tune]\ndropout_dense = [0.0, 0.5, 1e-12]\n", r"`tune.dropout_dense` .*at most 1000 values"),
+        ("[model_files]\nmax_params = 0\n", r"`model_files.max_params` must be at least 1"),
+    ],
+)
+def test_values_that_would_crash_or_mislead_later_are_refused_by_name(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, toml))
+
+
+def test_profile_given_as_a_list_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"`profile` must be a string, one of paper, quick, smoke; got \["):
+        load_config(write(tmp_path, 'profile = ["smoke"]\n'))
+
+
+def test_deeply_nested_toml_arrays_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="nests arrays or tables too deeply"):
+        load_config(write(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+def test_every_float_field_is_checked_finite_whatever_its_own_check(tmp_path):
+    import dataclasses
+
+    def float_fields(config, where=""):
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from float_fields(value, f"{where}{f.name}.")
+            elif isinstance(value, float):
+                yield where, f.name
+
+    found = list(float_fields(StudyConfig()))
+    assert len(found) > 10
+    for section, name in found:
+        toml = f"[{section.rstrip('.')}]\n{name} = nan\n"
+        with pytest.raises(ConfigError, match=f"`{section}{name}` must be a finite number"):
+            load_config(write(tmp_path, toml))

@@ -1,6 +1,10 @@
 import io
 import json
 import os
+import re
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +110,56 @@ def test_status_is_honest(tmp_path):
     assert read_json(run.root / "run.json")["status"] == "finished"
 
 
+HOLD_RUN = """
+import sys
+from pathlib import Path
+from chimuf.core.console import Console
+from chimuf.core.engine import Run
+with Run(Path(sys.argv[1]), Console(live=False, quiet=True)).activate({}):
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
 def test_run_folder_in_use_by_a_live_process_is_refused(tmp_path):
-    run, _ = make_run(tmp_path)
-    atomic_write_json(run.root / "run.json", {"status": "running", "pid": 1})
-    again = Run(run.root, quiet_console()[0])
-    with pytest.raises(StageError, match="in use by process 1"), again.activate({}):
+    # The folder is in use when another process holds its lock (a run.json naming a live pid is
+    # no longer enough: pids are reused), so the other process here is real and holds it.
+    root = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        again = Run(root, quiet_console()[0])
+        expected = f"in use by process {holder.pid} on host {socket.gethostname()}"
+        with pytest.raises(StageError, match=re.escape(expected)), again.activate({}):
+            pass
+    finally:
+        holder.communicate("", timeout=30)
+    with again.activate({}):  # the holder has ended: the kernel released its lock
         pass
+
+
+def test_a_dead_run_whose_pid_was_reused_does_not_lock_its_folder_out(tmp_path):
+    run, _ = make_run(tmp_path)
+    run.root.mkdir(parents=True)
+    atomic_write_json(run.root / "run.json", {"status": "running", "pid": 1})  # pid 1 is alive
+    console, stream = quiet_console()
+    with Run(run.root, console).activate({}):
+        assert read_json(run.root / "run.json")["pid"] == os.getpid()
+    assert "was killed" in stream.getvalue()
+
+
+def test_a_stopped_run_is_recorded_as_stopped_and_resumes_without_a_kill_warning(tmp_path):
+    run, _ = make_run(tmp_path)
+    with run.activate({}):
+        run.stop("split")
+    state = read_json(run.root / "run.json")
+    assert (state["status"], state["stopped_after"]) == ("stopped", "split")
+    console, stream = quiet_console()
+    with Run(run.root, console).activate({}):
+        assert "stopped_after" not in read_json(run.root / "run.json")
+    assert "was killed" not in stream.getvalue()
+    assert "stopped after `split` as asked; resuming" in stream.getvalue()
 
 
 def test_atomic_write_leaves_no_temp_files_and_damaged_json_is_an_error(tmp_path):
@@ -195,3 +243,14 @@ def test_a_changed_input_starts_the_count_again(tmp_path):
         run.stage("train", {"a": 1}, Count, lambda ctx: (_ for _ in ()).throw(RuntimeError("boom")))
     run.stage("train", {"a": 2}, Count, lambda ctx: Count(1))
     assert run.facts["train"].attempts == 1
+
+
+def test_a_saved_outcome_with_a_value_of_another_type_is_redone_not_misread(tmp_path):
+    run, _ = make_run(tmp_path)
+    run.stage("count", {"a": 1}, Count, lambda ctx: Count(1))
+    saved = read_json(run.outcome_path("count"))
+    saved["outcome"] = {"value": "one"}  # a str where Count.value is an int
+    atomic_write_json(run.outcome_path("count"), saved)
+    again, stream = make_run(tmp_path)
+    assert again.stage("count", {"a": 1}, Count, lambda ctx: Count(2)) == Count(2)
+    assert "another layout" in stream.getvalue()

@@ -265,3 +265,18 @@ def test_cli_evaluate_json_prints_one_object(folder_model, tmp_path, capsys):
     assert main(["-q", "evaluate", str(folder_model), str(data), "--json"]) == 0
     parsed = json.loads(capsys.readouterr().out)
     assert parsed["n_images"] == 8
+
+
+def test_predictions_csv_defuses_file_names_that_start_a_formula_and_keeps_numbers():
+    text = evaluate.predictions_table(["muffin/=1+1.jpg", "=cmd|'/c calc'!A0.png"], np.array([1, 0]),
+                                      np.array([0.25, 0.75]), ["chihuahua", "muffin"],
+                                      {"model1": np.array([0.5, 1.0])})
+    rows = list(csv.reader(io.StringIO(text)))
+    assert [row[0] for row in rows[1:]] == ["muffin/=1+1.jpg", "'=cmd|'/c calc'!A0.png"]
+    assert rows[1][2:] == ["0.25000000", "0.50000000"]
+
+
+def test_every_csv_chimuf_writes_goes_through_the_one_defusing_helper():
+    root = Path(__file__).resolve().parents[1] / "chimuf"
+    writers = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "csv.writer(" in p.read_text()]
+    assert writers == ["core/files.py"]

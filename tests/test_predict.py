@@ -116,3 +116,46 @@ def test_without_a_classes_file_labels_are_indices_with_a_warning(model_path, fi
     (p,) = predict.predict_files(bare, files[:1], AuditConfig(), Console(stream=stream, live=False))
     assert p.label in ("0", "1")
     assert "bare.classes.json" in stream.getvalue()
+
+
+HOSTILE_NAME = "a\x1b[2Jb\nfake line\u202egpj.exe"  # clears the screen, breaks the line, reverses text
+
+
+def test_table_shows_control_characters_and_bidi_overrides_escaped():
+    rows = [predict.FilePrediction(HOSTILE_NAME, "mu\u202effin", 0.9),
+            predict.FilePrediction("ok.png", "", math.nan, "broken\x1b]0;title\x07")]
+    table = predict.format_predictions(rows, "table")
+    assert len(table.splitlines()) == 3  # header and two rows: no line of the file name's own
+    assert "\x1b" not in table and "\u202e" not in table and "\x07" not in table
+    assert r"a\x1b[2Jb\nfake line\u202egpj.exe" in table and r"mu\u202effin" in table
+
+
+def test_csv_cells_that_would_run_as_formulas_are_defused_and_numbers_stay_numbers():
+    rows = [predict.FilePrediction("=HYPERLINK(\"http://x\")", "+cmd", 0.5),
+            predict.FilePrediction("@SUM(A1)", "-2+3", 0.25),
+            predict.FilePrediction("\tx.png", "muffin", 0.75, ""),
+            predict.FilePrediction("-0.5", "chihuahua", 1.0)]
+    parsed = list(csv.reader(io.StringIO(predict.format_predictions(rows, "csv"))))
+    assert [row[0] for row in parsed[1:]] == ["'=HYPERLINK(\"http://x\")", "'@SUM(A1)", "'\tx.png", "-0.5"]
+    assert [row[1] for row in parsed[1:]] == ["'+cmd", "'-2+3", "muffin", "chihuahua"]
+    assert [row[2] for row in parsed[1:]] == ["0.500000", "0.250000", "0.750000", "1.000000"]
+
+
+def test_a_failed_explain_keeps_the_predictions_already_printed(model_path, files, tmp_path, capsys):
+    from chimuf.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["-q", "predict", str(model_path), str(files[0]), "--explain", str(blocker)]) == 2
+    out, err = capsys.readouterr()
+    assert str(files[0]) in out and ("chihuahua" in out or "muffin" in out)
+    assert err.count("\n") == 1 and "is a file; pass a folder" in err
+
+
+def test_predict_reads_the_model_size_limit_from_the_config(model_path, files, tmp_path, capsys):
+    from chimuf.cli import main
+
+    config = tmp_path / "small.toml"
+    config.write_text("[model_files]\nmax_params = 10\n")
+    assert main(["-q", "predict", str(model_path), str(files[0]), "--config", str(config)]) == 2
+    assert "more than `model_files.max_params` = 10" in capsys.readouterr().err

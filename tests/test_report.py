@@ -379,6 +379,61 @@ def test_results_json_of_another_schema_version_is_refused(tmp_path: Path) -> No
         build_report(tmp_path, ReportConfig(), QUIET)
 
 
+def results_json_with(tmp_path: Path, change) -> Path:
+    """A run folder whose results.json is the complete fixture passed through `change(dict)`."""
+    from chimuf.core.results import to_jsonable
+
+    data = to_jsonable(complete_results(tmp_path))
+    change(data)
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["evaluate"].update(accuracy="high"), r"`evaluate.accuracy` must be a number, got \"high"),
+    (lambda d: d["evaluate"]["confusion_figure"].update(path=5),
+     r"`evaluate.confusion_figure.path` must be a string, got 5"),
+    (lambda d: d["run"].update(extra=1), r"`run.extra` is not a field of RunInfo"),
+    (lambda d: d["audit"].pop("digest"), r"`audit.digest` is missing"),
+    (lambda d: d["train"]["trainings"][0].update(params=1.5),
+     r"`train.trainings\[0\].params` must be a whole"),
+])
+def test_results_json_of_the_wrong_types_is_one_line_naming_the_key(tmp_path: Path, capsys, change,
+                                                                     message) -> None:
+    from chimuf.cli import main
+
+    run_dir = results_json_with(tmp_path, change)
+    with pytest.raises(ReportError, match=message):
+        read_results(run_dir)
+    assert main(["--quiet", "report", str(run_dir)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_whole_numbers_in_float_fields_are_read_and_kept_as_written(tmp_path: Path) -> None:
+    from chimuf.core.results import digest, to_jsonable
+
+    def whole_accuracy(data):
+        data["evaluate"]["accuracy"] = 1
+
+    run_dir = results_json_with(tmp_path, whole_accuracy)
+    results = read_results(run_dir)
+    assert results.evaluate.accuracy == 1
+    assert digest(to_jsonable(results)) == digest(json.loads((run_dir / "results.json").read_text()))
+
+
+def test_results_json_nested_too_deep_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ReportError, match="nests its JSON too deeply"):
+        read_results(tmp_path)
+
+
+def test_a_run_stopped_after_a_stage_says_so_at_the_top(tmp_path: Path) -> None:
+    results = partial_results(tmp_path / "run")
+    results.run = replace(results.run, status="stopped")
+    top = render_markdown(results, {}).split("# Introduction")[0]
+    assert "stopped on purpose (`--stop-after`)" in top and "Not run yet: cache" in top
+
+
 def test_missing_templates_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from chimuf.report import markdown
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -71,15 +72,32 @@ def non_empty_subset(*choices: Any) -> Check:
     return Check(lambda v: len(v) > 0 and set(v) <= set(choices), f"a non-empty list of {listed}")
 
 
+# The largest search a config may ask for. Filters and units: 4x the paper's largest (256); the
+# models such a search builds must still fit `model_files.max_params`, which the study checks
+# before training.
+# Values per hyperparameter: the search space is listed value by value (chimuf.tuning.space), so a
+# step of 1e-12 must not ask for 5e11 of them.
+MAX_SEARCH_COUNT = 1024
+MAX_SEARCH_VALUES = 1000
+
+
 def search_range(rate: bool = False) -> Check:
-    """[min, max, step] of one hyperparameter of the search (min <= max, step > 0)."""
+    """[min, max, step] of one hyperparameter of the search (min <= max, step > 0, at most
+    MAX_SEARCH_VALUES values; counts at most MAX_SEARCH_COUNT)."""
     def ok(v: Any) -> bool:
         if len(v) != 3 or not (v[0] <= v[1] and v[2] > 0):
             return False
-        return (v[0] >= 0 and v[1] < 1) if rate else v[0] >= 1
+        if (v[1] - v[0]) / v[2] >= MAX_SEARCH_VALUES:
+            return False
+        return (v[0] >= 0 and v[1] < 1) if rate else v[0] >= 1 and v[1] <= MAX_SEARCH_COUNT
 
-    words = "[min, max, step] with min <= max and step > 0"
-    return Check(ok, words + (", within [0, 1)" if rate else ", min at least 1"))
+    words = f"[min, max, step] with min <= max, step > 0 and at most {MAX_SEARCH_VALUES} values"
+    return Check(ok, words + (", within [0, 1)" if rate else f", within [1, {MAX_SEARCH_COUNT}]"))
+
+
+def seed_range() -> Check:
+    """Seeds feed numpy's and TensorFlow's generators, which take unsigned 32-bit seeds."""
+    return Check(lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295 (2**32 - 1)")
 
 
 def opt(default: Any, help: str, check: Check | None = None) -> Any:
@@ -93,10 +111,17 @@ def opt(default: Any, help: str, check: Check | None = None) -> Any:
 # --- one dataclass per stage -------------------------------------------------------------------
 
 
+# The largest image side a study may use. The paper uses 128; 512 keeps the decoded cache of the
+# Kaggle data (about 6 000 photos) near 4.7 GB (N x side^2 x 3 bytes; at 1024 it would be 19 GB), and
+# covers the photos' own sizes. Model files whose input is larger are refused (chimuf.ml.modelfile).
+MAX_IMAGE_SIZE = 512
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = opt("", "data folder, one sub-folder per class; '' means --data, CHIMUF_DATA, data/")
-    image_size: int = opt(128, "images are resized to image_size x image_size pixels, RGB", at_least(16))
+    image_size: int = opt(128, "images are resized to image_size x image_size pixels, RGB",
+                          between(16, MAX_IMAGE_SIZE, unit="pixels"))
     max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs",
                              non_negative("0 (all) or more"))
     cache_dir: str = opt("", "where decoded images are cached; '' means $CHIMUF_CACHE_DIR, else runs/cache")
@@ -107,7 +132,8 @@ class AuditConfig:
     min_side: int = opt(32, "images with a side shorter than this (pixels) are rejected", at_least(1))
     max_pixels: int = opt(50_000_000, "images with more pixels are rejected unread (decompression bombs)",
                           at_least(1))
-    max_file_mb: float = opt(50.0, "files larger than this (MiB) are rejected unread")
+    max_file_mb: float = opt(50.0, "files larger than this (MiB) are rejected unread",
+                             positive("a positive number of MiB"))
     near_duplicate_distance: int = opt(
         4, "two images whose 64-bit perceptual hashes differ in at most this many bits are near duplicates",
         between(0, 32, unit="bits"),
@@ -229,7 +255,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class KFoldConfig:
-    folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)", at_least(2))
+    # 100 folds of ~6 000 images is already near leave-one-out cost (100 trainings); more is a typo.
+    folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)", between(2, 100))
     early_stopping: bool = opt(
         False, "true: each fold early-stops on its own held-out fold, as the paper did (costs epochs "
         "and flatters the fold's score: the fold that scores it also chose its epoch); false: each fold "
@@ -276,9 +303,23 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class ModelFilesConfig:
+    """Limits on the `.keras` files chimuf opens (chimuf.ml.modelfile): model files are untrusted."""
+
+    # The tuner's largest model at 128 px (conv 64/128/256, dense 128) has 8 759 681 parameters,
+    # model 1 has 4 213 825; at 256 px the tuner's largest has 33 925 505. 50 M leaves 5.7x room
+    # at the paper's 128 px, and costs at most 200 MB of float32 weights (800 MB of weights file
+    # with optimizer state) for a file that claims it. A study whose models would exceed it is
+    # refused before training (chimuf.study).
+    max_params: int = opt(50_000_000, "model files with more parameters (estimated from their "
+                          "config.json before loading) are refused", at_least(1))
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     profile: str = opt("paper", "the profile these values start from: paper, quick or smoke")
-    seed: int = opt(42, "seed of the split, shuffling, augmentation, initialisation and tuning")
+    seed: int = opt(42, "seed of the split, shuffling, augmentation, initialisation and tuning",
+                    seed_range())
     data: DataConfig = field(default_factory=DataConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -292,6 +333,7 @@ class StudyConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    model_files: ModelFilesConfig = field(default_factory=ModelFilesConfig)
 
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -337,6 +379,8 @@ def load_config(
     """
     from_file = read_toml(path) if path is not None else {}
     chosen = profile or from_file.get("profile") or "paper"
+    if not isinstance(chosen, str):
+        raise ConfigError(f"`profile` must be a string, one of {', '.join(PROFILES)}; got {chosen!r}")
     if chosen not in PROFILES:
         raise ConfigError(
             f"unknown profile `{chosen}`; allowed: {', '.join(PROFILES)}"
@@ -362,6 +406,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file `{path}` is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file `{path}` nests arrays or tables too deeply to read; a study "
+                          "config needs two levels ([section] and key = value)") from None
 
 
 def build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -414,12 +461,19 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def check_config(config: Any, where: str = "") -> None:
-    """Every field's own check (declared beside it with `opt(..., check)`), section by section."""
+    """Every field's own check (declared beside it with `opt(..., check)`), section by section.
+
+    Every number must be finite first: `inf` and `nan` pass no range honestly (nan compares
+    false with everything, so `max_file_mb = nan` would switch a limit off)."""
     for f in fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             check_config(value, f"{where}{f.name}.")
             continue
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"`{where}{f.name}` must be a finite number, got {shown!r}")
         check = f.metadata.get("check")
         if check is not None and not check.ok(value):
             shown = list(value) if isinstance(value, tuple) else value

@@ -126,6 +126,18 @@ class Console:
         return Progress(self, description, total, unit)
 
 
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: every character Python's `repr` would escape (control
+    characters such as ESC and newlines, bidi overrides like U+202E, other invisible format
+    characters) shown as `repr` shows it (`\\x1b`, `\\n`, `\\u202e`); the rest unchanged.
+
+    File names and class names come from outside, and a name holding an escape sequence or a
+    right-to-left override would otherwise rewrite what the user sees."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0, round(seconds))
     if seconds < 60:

@@ -6,7 +6,8 @@ the config, digests of the data and of upstream outcomes) and a function that do
 returns an outcome dataclass. Layout of a run folder:
 
     runs/<run-id>/
-        run.json             status: running | finished | failed | interrupted
+        run.json             status: running | stopped | finished | failed | interrupted
+        .lock                held (flock) by the study that uses the folder; says host and pid
         study.log            everything the console said
         stages/<name>.json   a finished stage: inputs, their fingerprint, outcome
         <name>/              the stage's own files (models, figures, checkpoints)
@@ -16,14 +17,22 @@ A rerun reads stages/<name>.json; if the fingerprint of the new inputs matches, 
 skipped. If not, the engine says which input changed and runs it again. A stage's folder keeps
 partial work (checkpoints, finished sub-units) for a rerun with the same inputs; with different
 inputs it is emptied first, so stale work is never resumed.
+
+One study at a time uses a run folder: it holds an exclusive `flock` on `.lock` while it runs.
+The kernel drops the lock when the process ends, however it ends, so a killed study never locks
+its folder out, and a process id reused by another program means nothing. On NFS, Linux maps
+flock to the server's byte-range locks, so two machines sharing a run folder see each other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,11 +42,12 @@ from typing import Any, TypeVar
 from chimuf.core.console import Console, format_seconds
 from chimuf.core.errors import ChimufError, Interrupted, StageError
 from chimuf.core.files import atomic_write_json, atomic_write_text, now_iso, read_json
-from chimuf.core.results import StageFact, digest, from_jsonable, to_jsonable
+from chimuf.core.results import LayoutError, StageFact, digest, from_jsonable, to_jsonable
 
 T = TypeVar("T")
 
-RUN_STATES = ("running", "finished", "failed", "interrupted")
+RUN_STATES = ("running", "stopped", "finished", "failed", "interrupted")
+LOCK_FILE = ".lock"  # in the run folder, locked by the study using it
 ATTEMPTS_FILE = ".attempts.json"  # in the stage's work folder, while the stage is unfinished
 INPUTS_FILE = ".inputs"  # in the stage's work folder: the fingerprint its partial work was made from
 
@@ -126,25 +136,37 @@ class Run:
 
     @contextlib.contextmanager
     def activate(self, info: dict[str, Any]) -> Iterator[Run]:
-        """Mark the run `running` for the duration; `failed` or `interrupted` if it ends badly.
+        """Hold the run folder's lock and mark the run `running` for the duration; `failed` or
+        `interrupted` if it ends badly.
 
-        The caller marks it `finished` (with `finish`) only when every stage has completed.
+        The caller marks it `finished` (with `finish`) only when every stage has completed, or
+        `stopped` (with `stop`) when it ends early on purpose.
         """
         self.check_writable()
+        lock = hold_lock(self.root)
+        try:
+            with self.running(info):
+                yield self
+        finally:
+            os.close(lock)
+
+    @contextlib.contextmanager
+    def running(self, info: dict[str, Any]) -> Iterator[None]:
+        """The status part of `activate`: say how the last attempt ended, then record this one's."""
+        self.state = self.read_state()  # as the last holder of the lock left it
         previous = self.state.get("status")
-        if previous == "running" and pid_alive(self.state.get("pid")):
-            raise StageError(
-                f"run folder `{self.root}` is in use by process {self.state.get('pid')}; "
-                "wait for it, stop it, or choose another folder with --out"
-            )
         if previous == "running":
             self.console.warn("the previous attempt of this run was killed; resuming it")
+        elif previous == "stopped":
+            self.console.info(f"the previous attempt stopped after `{self.state.get('stopped_after', '?')}` "
+                              "as asked; resuming")
         elif previous in ("failed", "interrupted"):
             self.console.info(f"the previous attempt {previous}; resuming")
         self.state.setdefault("started_at", now_iso())
+        self.state.pop("stopped_after", None)
         self.write_state(status="running", pid=os.getpid(), error="", **info)
         try:
-            yield self
+            yield
         except (Interrupted, KeyboardInterrupt):
             self.write_state(status="interrupted", error="stopped by a signal")
             raise
@@ -158,6 +180,11 @@ class Run:
 
     def finish(self) -> None:
         self.write_state(status="finished")
+
+    def stop(self, after: str) -> None:
+        """Record that the study ended on purpose after stage `after` (--stop-after): resumable,
+        and no sign of a kill."""
+        self.write_state(status="stopped", stopped_after=after)
 
     def check_writable(self) -> None:
         try:
@@ -309,20 +336,29 @@ def last_write(folder: Path) -> float:
 
 def fitting_outcome(outcome_type: type[T], data: Any) -> T | None:
     """`data` read back as `outcome_type`; None when it does not fit (saved by a chimuf whose
-    outcome layout differs), so that the work is done again rather than misread."""
+    outcome layout differs: an unknown or missing key, a value of another type), so that the work
+    is done again rather than misread."""
     try:
         return from_jsonable(outcome_type, data)
-    except (TypeError, KeyError, ValueError, AttributeError):
+    except (LayoutError, TypeError, KeyError, ValueError, AttributeError):
         return None
 
 
-def pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+def hold_lock(root: Path) -> int:
+    """An exclusive flock on `root/.lock` (its file descriptor), or StageError naming the host and
+    process that hold it. The lock lasts until the descriptor is closed or the process ends."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise StageError(
+            f"run folder `{root}` is in use by {holder}; wait for it, stop it, or choose another "
+            "folder with --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    return fd

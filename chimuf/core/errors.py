@@ -6,9 +6,17 @@ do. The CLI prints the message as one line and exits non-zero; any other excepti
 
 
 class ChimufError(Exception):
-    """Base of every error chimuf reports to the user without a traceback."""
+    """Base of every error chimuf reports to the user without a traceback.
+
+    `detail` is what a library said at length (Keras' nested messages, say): the CLI writes it to
+    the run's log, not to the terminal, so the user sees one line and the log keeps the rest.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 class ConfigError(ChimufError):

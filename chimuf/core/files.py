@@ -9,11 +9,14 @@ this way, so the helpers live here, apart from the stage engine that uses them t
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
+import io
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +86,38 @@ def safe_name(text: str) -> str:
     """`text` as a file name: letters, digits, '.', '_' and '-' only, at most 80 characters, safe
     on every file system and in a report (runs of anything else become one '_')."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80]
+
+
+# --- CSV for people (and their spreadsheets) ---------------------------------------------------
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV with a header row, every text cell defused for spreadsheets (`spreadsheet_safe`).
+
+    Every CSV chimuf writes goes through here: file names and labels come from the data folder
+    or the command line, so a file called `=HYPERLINK(...).jpg` must not become a formula."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([spreadsheet_safe(c) for c in header])
+    for row in rows:
+        writer.writerow([spreadsheet_safe(c) for c in row])
+    return buffer.getvalue()
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """`cell`, or for text that a spreadsheet would run as a formula, the text behind an apostrophe.
+
+    OWASP's advice: a leading `'` makes the cell text (spreadsheets show it without the
+    apostrophe), and the csv module quotes the cell where it holds a comma, quote or line break.
+    Numbers stay numbers: a float, an int, or text that is a plain decimal number ("-0.5",
+    "-1e-05") starts no formula, so a probability column is still a column of numbers.
+    """
+    if not isinstance(cell, str) or not cell.startswith(FORMULA_STARTS):
+        return cell
+    if PLAIN_NUMBER.fullmatch(cell):
+        return cell
+    return "'" + cell

@@ -481,7 +481,7 @@ class ConfigDifference:
 @dataclass
 class RunInfo:
     run_id: str
-    status: str  # "running" | "finished" | "failed" | "interrupted"
+    status: str  # "running" | "stopped" (--stop-after) | "finished" | "failed" | "interrupted"
     profile: str
     seed: int
     config: dict[str, Any]
@@ -539,27 +539,95 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def from_jsonable(cls: Any, data: Any) -> Any:
-    """Rebuild a value of type `cls` (dataclass, list[...], dict, Optional) from JSON data."""
+class LayoutError(ValueError):
+    """JSON data that does not have the layout of the type it is read as: the key (dotted path),
+    what the type wants and what was found. A ValueError, so every reader that already treats a
+    ValueError as "another layout" (chimuf.core.engine.fitting_outcome) treats this one so too."""
+
+
+def from_jsonable(cls: Any, data: Any, where: str = "") -> Any:
+    """Rebuild a value of type `cls` (dataclass, list[...], dict, Optional, str, int, float, bool)
+    from JSON data, checking every type on the way; LayoutError names the first key that does
+    not fit (a wrong type, an unknown key, a missing one).
+
+    Ints are accepted for floats and kept as ints (JSON keeps 48 and 48.0 apart, and a digest of
+    the outcome must not change on a round trip); null is NaN for a float.
+    """
+    if cls is Any:
+        return data
     if data is None:
         if cls is float:
             return float("nan")
-        return None
+        if type(None) in get_args(cls):
+            return None
+        raise LayoutError(f"`{where or 'the top level'}` is null; expected {type_words(cls)}")
     origin = get_origin(cls)
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(cls) if a is not type(None)]
-        return from_jsonable(options[0], data)
+        for option in options[:-1]:
+            try:
+                return from_jsonable(option, data, where)
+            except LayoutError:
+                continue
+        return from_jsonable(options[-1], data, where)
     if origin is list:
         (item,) = get_args(cls)
-        return [from_jsonable(item, v) for v in data]
+        expect(isinstance(data, list), cls, data, where)
+        return [from_jsonable(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
     if origin is dict:
         _key, item = get_args(cls)
-        return {k: from_jsonable(item, v) for k, v in data.items()}
+        expect(isinstance(data, dict), cls, data, where)
+        return {k: from_jsonable(item, v, f"{where}.{k}" if where else k) for k, v in data.items()}
     if dataclasses.is_dataclass(cls):
-        hints = get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: from_jsonable(hints[k], v) for k, v in data.items() if k in known})
+        return dataclass_from_jsonable(cls, data, where)
+    expect(is_plain(cls, data), cls, data, where)
     return data  # ints stay ints (JSON keeps 48 and 48.0 apart), so a round trip is exact
+
+
+def dataclass_from_jsonable(cls: Any, data: Any, where: str) -> Any:
+    expect(isinstance(data, dict), cls, data, where)
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in known:
+            raise LayoutError(f"`{prefix}{key}` is not a field of {cls.__name__} "
+                              f"(its fields: {', '.join(known)})")
+    for name, f in known.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            raise LayoutError(f"`{prefix}{name}` is missing ({cls.__name__} needs it)")
+    return cls(**{k: from_jsonable(hints[k], v, f"{prefix}{k}") for k, v in data.items()})
+
+
+PLAIN_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}
+
+
+def is_plain(cls: Any, data: Any) -> bool:
+    """`data` is a JSON value of the plain type `cls` (bool is not a number here)."""
+    if cls not in PLAIN_TYPES:
+        raise AssertionError(f"results type {cls!r} is not one from_jsonable reads")
+    if cls is not bool and isinstance(data, bool):
+        return False
+    return isinstance(data, PLAIN_TYPES[cls])
+
+
+def expect(ok: bool, cls: Any, data: Any, where: str) -> None:
+    if not ok:
+        shown = json.dumps(data, ensure_ascii=False)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise LayoutError(f"`{where or 'the top level'}` must be {type_words(cls)}, got {shown}")
+
+
+def type_words(cls: Any) -> str:
+    words = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+    if cls in words:
+        return words[cls]
+    if get_origin(cls) is list:
+        return "a list"
+    if get_origin(cls) is dict or dataclasses.is_dataclass(cls):
+        return f"an object ({getattr(cls, '__name__', 'dict')})"
+    return str(cls)
 
 
 def dumps(value: Any) -> str:
@@ -574,6 +642,8 @@ def digest(value: Any) -> str:
 
 def load_results(text: str) -> Results:
     data = json.loads(text)
+    if not isinstance(data, dict):
+        raise LayoutError("results.json must hold one JSON object (Results)")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ReportError(

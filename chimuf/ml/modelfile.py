@@ -1,15 +1,26 @@
 """Opening a saved model safely: a model file is untrusted input.
 
-A Keras `.keras` file is a zip archive whose `config.json` names the classes to build. Loading
-it runs the constructors it names, and a `Lambda` layer carries Python bytecode, so a file from
-elsewhere can run code. So, before anything is deserialised:
+A Keras `.keras` file is a zip archive whose `config.json` names the classes to build and their
+sizes. Loading it runs the constructors it names (a `Lambda` layer carries Python bytecode, so a
+file from elsewhere can run code) and allocates every weight it declares. So, before anything is
+deserialised:
 
-    suffix .keras → Keras ≥ 3.14.1 → a zip archive with config.json → every object it names is
-      a Keras or chimuf class, and no Lambda → load with safe_mode=True → one sigmoid output
+    1. the path: suffix .keras, a regular file (not a folder, FIFO or device); Keras >= 3.14.1
+    2. the archive (chimuf.ml.modelarchive): exactly config.json, metadata.json and
+       model.weights.h5, plain names, no links, no encryption, stored or deflated, sizes capped
+    3. config.json: read with its CRC checked, at most 64 levels deep; every object it names is a
+       Keras or chimuf class, and no Lambda or TFSMLayer
+    4. its size (chimuf.ml.modelsize): the parameters Keras would allocate, at most
+       `model_files.max_params`; the weights member (and the datasets declared inside it) at most
+       what that many parameters need
+    5. the members copied, CRC checked, into a private temp folder under fixed names; Keras loads
+       that folder (safe_mode=True, never switched off); the folder is removed whatever happens
+    6. what comes out: one sigmoid output; a square RGB input of at most MAX_IMAGE_SIZE pixels
 
-`safe_mode=True` is never switched off. The model comes back uncompiled (`compile=False`): the
-optimizer and loss in the file are not rebuilt, since evaluating and predicting do not need them.
-HDF5 (`.h5`) and SavedModel folders are refused: they bypass these checks.
+The model comes back uncompiled (`compile=False`): the optimizer and loss in the file are not
+rebuilt, since evaluating and predicting do not need them. HDF5 (`.h5`) and SavedModel folders are
+refused: they bypass these checks. Every refusal, and every error Keras raises, is one ModelError
+line (what, which file, what to do); Keras' own long message goes to the run's log as its detail.
 
 A model file says nothing about class names, so `<model>.classes.json` beside it records them
 (`write_classes`, written by whoever saves the model); `read_classes` reads it back.
@@ -18,18 +29,25 @@ A model file says nothing about class names, so `<model>.classes.json` beside it
 from __future__ import annotations
 
 import json
-import zipfile
+import math
+import stat
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chimuf.core.config import MAX_IMAGE_SIZE, ModelFilesConfig
 from chimuf.core.errors import ModelError
 from chimuf.core.files import atomic_write_json
 from chimuf.core.results import DEFAULT_THRESHOLD
+from chimuf.ml import modelarchive, modelsize
+from chimuf.ml.modelarchive import CONFIG, METADATA, WEIGHTS, Inventory
 
 if TYPE_CHECKING:
     import keras
+
+    from chimuf.core.console import Console
 
 MIN_KERAS = (3, 14, 1)  # safe-mode and HDF5 fixes of 2025-2026
 TRUSTED_PACKAGES = ("keras", "chimuf")
@@ -37,16 +55,41 @@ REFUSED_CLASSES = ("Lambda", "__lambda__", "TFSMLayer")
 # Markers Keras writes with no module for its own plain values (tensors, arrays, slices).
 KERAS_VALUE_MARKERS = ("__keras_tensor__", "__tensor__", "__numpy__", "__slice__", "__ellipsis__",
                        "__bytes__", "__typespec__")
-MAX_CONFIG_BYTES = 32 * 1024 * 1024  # a real model's config.json is a few kB
+# Bytes of weights file one parameter may need: a float32 weight and three float32 optimizer slots
+# (Adam with amsgrad keeps m, v and v-hat; chimuf's Adam two, so its files hold 12 bytes a
+# parameter), or a float64 weight and one slot. Measured: model 1 after an epoch, 12.01 bytes a
+# parameter; MobileNetV2 with amsgrad, 16.08 (its batch-norm statistics have no slots, its HDF5
+# headers cost about 800 bytes per dataset).
+BYTES_PER_PARAM = 16
+HDF5_MARGIN = 1024 * 1024  # file header and B-trees
+HDF5_PER_LAYER = 4096  # headers of a layer's datasets (weights and optimizer slots)
+# What Keras raises on a config or weights file it cannot use: a bad value or type in a layer's
+# config, a missing variable, an HDF5 file h5py cannot parse, an unimplemented option.
+KERAS_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, NotImplementedError)
 
 
-def load_model(path: Path) -> keras.Model:
-    """The model in `path` (.keras), checked before and after loading; ModelError otherwise."""
+def load_model(path: Path, limits: ModelFilesConfig | None = None,
+               console: Console | None = None) -> keras.Model:
+    """The model in `path` (.keras), checked before and after loading; ModelError otherwise.
+
+    `limits` caps its size (default: ModelFilesConfig()); Keras' warnings and long error messages
+    go to `console`'s log when one is given."""
+    limits = limits or ModelFilesConfig()
     path = check_model_path(Path(path))
     check_keras_version(installed_keras_version())
-    config = read_archive_config(path)
+    inventory = modelarchive.read_inventory(path, largest_archive(limits))
+    config_bytes = modelarchive.read_member(inventory, CONFIG)
+    config = modelarchive.parse_json(inventory, CONFIG, config_bytes)
     check_config(config, path)
-    model = deserialise(path)
+    allowance = check_size(config, inventory, limits)
+    if not isinstance(modelarchive.parse_json(inventory, METADATA,
+                                              modelarchive.read_member(inventory, METADATA)), dict):
+        raise ModelError(f"model `{path}`: metadata.json is not a JSON object; {modelarchive.FIX}")
+    with modelarchive.private_folder() as folder:
+        (folder / CONFIG).write_bytes(config_bytes)  # the bytes checked above, no others
+        modelarchive.extract_member(inventory, WEIGHTS, folder / WEIGHTS, allowance)
+        check_weights_file(folder / WEIGHTS, allowance, path)
+        model = deserialise(folder, path, console)
     check_output(model, path)
     return model
 
@@ -61,9 +104,25 @@ def check_model_path(path: Path) -> Path:
             "HDF5 (.h5) and SavedModel files are refused because they bypass Keras' safe mode. "
             "Re-save the model with `model.save('name.keras')` in a trusted environment."
         )
-    if not path.is_file():
-        raise ModelError(f"model file `{path}` does not exist; pass the path of a `.keras` file")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ModelError(f"model file `{path}` does not exist; pass the path of a `.keras` file") from None
+    except OSError as exc:
+        raise ModelError(f"model file `{path}` cannot be read ({exc.strerror}); pass the path of a "
+                         "readable `.keras` file") from None
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"model `{path}` is {file_kind(mode)}, not a file; pass the path of a `.keras` "
+                         "file (a zip archive saved by Keras)")
     return path
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular path is, in words."""
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket")]
+    return next((words for test, words in kinds if test(mode)), "not a regular file")
 
 
 def installed_keras_version() -> str:
@@ -93,34 +152,6 @@ def check_keras_version(version: str) -> None:
 # --- 2. the archive's config, read as plain JSON -----------------------------------------------
 
 
-def read_archive_config(path: Path) -> Any:
-    """config.json of the archive, parsed as JSON without building anything."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            try:
-                info = archive.getinfo("config.json")
-            except KeyError:
-                raise ModelError(
-                    f"model `{path}` is a zip archive without config.json, so not a Keras model "
-                    "file; save the model with `model.save('name.keras')`"
-                ) from None
-            if info.file_size > MAX_CONFIG_BYTES:
-                raise ModelError(
-                    f"model `{path}`: config.json claims {info.file_size:,} bytes (a model's is a "
-                    "few kB); refused unread"
-                )
-            text = archive.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
-        raise ModelError(
-            f"model `{path}` is not a Keras archive ({exc}); expected a `.keras` file saved by "
-            "Keras 3"
-        ) from None
-    try:
-        return json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"model `{path}`: config.json is not valid JSON ({exc})") from None
-
-
 def check_config(config: Any, path: Path) -> None:
     """Refuse Lambda layers and any object whose module is outside Keras and chimuf."""
     for obj in serialised_objects(config):
@@ -128,6 +159,12 @@ def check_config(config: Any, path: Path) -> None:
         module = obj.get("module")
         registered = obj.get("registered_name")
         where = f"{module}.{class_name}" if module else class_name
+        if class_name == "TFSMLayer":
+            raise ModelError(
+                f"model `{path}` contains a `TFSMLayer` ({where}): it loads a TensorFlow SavedModel "
+                "from a path outside the file, whose graph neither Keras' safe mode nor chimuf can "
+                "check, so chimuf refuses it. Rebuild the model from built-in Keras layers."
+            )
         if class_name in REFUSED_CLASSES:
             raise ModelError(
                 f"model `{path}` contains a `{class_name}` ({where}): it holds arbitrary Python "
@@ -174,19 +211,106 @@ def trusted(module: str) -> bool:
     return module.split(".")[0] in TRUSTED_PACKAGES
 
 
-# --- 3. loading, and what comes out -----------------------------------------------------------
+# --- 3. its size --------------------------------------------------------------------------------
 
 
-def deserialise(path: Path) -> keras.Model:
+def check_size(config: Any, inventory: Inventory, limits: ModelFilesConfig) -> int:
+    """Refuse a model whose config asks for more than `limits.max_params` parameters, or whose
+    weights member is larger than those parameters need; the bytes the weights may take."""
+    path = inventory.path
+    try:
+        size = modelsize.estimate(config)
+    except ModelError as exc:
+        raise ModelError(f"model `{path}`: {exc}; refused before loading") from None
+    if size.params > limits.max_params:
+        raise ModelError(
+            f"model `{path}` declares {size.params:,} parameters (counted from its config.json), more "
+            f"than `model_files.max_params` = {limits.max_params:,}; refused before anything is "
+            "allocated. Raise the limit in the config (--config) if the model is yours"
+        )
+    allowance = weights_allowance(size)
+    claimed = inventory.size_of(WEIGHTS)
+    if claimed > allowance:
+        raise ModelError(
+            f"model `{path}`: model.weights.h5 claims {claimed:,} bytes, but its {size.params:,} "
+            f"parameters need at most {allowance:,} (weights, optimizer state, HDF5 headers); "
+            "refused unread"
+        )
+    return allowance
+
+
+def weights_allowance(size: modelsize.Estimate) -> int:
+    """The largest weights file `size.params` parameters in `size.layers` layers can make."""
+    return BYTES_PER_PARAM * size.params + HDF5_MARGIN + HDF5_PER_LAYER * size.layers
+
+
+def largest_archive(limits: ModelFilesConfig) -> int:
+    """Uncompressed bytes of the largest archive chimuf may open: the largest model `limits` allow
+    (800 MB of weights file at the default 50 M parameters) and the largest JSON members."""
+    largest = modelsize.Estimate(limits.max_params, 0, modelsize.MAX_LAYERS)
+    return weights_allowance(largest) + modelarchive.MAX_CONFIG_BYTES + modelarchive.MAX_METADATA_BYTES
+
+
+def check_weights_file(file: Path, allowance: int, path: Path) -> None:
+    """The arrays the HDF5 file declares (compressed chunks can declare far more than they
+    store) must fit `allowance` bytes too: Keras reads each one whole."""
+    import h5py
+
+    declared = 0
+
+    def count(_name: str, item: Any) -> None:
+        nonlocal declared
+        if isinstance(item, h5py.Dataset):
+            declared += math.prod(item.shape or ()) * item.dtype.itemsize
+
+    try:
+        with h5py.File(file, "r") as weights:
+            weights.visititems(count)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"model `{path}`: model.weights.h5 is not a readable HDF5 file "
+                         f"({one_line(str(exc))}); the file is damaged; {modelarchive.FIX}") from None
+    if declared > allowance:
+        raise ModelError(
+            f"model `{path}`: model.weights.h5 declares arrays of {declared:,} bytes, more than the "
+            f"{allowance:,} its config's parameters need; refused before reading them"
+        )
+
+
+# --- 4. loading, and what comes out -----------------------------------------------------------
+
+
+def deserialise(folder: Path, path: Path, console: Console | None = None) -> keras.Model:
+    """Keras' load of the checked members in `folder` (a Keras model folder: config.json and
+    model.weights.h5, nothing else, so Keras extracts nothing). Its warnings go to the log."""
     import keras
 
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, TypeError, KeyError, OSError) as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = keras.saving.load_model(str(folder), compile=False, safe_mode=True)
+    except KERAS_ERRORS as exc:
         raise ModelError(
-            f"model `{path}` could not be loaded by Keras ({type(exc).__name__}: {exc}); it may be "
-            "damaged or made by an incompatible Keras"
+            f"model `{path}` could not be loaded by Keras ({type(exc).__name__}: {keras_reason(exc)}); "
+            "it may be damaged or made by an incompatible Keras",
+            detail=f"{type(exc).__name__}: {exc}",
         ) from None
+    if console is not None:
+        for warning in caught:
+            console.write(f"Keras, loading `{path}`: {one_line(str(warning.message))}", echo=False)
+    return model
+
+
+def keras_reason(exc: BaseException) -> str:
+    """The root of a Keras error in one short line: Keras nests the config and every failing
+    level ("Exception encountered: ...") into one message of many lines; the last level is the
+    reason."""
+    text = str(exc).rsplit("Exception encountered:", 1)[-1]
+    return one_line(text, 240)
+
+
+def one_line(text: str, limit: int = 240) -> str:
+    words = " ".join(text.split())
+    return words if len(words) <= limit else words[: limit - 3] + "..."
 
 
 def check_output(model: keras.Model, path: Path) -> None:
@@ -219,6 +343,11 @@ def input_size(model: keras.Model) -> int:
         raise ModelError(
             f"model `{model.name}` takes inputs of shape {shape}; chimuf needs square RGB images, "
             "(None, size, size, 3)"
+        )
+    if shape[1] > MAX_IMAGE_SIZE:  # every image is resized to it, a batch at a time
+        raise ModelError(
+            f"model `{model.name}` takes images of {shape[1]} x {shape[1]} pixels; chimuf reads images "
+            f"of at most {MAX_IMAGE_SIZE} x {MAX_IMAGE_SIZE} (data.image_size's bound)"
         )
     return int(shape[1])
 

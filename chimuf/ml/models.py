@@ -65,6 +65,17 @@ def blueprint(architecture: str, hyperparameters: Mapping[str, float] | None) ->
     raise ConfigError(f"unknown architecture `{architecture}`; allowed: {', '.join(ARCHITECTURES)}")
 
 
+def parameter_count(plan: Blueprint, image_size: int) -> int:
+    """Parameters of a model of `plan` for `image_size`² images, as Keras' count_params() counts
+    them, without building it (3×3 'same' convs with bias, 2×2 pools, dense, one output)."""
+    params, channels, side = 0, 3, image_size
+    for filters in plan.filters:
+        params += 9 * channels * filters + filters  # (3, 3, channels, filters) kernel + bias
+        channels, side = filters, side // 2
+    flat = side * side * channels
+    return params + flat * plan.dense_units + plan.dense_units + plan.dense_units + 1
+
+
 def build_model(
     architecture: str,
     image_size: int,

@@ -27,7 +27,7 @@ from chimuf.ml.pipeline import make_dataset
 if TYPE_CHECKING:
     import keras
 
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
     from chimuf.data.cache import ImageSet
 
@@ -62,16 +62,16 @@ class Classifier:
 
 
 def load_classifier(path: Path, threshold: float | None = None, ensemble: Sequence[Path] = (),
-                    flips: bool = False) -> Classifier:
-    """The model at `path`, checked (chimuf.ml.modelfile), with the class names and threshold
-    saved beside it; `threshold` (e.g. `--threshold`) overrides the saved one. With `ensemble`,
-    those models too, averaged with the first (they must take the same images and, where they
-    say, have the same classes); an ensemble decides at 0.5 unless given a threshold, since a
-    saved threshold was chosen for its one model."""
-    model = modelfile.load_model(path)
+                    flips: bool = False, limits: ModelFilesConfig | None = None) -> Classifier:
+    """The model at `path`, checked (chimuf.ml.modelfile, within `limits`), with the class names
+    and threshold saved beside it; `threshold` (e.g. `--threshold`) overrides the saved one. With
+    `ensemble`, those models too, averaged with the first (they must take the same images and,
+    where they say, have the same classes); an ensemble decides at 0.5 unless given a threshold,
+    since a saved threshold was chosen for its one model."""
+    model = modelfile.load_model(path, limits)
     sidecar = modelfile.read_sidecar(path)
     classes = None if sidecar is None else sidecar.classes
-    others = [load_member(member, model, classes) for member in ensemble]
+    others = [load_member(member, model, classes, limits) for member in ensemble]
     if threshold is not None:
         return Classifier(Path(path), model, classes, threshold, "given with --threshold", others, flips)
     if others or sidecar is None or not sidecar.threshold_rule:
@@ -80,9 +80,10 @@ def load_classifier(path: Path, threshold: float | None = None, ensemble: Sequen
     return Classifier(Path(path), model, classes, sidecar.threshold, source, others, flips)
 
 
-def load_member(path: Path, first: keras.Model, classes: list[str] | None) -> keras.Model:
+def load_member(path: Path, first: keras.Model, classes: list[str] | None,
+                limits: ModelFilesConfig | None) -> keras.Model:
     """One more model of an ensemble: it must fit with the first."""
-    model = modelfile.load_model(path)
+    model = modelfile.load_model(path, limits)
     if modelfile.input_size(model) != modelfile.input_size(first):
         raise ModelError(f"ensemble member `{path}` takes {modelfile.input_size(model)}-pixel images, the "
                          f"first model {modelfile.input_size(first)}-pixel ones; an ensemble needs one size")

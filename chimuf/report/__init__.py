@@ -23,7 +23,7 @@ from pathlib import Path
 from chimuf.core.config import ReportConfig
 from chimuf.core.console import Console
 from chimuf.core.errors import ReportError
-from chimuf.core.results import ReportOutcome, Results, load_results
+from chimuf.core.results import LayoutError, ReportOutcome, Results, load_results
 from chimuf.report.figures import embedded, place_figures, plan_figures
 from chimuf.report.markdown import render_markdown
 from chimuf.report.render import (
@@ -101,6 +101,14 @@ def read_results(run_dir: Path) -> Results:
         return load_results(text)
     except json.JSONDecodeError as exc:
         raise ReportError(f"`{path}` is not valid JSON ({exc}); rerun the study to rewrite it") from None
+    except RecursionError:
+        raise ReportError(f"`{path}` nests its JSON too deeply to be a results.json; rerun the study "
+                          "to rewrite it") from None
+    except LayoutError as exc:
+        raise ReportError(
+            f"`{path}` does not have the layout of results.json (docs/results.md): {exc}; rerun the "
+            "study with this chimuf to rewrite it"
+        ) from None
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise ReportError(
             f"`{path}` does not have the layout of results.json (docs/results.md): {exc!r}; "

@@ -19,15 +19,13 @@ needs to trust them:
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf.core.config import EvaluateConfig
+from chimuf.core.config import EvaluateConfig, ModelFilesConfig
 from chimuf.core.errors import StageError
-from chimuf.core.files import atomic_write_text
+from chimuf.core.files import atomic_write_text, csv_text
 from chimuf.core.results import (
     DEFAULT_THRESHOLD,
     EvaluateOutcome,
@@ -61,8 +59,10 @@ THRESHOLD_RULE = "accuracy"  # how the validation threshold is chosen (see metri
 
 def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
                    final: TrainingOutcome, train: TrainOutcome, cfg: EvaluateConfig,
-                   train_cfg: TrainConfig, seed: int) -> EvaluateOutcome:
-    """Every test-split metric of the final model, its predictions and figures."""
+                   train_cfg: TrainConfig, seed: int,
+                   limits: ModelFilesConfig | None = None) -> EvaluateOutcome:
+    """Every test-split metric of the final model, its predictions and figures; the saved models
+    are opened within `limits` (chimuf.ml.modelfile)."""
     classes = list(split.classes)
     images = load_images(cache)
     val_rows, test_rows = images.rows(split.validation), images.rows(split.test)
@@ -71,7 +71,7 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     batch = train_cfg.batch_size
 
     # 1. The final model's P(classes[1]) for every validation and test image, in split order.
-    model = modelfile.load_model(ctx.run_dir / final.model_path)
+    model = modelfile.load_model(ctx.run_dir / final.model_path, limits, ctx.console)
     p_val = predict_rows(model, images, val_rows, batch)
     p_test = predict_rows(model, images, test_rows, batch)
     keras_acc = keras_accuracy(model, images, test_rows, batch)
@@ -97,7 +97,7 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     reliability = metrics.calibration(y_test, p_test, cfg.calibration_bins)
 
     # 6. Paired comparisons with the trainings, on the same test images.
-    others = predict_trainings(ctx, train, images, test_rows, batch)
+    others = predict_trainings(ctx, train, images, test_rows, batch, limits)
     mcnemar = paired_tests(y_test, p_test, others, train, final.name)
 
     # 7. Test images with no exact or near copy in train+validation.
@@ -169,14 +169,14 @@ def check_agreement(ours: float, keras_value: float, n: int) -> None:
 
 
 def predict_trainings(ctx: StageContext, train: TrainOutcome, images: ImageSet, rows: np.ndarray,
-                      batch_size: int) -> dict[str, np.ndarray]:
+                      batch_size: int, limits: ModelFilesConfig | None = None) -> dict[str, np.ndarray]:
     """P(classes[1]) of each training's saved model on `rows`, by training name."""
     out = {}
     for training in train.trainings:
         if not training.model_path:
             ctx.console.warn(f"training `{training.name}` has no saved model; left out of McNemar")
             continue
-        model = modelfile.load_model(ctx.run_dir / training.model_path)
+        model = modelfile.load_model(ctx.run_dir / training.model_path, limits, ctx.console)
         out[training.name] = predict_rows(model, images, rows, batch_size)
     return out
 
@@ -223,14 +223,11 @@ def predictions_table(paths: list[str], labels: np.ndarray, probabilities: np.nd
                       classes: list[str], others: dict[str, np.ndarray]) -> str:
     """CSV: path, true_label, probability (= P(classes[1])), then one probability column per
     compared training, `probability_<name>`."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     names = list(others)
-    writer.writerow(["path", "true_label", "probability", *[f"probability_{n}" for n in names]])
-    for i, path in enumerate(paths):
-        writer.writerow([path, classes[int(labels[i])], f"{probabilities[i]:.8f}",
-                         *[f"{others[n][i]:.8f}" for n in names]])
-    return buffer.getvalue()
+    header = ["path", "true_label", "probability", *[f"probability_{n}" for n in names]]
+    rows = ([path, classes[int(labels[i])], f"{probabilities[i]:.8f}",
+             *[f"{others[n][i]:.8f}" for n in names]] for i, path in enumerate(paths))
+    return csv_text(header, rows)
 
 
 # --- 3. figures --------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     import keras
 
-    from chimuf.core.config import ExplainConfig
+    from chimuf.core.config import ExplainConfig, ModelFilesConfig
     from chimuf.core.console import Progress
     from chimuf.core.engine import StageContext
     from chimuf.core.results import CacheOutcome, EvaluateOutcome, Predictions, SplitOutcome, TrainingOutcome
@@ -63,16 +63,16 @@ GALLERY_MAX = 6 * GALLERY_COLUMNS  # mistakes shown in the gallery, most confide
 
 def explain_errors(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
                    final: TrainingOutcome, evaluation: EvaluateOutcome, cfg: ExplainConfig,
-                   seed: int) -> ExplainOutcome:
+                   seed: int, limits: ModelFilesConfig | None = None) -> ExplainOutcome:
     """Kernels, activation maps, Grad-CAM per conv layer and a gallery of the test mistakes.
 
     With no mistakes the Grad-CAM, method and gallery figures are absent (`n_misclassified` is
-    0); kernels and activation maps are still drawn.
+    0); kernels and activation maps are still drawn. The model is opened within `limits`.
     """
     classes = list(evaluation.classes)
     check_in_test_split(evaluation.predictions, split)
     predictions = evaluation.predictions.items()
-    model = logit_model(modelfile.load_model(ctx.run_dir / final.model_path))
+    model = logit_model(modelfile.load_model(ctx.run_dir / final.model_path, limits, ctx.console))
     layers = conv_layers(model, final.model_path)
     check_input_size(model, cache.image_size, final.model_path)
     image_set = load_images(cache)

@@ -11,9 +11,7 @@ and an interrupted one continues from its last epoch.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from chimuf.core.config import AugmentConfig, ModernConfig, TrainConfig
 from chimuf.core.engine import StageContext
-from chimuf.core.files import atomic_write_json, atomic_write_text
+from chimuf.core.files import atomic_write_json, atomic_write_text, csv_text
 from chimuf.core.hyperparameters import Hyperparameters
 from chimuf.core.results import (
     CacheOutcome,
@@ -127,12 +125,8 @@ def pretty_name(name: str) -> str:
 
 def write_history(history: list[EpochRecord], path: Path) -> Path:
     columns = ["epoch", "loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc", "wall_s"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for record in history:
-        writer.writerow([getattr(record, column) for column in columns])
-    atomic_write_text(path, buffer.getvalue())
+    rows = ([getattr(record, column) for column in columns] for record in history)
+    atomic_write_text(path, csv_text(columns, rows))
     return path
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chimuf.core.config import EvaluateConfig
+from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, dumps
 from chimuf.data import audit
@@ -23,7 +24,7 @@ from chimuf.ml import metrics, modelfile
 from chimuf.ml.predictor import load_classifier, score_files
 
 if TYPE_CHECKING:
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
 
 
@@ -55,14 +56,14 @@ class FolderEvaluation:
 
 def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, console: Console,
                     threshold: float | None = None, ensemble: Sequence[Path] = (),
-                    flips: bool = False) -> FolderEvaluation:
+                    flips: bool = False, limits: ModelFilesConfig | None = None) -> FolderEvaluation:
     """Metrics of the model at `model_path` on a labelled folder (one sub-folder per class).
 
     Files the audit rejects are skipped and listed with their reasons; the rest are evaluated,
     decided at the model's own threshold (its sidecar's) or at `threshold`; with `ensemble` and
     `flips`, by the mean probability of several models and of each image and its mirror.
     """
-    classifier = load_classifier(model_path, threshold, ensemble, flips)
+    classifier = load_classifier(model_path, threshold, ensemble, flips, limits)
     root = audit.check_data_dir(data_dir)
     listing = audit.list_folder(root)
     classes, source = folder_classes(model_path, classifier.classes, root, listing.classes, console)
@@ -164,7 +165,7 @@ def format_folder_evaluation(evaluation: FolderEvaluation, as_json: bool) -> str
     if e.skipped:
         lines += ["", "skipped:"] + [f"  {s.path}: {s.reason}" if s.path else f"  {s.reason}"
                                      for s in e.skipped]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names from the folder, shown escaped
 
 
 def format_number(value: float) -> str:

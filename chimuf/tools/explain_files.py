@@ -23,7 +23,7 @@ from chimuf.ml.plots import save_figure
 from chimuf.ml.predictor import load_classifier, probabilities_of
 
 if TYPE_CHECKING:
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
 
 
@@ -39,13 +39,17 @@ class ExplainedFile:
 
 
 def explain_files(model_path: Path, files: list[Path], outdir: Path, audit_cfg: AuditConfig,
-                  console: Console, threshold: float | None = None) -> list[ExplainedFile]:
+                  console: Console, threshold: float | None = None,
+                  limits: ModelFilesConfig | None = None) -> list[ExplainedFile]:
     """One Grad-CAM overlay PNG per image file (last conv layer, predicted class) in `outdir`.
 
     A file that cannot be read is reported by name and reason and the others are still
     explained; the returned list follows the order of `files`.
     """
-    classifier = load_classifier(model_path, threshold)
+    if outdir.exists() and not outdir.is_dir():
+        raise DataError(f"`--explain {outdir}` is a file; pass a folder for the Grad-CAM overlays "
+                        "(it is made if it does not exist)")
+    classifier = load_classifier(model_path, threshold, limits=limits)
     model = classifier.model
     classes = classifier.classes or ["0", "1"]  # as `chimuf predict` names them
     layer = conv_layers(model, model_path)[-1]

@@ -6,15 +6,15 @@ predicted (chimuf.ml.predictor reads and scores them as the study does).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chimuf.core.console import printable
 from chimuf.core.errors import ConfigError
+from chimuf.core.files import csv_text
 from chimuf.core.results import to_jsonable
 from chimuf.ml.predictor import (
     Classifier,
@@ -26,7 +26,7 @@ from chimuf.ml.predictor import (
 )
 
 if TYPE_CHECKING:
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
 
 FORMATS = ("table", "json", "csv")
@@ -42,14 +42,14 @@ class FilePrediction:
 
 def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig, console: Console,
                   threshold: float | None = None, ensemble: Sequence[Path] = (),
-                  flips: bool = False) -> list[FilePrediction]:
+                  flips: bool = False, limits: ModelFilesConfig | None = None) -> list[FilePrediction]:
     """One FilePrediction per file, in the order given; unreadable files carry their reason.
 
     A file's class is decided at the model's own threshold (its sidecar's), or at `threshold`;
     with `ensemble`, by the mean probability of all the models; with `flips`, of each image and
-    its mirror.
+    its mirror. `limits` bound what a model file may hold (chimuf.ml.modelfile).
     """
-    classifier = load_classifier(model_path, threshold, ensemble, flips)
+    classifier = load_classifier(model_path, threshold, ensemble, flips, limits)
     classes = numbered_classes(classifier, console)
     console.info(f"deciding at {describe_threshold(classifier)}")
     scored = score_files(classifier, [Path(f) for f in files], audit_cfg, console)
@@ -75,22 +75,21 @@ def format_predictions(predictions: list[FilePrediction], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(to_jsonable(predictions), indent=1, ensure_ascii=False, allow_nan=False)
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "probability", "error"])
-        for p in predictions:
-            writer.writerow([p.path, p.label, "" if p.error else f"{p.probability:.6f}", p.error])
-        return buffer.getvalue().rstrip("\n")
+        rows = ([p.path, p.label, "" if p.error else f"{p.probability:.6f}", p.error] for p in predictions)
+        return csv_text(["path", "label", "probability", "error"], rows).rstrip("\n")
     return format_table(predictions)
 
 
 def format_table(predictions: list[FilePrediction]) -> str:
-    width = max([len("image")] + [len(p.path) for p in predictions])
-    label_width = max([len("class")] + [len(p.label) for p in predictions])
+    """An aligned table; names are shown escaped (chimuf.core.console.printable), so a file name
+    cannot move the cursor, break a line or reverse the text on the user's terminal."""
+    rows = [(printable(p.path), printable(p.label), p) for p in predictions]
+    width = max([len("image")] + [len(path) for path, _, _ in rows])
+    label_width = max([len("class")] + [len(label) for _, label, _ in rows])
     lines = [f"{'image':<{width}}  {'class':<{label_width}}  probability"]
-    for p in predictions:
+    for path, label, p in rows:
         if p.error:
-            lines.append(f"{p.path:<{width}}  {'-':<{label_width}}  error: {p.error}")
+            lines.append(f"{path:<{width}}  {'-':<{label_width}}  error: {printable(p.error)}")
         else:
-            lines.append(f"{p.path:<{width}}  {p.label:<{label_width}}  {p.probability:.3f}")
+            lines.append(f"{path:<{width}}  {label:<{label_width}}  {p.probability:.3f}")
     return "\n".join(lines)
