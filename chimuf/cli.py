@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--tune-chief", metavar="HOST:PORT",
                        help="tune on several machines: during the tuning stage, serve its trials at "
                        "HOST:PORT to `chimuf tune-worker` processes (docs/distributed.md)")
+    study.add_argument("--plan", action="store_true",
+                       help="print the plan only: the stages, trainings and epochs, and how long they should "
+                       "take here (from a short probe of each architecture), then stop after the split")
     study.add_argument("--mlflow", metavar="URI",
                        help="also log the run to MLflow at URI (file:/path/mlruns, sqlite:///mlflow.db, "
                        "http://host:5000), as tracking.mlflow_uri does; needs chimuf[mlflow]")
@@ -227,7 +230,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     console.info(f"run folder {run_dir}")
     start_tensorflow()
     run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
-              stop_after=args.stop_after, tune_chief=tune_chief)
+              stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan)
     return 0
 
 

@@ -23,6 +23,7 @@ from chimuf.core.console import Console
 from chimuf.core.engine import Run
 from chimuf.core.errors import ConfigError, DataError
 from chimuf.core.files import atomic_write_json, now_iso
+from chimuf.core.plan import StudyClock
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     SCHEMA_VERSION,
@@ -46,12 +47,13 @@ from chimuf.core.results import (
 from chimuf.data import audit, cache, split
 from chimuf.ml.fit import Monitoring
 from chimuf.ml.models import Blueprint, blueprint, parameter_count
-from chimuf.stages import beyond, evaluate, explain, export, kfold, train, tune
+from chimuf.stages import beyond, evaluate, explain, export, kfold, plan, train, tune
 from chimuf.tools import tracking
 
 if TYPE_CHECKING:
     from chimuf.tuning.protocol import Address
 
+TRAINING_STAGES = ("train", "tune", "final", "kfold", "modern")  # the stages the plan times
 PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
             "pillow", "matplotlib", "pypandoc-binary", "typst")
 
@@ -64,29 +66,30 @@ class StudyPaths:
 
 
 def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str = "",
-              tune_chief: Address | None = None, callbacks: Sequence[Any] = ()) -> Results:
+              tune_chief: Address | None = None, callbacks: Sequence[Any] = (),
+              plan_only: bool = False) -> Results:
     """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
 
     With `tune_chief`, the search serves its trials to workers at that address (chimuf.tuning).
     `callbacks` are extra Keras callbacks for every training (the six, the final model, the folds).
     With `tracking.mlflow_uri`, what the run found is logged to MLflow once the stages are done.
+    With `plan_only`, the study stops after its split and the printed plan of the rest.
     """
     check_model_sizes(config)
     if config.tracking.mlflow_uri:
         tracking.check_mlflow(config.tracking)
-    results = run_stages(config, paths, console, stop_after, tune_chief, callbacks)
-    if config.tracking.mlflow_uri:
+    results = run_stages(config, paths, console, stop_after, tune_chief, callbacks, plan_only)
+    if config.tracking.mlflow_uri and not plan_only:
         tracking.log_run(results, paths.run_dir, config.tracking, console)
     return results
 
 
 def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str,
-               tune_chief: Address | None, callbacks: Sequence[Any]) -> Results:
+               tune_chief: Address | None, callbacks: Sequence[Any], plan_only: bool = False) -> Results:
     run = Run(paths.run_dir, console)
     console.log_to(paths.run_dir / "study.log")
     seed = config.seed
     tensorboard = paths.run_dir / "tensorboard" if config.tracking.tensorboard else None
-    monitor = Monitoring(tensorboard, tuple(callbacks))
     with run.activate({"profile": config.profile, "seed": seed, "data_dir": str(paths.data_dir)}):
         results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
 
@@ -116,6 +119,19 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         )
         if save("split", results.split):
             return results
+
+        # The plan of the rest, timed by a short probe of each architecture here; its clock says
+        # the study's time left after every epoch. A study with nothing left to train has none.
+        study_plan = None
+        if plan_only or any(not run.outcome_path(name).exists() for name in TRAINING_STAGES):
+            study_plan = plan.plan_study(config, results.split)
+            for line in study_plan.lines():
+                console.info(line)
+            if plan_only:
+                run.stop("split")
+                write_results(run, results, config, paths)
+                return results
+        monitor = Monitoring(tensorboard, tuple(callbacks), study_plan and StudyClock(study_plan))
 
         # 3. Decode every usable image once, at the configured size.
         results.cache = run.stage(
@@ -148,6 +164,8 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("tune", results.tune):
             return results
         best = results.tune.best_hyperparameters
+        if study_plan is not None and not run.outcome_path("kfold").exists():
+            monitor.clock.plan = plan.with_chosen(study_plan, config, results.split, best)
 
         # 6. The final model: best hyperparameters, trained with augmentation (paper 6).
         results.final = run.stage(

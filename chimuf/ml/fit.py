@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from chimuf.core.config import AugmentConfig, TrainConfig
 from chimuf.core.console import Console, format_seconds
 from chimuf.core.errors import StageError
 from chimuf.core.files import atomic_write_json, fsync_dir, read_json
+from chimuf.core.plan import StudyClock
 from chimuf.core.results import EpochRecord, digest, from_jsonable
 from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import model_precision, save_model
@@ -70,13 +71,18 @@ class FitResult:
 @dataclass(frozen=True)
 class Monitoring:
     """Where trainings report while they run, beside their results: TensorBoard logs under
-    `tensorboard_dir`/<stage>/<name>/ (None: none), and extra Keras callbacks (a user's own)."""
+    `tensorboard_dir`/<stage>/<name>/ (None: none), extra Keras callbacks (a user's own), and the
+    study's clock, which says after every epoch how long the whole study has left."""
 
     tensorboard_dir: Path | None = None
     callbacks: tuple[Any, ...] = ()
+    clock: StudyClock | None = None
 
     def log(self, stage: str, name: str) -> EpochLog | None:
         return None if self.tensorboard_dir is None else EpochLog(self.tensorboard_dir / stage / name)
+
+    def eta(self, stage: str, name: str) -> Callable[[int, int, float], str] | None:
+        return None if self.clock is None else self.clock.eta(stage, name)
 
 
 UNMONITORED = Monitoring()  # no TensorBoard logs, no extra callbacks
@@ -199,6 +205,7 @@ def fit(
     log: EpochLog | None = None,
     callbacks: Sequence[Any] = (),
     mix: Mixing | None = None,
+    eta: Callable[[int, int, float], str] | None = None,
 ) -> FitResult:
     """Train compiled `model` on `train` = (uint8 images (N, S, S, 3), labels), resumably.
 
@@ -207,7 +214,8 @@ def fit(
     the best epoch's weights. Checkpoints go to `workdir`; a rerun continues from them. Each
     finished epoch goes to `log` (TensorBoard) once its checkpoint is saved; `callbacks` are
     extra Keras callbacks, which see each epoch under its own number (Keras' `initial_epoch`).
-    With `mix`, training batches are mixed (mixup/CutMix) after augmentation.
+    With `mix`, training batches are mixed (mixup/CutMix) after augmentation; `eta(epoch,
+    max_epochs, seconds)` gives the study's time left, said with each epoch.
     """
     if model.optimizer is None:
         raise AssertionError(f"{name}: compile the model (chimuf.ml.models.compile_model) before fit")
@@ -241,8 +249,9 @@ def fit(
         save_checkpoint(model, workdir, state, improved)
         if log is not None:
             log.write(state.history)
+        left = f"; {eta(epoch, max_epochs, record.wall_s)}" if eta is not None else ""
         console.info(f"  {name} epoch {epoch}/{max_epochs}: {describe(record)}"
-                     f"{' (best)' if improved else ''} in {format_seconds(record.wall_s)}")
+                     f"{' (best)' if improved else ''} in {format_seconds(record.wall_s)}{left}")
 
     if log is not None:
         log.close()

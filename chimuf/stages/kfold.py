@@ -144,7 +144,8 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
     result = fitting.fit(model, (images.images[train_rows], images.labels[train_rows]),
                          (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
                          ctx.dir / name, ctx.console, name, max_epochs=epochs,
-                         log=monitor.log(ctx.name, name), callbacks=monitor.callbacks)
+                         log=monitor.log(ctx.name, name), callbacks=monitor.callbacks,
+                         eta=monitor.eta(ctx.name, name))
 
     # 3. Score the kept (best) weights on the held-out fold as it is, not augmented.
     held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,

@@ -79,7 +79,8 @@ def train_one(
                  (images.images[train_rows], images.labels[train_rows]),
                  (images.images[validation_rows], images.labels[validation_rows]),
                  cfg, augment if augmented else None, seed, ctx.dir / name, ctx.console, name,
-                 log=monitor.log(ctx.name, name), callbacks=monitor.callbacks, mix=mix)
+                 log=monitor.log(ctx.name, name), callbacks=monitor.callbacks, mix=mix,
+                 eta=monitor.eta(ctx.name, name))
 
     # 3. The best model, its class names, its history and its curves.
     model_path = save_model(model, ctx.dir / f"{name}.keras")

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from chimuf.core.config import AugmentConfig, TrainConfig, TuneConfig
     from chimuf.core.console import Console
     from chimuf.core.engine import StageContext
+    from chimuf.core.plan import StudyClock
     from chimuf.core.results import CacheOutcome, SplitOutcome
     from chimuf.data.cache import ImageSet
     from chimuf.tuning.search import Model3Family, SearchTuner, TrialWatch
@@ -84,7 +85,7 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
     with quiet_keras_tuner():
         if chief is None:
             tuner = new_tuner(hypermodel, cfg, ctx.dir, seed, ctx.console,
-                              watch=trial_watch(cfg, train_cfg, len(split.train), board))
+                              watch=trial_watch(cfg, train_cfg, len(split.train), board, monitor.clock))
             start_board(board, tuner.oracle, cfg)
             say_continuing(tuner.oracle, cfg, ctx.console)
             run_search(tuner, search_data(load_images(cache), split, cfg, train_cfg, augment, seed))
@@ -161,13 +162,15 @@ def new_tuner(hypermodel: Model3Family, cfg: TuneConfig, directory: Path, seed: 
                       watch=watch or TrialWatch())
 
 
-def trial_watch(cfg: TuneConfig, train_cfg: TrainConfig, n_train: int, board: Path | None) -> TrialWatch:
-    """Around each trial: its TensorBoard folder, its progress, and the pruning rule when on."""
+def trial_watch(cfg: TuneConfig, train_cfg: TrainConfig, n_train: int, board: Path | None,
+                clock: StudyClock | None = None) -> TrialWatch:
+    """Around each trial: its TensorBoard folder, its progress, the pruning rule when on, and the
+    study's clock."""
     from chimuf.tuning.search import TrialWatch
 
     return TrialWatch(board_dir=board, images_per_epoch=n_train,
                       steps_per_epoch=math.ceil(n_train / train_cfg.batch_size), max_epochs=cfg.epochs,
-                      pruner=MedianStopping(cfg.prune_after) if cfg.prune else None)
+                      pruner=MedianStopping(cfg.prune_after) if cfg.prune else None, clock=clock)
 
 
 def fit_trial(model: Any, *args: Any, **kwargs: Any) -> Any:

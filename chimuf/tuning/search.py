@@ -33,6 +33,7 @@ from keras_tuner.src import config as kt_config
 from chimuf.core.console import Console, Progress, format_seconds
 from chimuf.core.errors import Interrupted
 from chimuf.core.files import atomic_write_json, read_json
+from chimuf.core.plan import StudyClock
 from chimuf.core.results import EpochRecord, Trial, from_jsonable
 from chimuf.ml.fit import batch_status, describe
 from chimuf.ml.models import build_model, compile_model
@@ -105,6 +106,7 @@ class TrialWatch:
     steps_per_epoch: int = 0  # training batches an epoch has (for the progress bar)
     max_epochs: int = 0
     pruner: MedianStopping | None = None  # None: every trial runs until early stopping
+    clock: StudyClock | None = None  # the study's: its time left, said with each epoch
 
 
 class SearchTuner(kt.Tuner):
@@ -179,7 +181,11 @@ class SearchTuner(kt.Tuner):
             report_epoch(self.oracle, trial.trial_id, record, self.record.wall_s, self.record.pruned)
         pruned = "; pruned: below the median of the finished trials" if self.record.pruned else ""
         label = epoch_label(trial, self.oracle.max_trials, epoch + 1, self.watch.max_epochs)
-        self.console.info(f"  {label}: {describe(record)} in {format_seconds(record.wall_s)}{pruned}")
+        left = ""
+        if self.watch.clock is not None:
+            eta = self.watch.clock.eta("tune", f"trial_{trial.trial_id}")
+            left = f"; {eta(epoch + 1, self.watch.max_epochs, record.wall_s)}"
+        self.console.info(f"  {label}: {describe(record)} in {format_seconds(record.wall_s)}{pruned}{left}")
 
     def end_progress(self) -> None:
         if self.progress is not None:

@@ -1,0 +1,96 @@
+"""The study's plan: every training, trial and fold with its expected epochs and seconds.
+
+    a probe of each architecture the study trains (chimuf.ml.probe: models 1-3, the tuned family
+    at the middle of its search space, or with the chosen hyperparameters once the search is done,
+    the modern recipe) → seconds per epoch at the split's sizes
+    → with the protocol's epoch rules (chimuf.core.plan) → the Plan the study prints at its start
+      and whose clock says, after every epoch, how long the rest will take
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from chimuf.core.config import StudyConfig
+from chimuf.core.hyperparameters import Hyperparameters
+from chimuf.core.plan import Plan, Work, training_epochs, trial_epochs
+from chimuf.core.results import STAGES, SplitOutcome
+from chimuf.ml.models import build_model, compile_model, resolve_precision
+from chimuf.ml.modern import build_modern, compile_modern
+from chimuf.ml.probe import Pace, probe
+from chimuf.tuning.space import search_space
+
+
+def plan_study(config: StudyConfig, split: SplitOutcome) -> Plan:
+    """Every training, trial and fold of `config` with its expected epochs and seconds per epoch."""
+    t, size = config.train, config.data.image_size
+    precision = resolve_precision(t.precision)
+    n_train, n_val = len(split.train), len(split.validation)
+    n_fold_train = round((n_train + n_val) * (1 - 1 / config.kfold.folds))
+    n_fold_held = n_train + n_val - n_fold_train
+
+    def paced(architecture: str, hyperparameters: Hyperparameters | None = None) -> Pace:
+        model = build_model(architecture, size, hyperparameters, precision)
+        compile_model(model, t.learning_rate)
+        return probe(model, t.batch_size, config.augment, config.seed)
+
+    middle = Hyperparameters.of({d.name: d.values[len(d.values) // 2] for d in search_space(config.tune)})
+    epochs, fewest, most = training_epochs(t.epochs, t.start_from_epoch, t.patience)
+    work: list[Work] = []
+    for number in t.models:  # timed with augmentation; without, an epoch is a little shorter
+        pace = paced(f"model{number}").epoch_s(n_train, n_val)
+        work += [Work("train", f"model{number}", epochs, fewest, most, pace),
+                 Work("train", f"model{number}_aug", epochs, fewest, most, pace)]
+    tuned = paced("tuned", middle)
+    u = config.tune
+    for index in range(u.max_trials):
+        e, low, high = trial_epochs(index, u.epochs, t.start_from_epoch, t.patience,
+                                    u.prune_after if u.prune else None)
+        work.append(Work("tune", f"trial_{index}", e, low, high, tuned.epoch_s(n_train, n_val)))
+    work.append(Work("final", "final", epochs, fewest, most, tuned.epoch_s(n_train, n_val)))
+    k = config.kfold
+    if k.early_stopping:
+        fold = (epochs, fewest, k.epochs or t.epochs)
+    else:
+        kept = k.epochs or max(1, round(epochs - t.patience))  # the final model's kept epoch
+        fold = (float(kept), kept if k.epochs else 1, kept if k.epochs else t.epochs)
+    for number in range(1, k.folds + 1):
+        work.append(Work("kfold", f"fold{number}", *fold, tuned.epoch_s(n_fold_train, n_fold_held)))
+    if config.modern.enabled:
+        m = config.modern
+        model = build_modern(size, m, precision)
+        compile_modern(model, m, math.ceil(n_train / m.batch_size))
+        pace = probe(model, m.batch_size, config.augment if m.augment else None, config.seed)
+        work.append(Work("modern", "modern", m.epochs, m.epochs, m.epochs, pace.epoch_s(n_train, n_val)))
+    notes = [f"the tuned family is timed at the middle of its search space ({hyperparameters_text(middle)}); "
+             "the plan is redone with the chosen hyperparameters when a rerun starts after the search"]
+    return Plan(stages=list(STAGES), work=work, fixed=fixed_seconds(config, split), notes=notes)
+
+
+def with_chosen(plan: Plan, config: StudyConfig, split: SplitOutcome, best: object) -> Plan:
+    """The plan with the final model and the folds timed with the hyperparameters the search chose."""
+    t = config.train
+    model = build_model("tuned", config.data.image_size, best, resolve_precision(t.precision))
+    compile_model(model, t.learning_rate)
+    pace = probe(model, t.batch_size, config.augment, config.seed)
+    n_train, n_val = len(split.train), len(split.validation)
+    n_fold_train = round((n_train + n_val) * (1 - 1 / config.kfold.folds))
+    fold_s = pace.epoch_s(n_fold_train, n_train + n_val - n_fold_train)
+    work = [replace(w, epoch_s=pace.epoch_s(n_train, n_val)) if w.stage == "final" else
+            replace(w, epoch_s=fold_s) if w.stage == "kfold" else w for w in plan.work]
+    return replace(plan, work=work)
+
+
+def fixed_seconds(config: StudyConfig, split: SplitOutcome) -> dict[str, float]:
+    """The stages that train nothing, from what they took in the measured paper run (all photos,
+    128 px, 2 cores), scaled by the images and pixels they handle."""
+    images = len(split.train) + len(split.validation) + len(split.test)
+    scale = images / 4733 * (config.data.image_size / 128) ** 2
+    measured = {"audit": 4.0, "cache": 5.0, "evaluate": 10.0, "explain": 30.0, "beyond": 30.0,
+                "export": 10.0, "report": 20.0}
+    return {stage: 2.0 + seconds * scale for stage, seconds in measured.items()}
+
+
+def hyperparameters_text(values: object) -> str:
+    return ", ".join(f"{k} {v}" for k, v in dict(values).items())

@@ -1,0 +1,58 @@
+"""The study's plan and clock: how long it should take, before it starts and as it runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from chimuf.core.plan import Plan, StudyClock, Work, training_epochs, trial_epochs
+
+
+def two_trainings() -> Plan:
+    return Plan(stages=["train", "tune", "report"],
+                work=[Work("train", "a", 10, 5, 20, 2.0), Work("train", "b", 10, 5, 20, 3.0)],
+                fixed={"report": 7.0})
+
+
+def test_plan_adds_up_every_unit_and_the_fixed_stages_and_says_its_range():
+    plan = two_trainings()
+    assert plan.total_s() == 10 * 2 + 10 * 3 + 7
+    assert plan.range_s() == (5 * 2 + 5 * 3 + 7, 20 * 2 + 20 * 3 + 7)
+    lines = plan.lines()
+    assert "train" in lines[1] and "2 x up to  20 epochs" in lines[1]
+    assert "expected about 57s" in lines[-1]
+
+
+def test_clock_counts_what_is_left_at_the_measured_pace():
+    clock = StudyClock(two_trainings())
+    first = clock.eta("train", "a")
+    # a's first epoch took 4 s where the plan said 2: this run is twice as slow as planned
+    said = first(1, 20, 4.0)
+    # left: a's 9 planned epochs at 4 s, b's 10 epochs × 3 s × 2, the report's 7 s
+    assert said == "study ETA 1m43s"  # 36 + 60 + 7 = 103 s
+
+
+def test_early_stopping_and_pruning_rules_bound_the_epochs():
+    assert training_epochs(50, 15, 5) == (23.5, 21, 50)
+    assert training_epochs(8, 4, 2) == (8.0, 7, 8)  # the estimate never passes the maximum
+    assert trial_epochs(0, 50, 15, 5, prune_after=5) == (23.5, 21, 50)  # the first trials run on
+    assert trial_epochs(5, 50, 15, 5, prune_after=5) == ((23.5 + 6) / 2, 6, 50)
+    assert trial_epochs(5, 50, 15, 5, prune_after=None) == (23.5, 21, 50)
+
+
+@pytest.mark.slow
+def test_plan_only_prints_the_plan_and_stops_after_the_split(tmp_path, capsys):
+    from chimuf.cli import main
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=12, size=24)
+    config = tmp_path / "tiny.toml"
+    config.write_text('profile = "smoke"\n[data]\nimage_size = 16\nmax_per_class = 0\n'
+                      f'cache_dir = "{tmp_path / "cache"}"\n[audit]\nmin_side = 8\n')
+    assert main(["study", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--plan"]) == 0
+    err = capsys.readouterr().err
+    assert "plan (times from a probe" in err and "expected about" in err
+    for stage in ("train", "tune", "final", "kfold", "modern"):
+        assert f"  {stage} " in err
+    assert not (tmp_path / "run" / "stages" / "cache.json").exists()  # nothing past the split
+    assert '"status": "stopped"' in (tmp_path / "run" / "run.json").read_text()
