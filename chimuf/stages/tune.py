@@ -9,7 +9,9 @@ a "tuned" model (chimuf.ml.models) with augmentation and the trainings' early st
     cache rows → each epoch's data as the trainings make it (chimuf.ml.fit.epoch_datasets)
     make_tuner → seeded Bayesian oracle + SearchTuner (chimuf.tuning.search) in ctx.dir/search/
     search → one line per trial; per-epoch history of each trial in ctx.dir/trials/
-    → TuneOutcome: search space, every trial (failed ones with their error), best values
+    → TuneOutcome: search space, every trial (failed ones with their error), best values, and
+      two figures (chimuf.ml.tuning_plots): the objective per trial with the best so far, and
+      the objective against each hyperparameter
 
 Resuming: the tuner's project folder is kept (`overwrite=False`), so a rerun reloads the oracle,
 runs again from its first epoch a trial that was cut off, and runs only the trials still missing.
@@ -36,10 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chimuf.core.errors import Interrupted, StageError
-from chimuf.core.results import TuneOutcome, to_jsonable
+from chimuf.core.results import Figure, Trial, TuneOutcome, to_jsonable
 from chimuf.data.cache import load_images
 from chimuf.ml.fit import epoch_datasets, validation_augmentation
 from chimuf.ml.models import resolve_precision, training_strategy
+from chimuf.ml.plots import save_figure
+from chimuf.ml.tuning_plots import draw_against_hyperparameters, draw_progress
 from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_timeout, tuner_role
 from chimuf.tuning.space import search_space
 
@@ -90,6 +94,7 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
         raise StageError(f"tuning finished with no completed trial out of {len(trials)}; the last "
                          f"error: {last_error(tuner.oracle)}")
     best = max(completed, key=lambda t: t.score)  # first of equals: the earliest trial
+    progress, against = save_tuning_figures(ctx, trials)
     return TuneOutcome(
         objective=OBJECTIVE,
         max_trials=cfg.max_trials,
@@ -98,7 +103,20 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
         best_hyperparameters=best.hyperparameters,
         best_score=float(best.score),
         wall_s=time.monotonic() - started,
+        progress_figure=progress,
+        hyperparameter_figure=against,
     )
+
+
+def save_tuning_figures(ctx: StageContext, trials: list[Trial]) -> tuple[Figure, Figure]:
+    """The search as two pictures: its progress, and the objective against each hyperparameter."""
+    progress = save_figure(draw_progress(trials, OBJECTIVE), ctx.dir / "trials.png")
+    against = save_figure(draw_against_hyperparameters(trials, OBJECTIVE), ctx.dir / "hyperparameters.png")
+    return (Figure(ctx.rel(progress), f"{OBJECTIVE} of each of the {len(trials)} trials in the order the "
+                                      "search ran them (dots), the best so far (line); failed trials "
+                                      "as crosses."),
+            Figure(ctx.rel(against), f"{OBJECTIVE} of each completed trial against each of the six "
+                                     "hyperparameters; the best trial ringed."))
 
 
 def tune_inputs(cfg: TuneConfig) -> dict[str, Any]:
