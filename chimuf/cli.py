@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser(
         "study", help="run or resume the whole study, report included",
         description="Run the study stage by stage (audit, split, cache, six trainings, tuning, "
-        "final model, evaluation, k-fold, explanation, report). A rerun with the same settings "
-        "skips finished stages and resumes an interrupted training where it stopped.",
+        "final model, evaluation, k-fold, suspect labels, explanation, report). A rerun with the "
+        "same settings skips finished stages and resumes an interrupted training where it stopped.",
     )
     add_config_options(study)
     study.add_argument("--data", metavar="DIR",

@@ -1,6 +1,7 @@
 """The whole study, stage by stage, as the paper ran it.
 
-    audit → split → cache → train ×6 → tune → final → evaluate → kfold → explain → report
+    audit → split → cache → train ×6 → tune → final → evaluate → kfold → labels → explain
+      → modern → beyond → export → report
 
 Each stage is a module named for it; this file only calls them in order and says what each one
 depends on, so the engine can skip a stage whose inputs are unchanged and resume the rest.
@@ -35,6 +36,7 @@ from chimuf.core.results import (
     ExplainOutcome,
     ExportOutcome,
     KFoldOutcome,
+    LabelsOutcome,
     ReportOutcome,
     Results,
     RunInfo,
@@ -47,7 +49,8 @@ from chimuf.core.results import (
 from chimuf.data import audit, cache, split
 from chimuf.ml.fit import Monitoring
 from chimuf.ml.models import Blueprint, blueprint, parameter_count
-from chimuf.stages import beyond, evaluate, explain, export, kfold, plan, train, tune
+from chimuf.report.claims import headline_lines
+from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, plan, train, tune
 from chimuf.tools import tracking
 
 if TYPE_CHECKING:
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
 
 TRAINING_STAGES = ("train", "tune", "final", "kfold", "modern")  # the stages the plan times
 PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
-            "pillow", "matplotlib", "pypandoc-binary", "typst")
+            "cleanlab", "pillow", "matplotlib", "pypandoc-binary", "typst")
 
 
 @dataclass
@@ -117,6 +120,8 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
             "split", split_inputs(config, results.audit), SplitOutcome,
             lambda ctx: split.split_dataset(results.audit, config.split, seed),
         )
+        for warning in split.small_split_warnings(results.split):
+            console.warn(warning)
         if save("split", results.split):
             return results
 
@@ -202,7 +207,20 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("kfold", results.kfold):
             return results
 
-        # 9. Kernels, activations and Grad-CAM on the mistakes (paper 9).
+        # 9. Suspect labels from the out-of-fold predictions; the duplicate groups as pictures.
+        results.labels = run.stage(
+            "labels",
+            {"kfold": digest(results.kfold), "split": results.split.digest,
+             "audit": results.audit.digest, "cache": results.cache.digest, "labels": config.labels,
+             "confidence": config.evaluate.confidence},
+            LabelsOutcome,
+            lambda ctx: labels.check_labels(ctx, results.cache, results.split, results.audit,
+                                            results.kfold, config.labels, config.evaluate.confidence),
+        )
+        if save("labels", results.labels):
+            return results
+
+        # 10. Kernels, activations and Grad-CAM on the mistakes (paper 9).
         results.explain = run.stage(
             "explain",
             {"final": digest(results.final), "evaluate": digest(results.evaluate),
@@ -215,7 +233,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("explain", results.explain):
             return results
 
-        # 10. Beyond the paper: a modern from-scratch recipe, then it, the fold ensemble and
+        # 11. Beyond the paper: a modern from-scratch recipe, then it, the fold ensemble and
         #     test-time flips beside the final model on the same test split.
         if config.modern.enabled:
             results.modern = run.stage(
@@ -240,7 +258,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("beyond", results.beyond):
             return results
 
-        # 11. The model to take home: the final model with the threshold chosen on validation
+        # 12. The model to take home: the final model with the threshold chosen on validation
         #     data, and its TFLite export, each checked against the Keras model.
         results.export = run.stage(
             "export",
@@ -253,7 +271,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         if save("export", results.export):
             return results
 
-        # 12. The report, from results.json and the figures alone. Every analysis stage is done,
+        # 13. The report, from results.json and the figures alone. Every analysis stage is done,
         #     so results.json (and the report) say the study finished; run.json says so only
         #     once the report is rendered too.
         write_results(run, results, config, paths, status="finished")
@@ -361,16 +379,11 @@ def hardware_summary() -> str:
 
 def print_headline(console: Console, run_dir: Path, results: Results,
                    rendered: ReportOutcome) -> None:
-    e = results.evaluate
+    """What the study found, in a few lines: the verdict on chance first when the final model
+    is not better than guessing (chimuf.report.claims words it, for the report too)."""
     console.info("")
-    if e is not None:
-        console.info(
-            f"test accuracy {e.accuracy:.3f} [{e.accuracy_interval.low:.3f}, "
-            f"{e.accuracy_interval.high:.3f}], ROC AUC {e.roc_auc:.3f} on {e.n_images} images"
-        )
-    if results.kfold is not None:
-        k = results.kfold
-        console.info(f"{len(k.folds)}-fold accuracy {k.mean_accuracy:.3f} ± {k.std_accuracy:.3f}")
+    for line in headline_lines(results):
+        console.info(line)
     for label, rel in (("HTML", rendered.html), ("PDF", rendered.pdf)):
         if rel:
             console.info(f"{label} report: {run_dir / rel}")

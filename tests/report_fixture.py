@@ -17,8 +17,10 @@ from chimuf.core.results import (
     SCHEMA_VERSION,
     AuditOutcome,
     CacheOutcome,
+    ChanceTest,
     ClassCount,
     ClassMetrics,
+    Comparison,
     ConfigDifference,
     DuplicateGroup,
     EpochRecord,
@@ -32,6 +34,7 @@ from chimuf.core.results import (
     FoldOutcome,
     Interval,
     KFoldOutcome,
+    LabelsOutcome,
     LayerRow,
     McNemarTest,
     Predictions,
@@ -41,12 +44,14 @@ from chimuf.core.results import (
     SplitCount,
     SplitOutcome,
     StageFact,
+    SuspectLabel,
     ThresholdMetrics,
     TrainingOutcome,
     TrainOutcome,
     Trial,
     TuneOutcome,
 )
+from chimuf.data.split import split_precision
 
 INJECTION = "<img src=x onerror=alert(1)> $x$ *star*.jpg"
 CLASSES = ("chihuahua", "muffin")
@@ -142,6 +147,7 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
         test=[f"{a}/x{i}.jpg" for i in range(947)],
         counts=[SplitCount(a, 1791, 256, 512), SplitCount(b, 1521, 216, 435)],
         groups=[[f"{a}/img_0200.jpg", f"{b}/img_0300.jpg"]], digest="5e" * 32,
+        precision=[split_precision("validation", 472, 0.05), split_precision("test", 947, 0.05)],
     )
     cache = CacheOutcome("cache/images.npy", [f"{a}/t0.jpg"], [0], 64, "c4" * 32)
     trainings = [
@@ -170,6 +176,9 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
                   error="ResourceExhaustedError: OOM when allocating tensor"),
         ],
         best_hyperparameters=best, best_score=0.9123, wall_s=630.0,
+        progress_figure=figure(run_dir, "tune/trials.png", "val_accuracy of each trial", (20, 80, 120)),
+        hyperparameter_figure=figure(run_dir, "tune/hyperparameters.png",
+                                     "val_accuracy against each hyperparameter", (120, 80, 20)),
     )
     final = training(run_dir, "final", "tuned", True, 0.9187, (16, 96, 192), dense=96)
     final.hyperparameters = best
@@ -196,12 +205,29 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
         roc_figure=figure(run_dir, "evaluate/roc.png", "ROC curve", (120, 30, 120)),
         reliability_figure=figure(run_dir, "evaluate/reliability.png", "Reliability diagram", (120, 120, 30)),
         confidence=0.95, bootstrap_samples=1000,
+        chance=ChanceTest(947, 901, ACCURACY, a, 512 / 947, 1e-90, 0.05, True),
+        comparisons=comparisons(trainings, final),
     )
     folds = [FoldOutcome(i, "COMPLETED", 3031, 758, 0.90 + 0.01 * i, 0.30 - 0.01 * i, 5, 200.0)
              for i in (1, 2)]
     folds.append(FoldOutcome(3, "FAILED", 3032, 757, float("nan"), float("nan"), 0, 3.0, error="killed <b>"))
+    oof = Predictions(list(classes), 0.5, [f"{a}/t0.jpg", f"{b}/{INJECTION}", f"{a}/t1.jpg"], [0, 1, 0],
+                      [0.1, 0.02, 0.97])
     kfold = KFoldOutcome(folds, 0.915, 0.005, 0.285, 0.005,
-                         figure(run_dir, "kfold/folds.png", "Accuracy and loss across folds", (90, 90, 90)))
+                         figure(run_dir, "kfold/folds.png", "Accuracy and loss across folds", (90, 90, 90)),
+                         predictions=oof, predictions_csv="kfold/oof_predictions.csv", fold_of=[1, 2, 1])
+    labels = LabelsOutcome(
+        method="confident learning (fixture)", n_checked=3,
+        suspects=[SuspectLabel(f"{b}/{INJECTION}", b, a, 0.02, 2, "train", [f"{a}/img_0200.jpg"]),
+                  SuspectLabel(f"{a}/t1.jpg", a, b, 0.03, 1, "validation")],
+        suspects_csv="labels/suspect_labels.csv",
+        suspects_figure=figure(run_dir, "labels/suspect_labels.png", f"Suspect labels: {INJECTION}",
+                               (150, 150, 0)),
+        n_shown=2,
+        duplicate_figures=[figure(run_dir, "labels/duplicates_1.png", "Duplicate groups 2, 1 of 2",
+                                  (0, 150, 60))],
+        n_groups_shown=2, duplicates_csv="labels/duplicate_groups.csv",
+    )
     activations = [figure(run_dir, f"explain/activations_{i}.png", f"Activations of test image {i}",
                           (0, 100, 200)) for i in (1, 2)]
     explain = ExplainOutcome(
@@ -220,18 +246,30 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
         n_misclassified=46,
         activation_images=[ExplainedImage(f"{a}/img_0007.jpg", a, a, 0.98, activations[0]),
                            ExplainedImage(f"{b}/img_0009.jpg", b, b, 0.91, activations[1])],
-        n_test=947, threshold=0.5,
+        n_test=947, threshold=0.5, n_gallery=36, misclassified_csv="explain/misclassified.csv",
     )
     stages = [StageFact(name, "done", wall) for name, wall in (
         ("audit", 12.5), ("split", 0.4), ("cache", 30.0), ("train", 2600.0), ("tune", 630.0),
-        ("final", 480.0), ("evaluate", 25.0), ("kfold", 600.0), ("explain", 90.0))]
+        ("final", 480.0), ("evaluate", 25.0), ("kfold", 600.0), ("labels", 4.0), ("explain", 90.0))]
     return Results(SCHEMA_VERSION, run_info(config, "fixture-run", "finished", stages, audit.digest),
                    audit=audit, split=split, cache=cache, train=train, tune=tune, final=final,
-                   evaluate=evaluate, kfold=kfold, explain=explain,
+                   evaluate=evaluate, kfold=kfold, labels=labels, explain=explain,
                    export=ExportOutcome("export/final.keras", "export/final.classes.json", 0.43,
                                         "maximum accuracy on the validation split",
                                         [ExportedModel("tflite", "export/final.tflite", 2_400_000, 64,
                                                        3.1e-7, 2.2e-3)]))
+
+
+def comparisons(trainings: list[TrainingOutcome], final: TrainingOutcome) -> list[Comparison]:
+    """The evaluation's comparisons, as chimuf.ml.evidence makes them from the fixture's numbers."""
+    from chimuf.ml import evidence
+
+    mcnemar = [McNemarTest("final", "model3_aug", 41, 19, 7.35, 0.0067, "chi-square, continuity-corrected")]
+    accuracies = {"final": ACCURACY, "model3_aug": 0.928}
+    best = max(trainings, key=lambda t: t.best_val_accuracy)
+    return [*evidence.validation_comparisons(trainings, best, final, 472, 0.95),
+            *evidence.mcnemar_comparisons(mcnemar, accuracies, 947, "final", 0.95),
+            *evidence.paper_comparison(ACCURACY, 947, CLASSES, 0.95)]
 
 
 def partial_results(run_dir: Path) -> Results:

@@ -153,6 +153,30 @@ def test_mcnemar_compares_final_with_model3_aug_and_each_model_with_and_without_
     assert first.only_b_right == int(((other == labels) & (final != labels)).sum())
 
 
+def test_evaluation_weighs_chance_and_every_comparison_of_the_report(tiny_study, evaluated):
+    from scipy.stats import binomtest
+
+    chance = evaluated.chance
+    labels = np.array(evaluated.predictions.labels)
+    assert chance.n == evaluated.n_images and chance.correct == round(evaluated.accuracy * chance.n)
+    assert chance.majority_rate == pytest.approx(np.bincount(labels).max() / len(labels))
+    expected = binomtest(chance.correct, chance.n, chance.majority_rate, alternative="greater").pvalue
+    assert chance.p_value == pytest.approx(expected)
+    assert chance.better_than_chance == (chance.p_value < 0.05)
+    topics = {(c.topic, c.split) for c in evaluated.comparisons}
+    assert topics == {("best_training", "validation"), ("augmentation", "validation"),
+                      ("final_vs_model3_aug", "validation"), ("augmentation", "test"),
+                      ("final_vs_model3_aug", "test"), ("paper", "test")}  # classes named as the paper's
+    (paper,) = evaluated.compared("paper")
+    assert (paper.model_b, paper.n_a, paper.n_b) == ("paper", evaluated.n_images, 1184)
+    on_test = [c for c in evaluated.comparisons if c.split == "test" and c.topic != "paper"]
+    assert [(c.model_a, c.model_b, c.p_value) for c in on_test] == [
+        (m.model_a, m.model_b, m.p_value) for m in evaluated.mcnemar]
+    n_validation = len(tiny_study["split"].validation)
+    assert all(c.n_a == c.n_b == n_validation and c.interval is not None
+               for c in evaluated.comparisons if c.split == "validation")
+
+
 def test_threshold_is_chosen_on_validation_predictions_only(tiny_study, monkeypatch):
     seen = []
     choose = metrics.choose_threshold

@@ -376,6 +376,10 @@ def test_explain_errors_draws_every_figure_and_a_consistent_outcome(tmp_path, tr
     assert "predicted class" in outcome.gradcam_figures[0].caption
     assert "true class" in outcome.gradcam_figures[1].caption
     assert len(outcome.method_figures) == 1 and outcome.gallery_figure is not None
+    assert outcome.n_gallery == 3
+    rows = (ctx.run_dir / outcome.misclassified_csv).read_text().splitlines()
+    assert rows[0] == "rank,path,true_label,predicted_label,probability_true"
+    assert [row.split(",")[1] for row in rows[1:]] == [m.path for m in outcome.misclassified]
 
     figures = [*outcome.kernel_figures, *outcome.activation_figures, *outcome.gradcam_figures,
                *outcome.method_figures, outcome.gallery_figure,

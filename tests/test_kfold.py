@@ -108,13 +108,25 @@ def test_each_fold_is_trained_scored_and_drawn_and_a_rerun_reuses_them(tiny_stud
         assert 0 <= fold.accuracy <= 1 and fold.loss > 0
     assert outcome.mean_accuracy == pytest.approx(np.mean([f.accuracy for f in outcome.folds]))
     assert (ctx.run_dir / outcome.figure.path).read_bytes().startswith(b"\x89PNG")
+    # every train+validation image once, scored by the fold that held it out
+    assert outcome.predictions.paths == sorted(split.train + split.validation)
+    assert sorted(outcome.fold_of) == sorted([1] * outcome.folds[0].n_validation +
+                                             [2] * outcome.folds[1].n_validation)
+    for fold in outcome.folds:
+        held = [i for i, f in enumerate(outcome.fold_of) if f == fold.fold]
+        right = np.mean([item.right for item in np.array(outcome.predictions.items())[held]])
+        assert right == pytest.approx(fold.accuracy, abs=1e-6)  # the same weights as evaluate()
+    rows = (ctx.run_dir / outcome.predictions_csv).read_text().splitlines()
+    assert rows[0] == "path,given_label,fold,probability,probability_given"
+    assert len(rows) == 1 + len(outcome.predictions)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished fold was trained again")
 
     monkeypatch.setattr(train, "fit", no_training)
     again, stream = context(tmp_path / "run")
-    assert cross_validate(again, tiny_study).folds == outcome.folds
+    reused = cross_validate(again, tiny_study)
+    assert reused.folds == outcome.folds and reused.predictions == outcome.predictions
     assert stream.getvalue().count("already done, reused") == 2
 
 

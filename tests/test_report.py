@@ -56,6 +56,8 @@ SECTIONS = {  # heading id → title, as the templates write them
     "sec-activations": "Activations",
     "sec-gradcam": "Grad-CAM per layer on misclassified images",
     "sec-methods": "Grad-CAM beside other methods",
+    "sec-gallery": "The most confident mistakes",
+    "sec-labels": "Suspect labels",
     "sec-conclusion": "Conclusion",
     "sec-run": "Run facts",
 }
@@ -174,7 +176,9 @@ def test_html_has_every_section_and_every_figure_embedded(rendered) -> None:
     ids = {attrs.get("id") for _tag, attrs in html.tags}
     assert set(SECTIONS) <= ids, set(SECTIONS) - ids
     images = html.named("img")
-    assert len(images) == len(plan_figures(read_results(run_dir)))
+    # every figure once, the confusion matrix twice (small, on the at-a-glance page too)
+    assert len(images) == len(plan_figures(read_results(run_dir))) + 1
+    assert len({img.get("src") for img in images}) == len(plan_figures(read_results(run_dir)))
     assert all((img.get("src") or "").startswith("data:image/png;base64,") for img in images)
     assert html.named("script") == []
     assert not [a for _t, a in html.tags if any(k.startswith("on") for k in a)]
@@ -188,7 +192,7 @@ def test_pdf_has_every_section_numbered_figures_and_the_key_numbers(rendered) ->
     missing = [title for title in SECTIONS.values() if title not in text]
     assert missing == []
     assert f"{ACCURACY:.3f}" in text and f"{ROC_AUC:.3f}" in text
-    assert "Figure 1:" in text and "Figure 21:" in text
+    assert "Figure 1:" in text and "Figure 26:" in text  # 25 figures, the confusion matrix twice
     assert "n/a (other data)" not in text
 
 
@@ -262,12 +266,43 @@ def test_partial_run_renders_and_says_which_stages_have_not_run(tmp_path: Path) 
     run_dir, outcome = render_run(tmp_path / "run", partial_results(tmp_path / "run"))
     markdown = (run_dir / outcome.markdown).read_text(encoding="utf-8")
     assert "Partial run" in markdown
-    for stage in ("train", "tune", "final", "evaluate", "kfold", "explain"):
+    for stage in ("train", "tune", "final", "evaluate", "kfold", "labels", "explain"):
         assert f"Not run yet in this run: the {stage} stage has no results." in markdown
+    # the duplicates wait for the labels stage to draw them: a short table meanwhile
+    assert "The labels stage draws them as thumbnails once it has run" in markdown
+    assert "| near | chihuahua\\/img\\_0200\\.jpg\\; muffin\\/img\\_0300\\.jpg |" in markdown
     html = Elements((run_dir / outcome.html).read_text(encoding="utf-8")).plain_text()
     assert "Not run yet in this run: the evaluate stage" in html
     assert "partial run" in html  # in the subtitle, above the table of contents
     assert "Not run yet in this run: the evaluate stage" in pdf_text(run_dir / outcome.pdf)
+
+
+def test_first_page_is_the_run_at_a_glance_before_the_contents(rendered) -> None:
+    run_dir, outcome = rendered
+    from pypdf import PdfReader
+
+    first = " ".join(PdfReader(run_dir / outcome.pdf).pages[0].extract_text().split())
+    for expected in ("At a glance", "finished", "Test accuracy", "0.951 [0.938, 0.964]", "0.94",
+                     "better than chance", "Suspect labels", "Time in stages", "Confusion matrix"):
+        assert expected in first, expected
+    assert "Contents" not in first  # the contents begin on the next page
+    html = (run_dir / outcome.html).read_text(encoding="utf-8")
+    assert html.index('class="abstract"') < html.index('id="TOC"') < html.index('id="sec-introduction"')
+    assert 'id="fig-glance-confusion"' in html
+
+
+def test_file_name_tables_became_pictures_and_linked_csv_files(rendered) -> None:
+    run_dir, outcome = rendered
+    markdown = (run_dir / outcome.markdown).read_text(encoding="utf-8")
+    assert "| Kind | Files |" not in markdown  # duplicates: strips made by the labels stage
+    assert "Probability of the true class |" not in markdown  # mistakes: the gallery
+    for figure in ("labels-duplicates-1", "explain-gallery", "labels-suspect-labels", "tune-trials",
+                   "tune-hyperparameters"):
+        assert f"-{figure}.png" in markdown, figure
+    html = Elements((run_dir / outcome.html).read_text(encoding="utf-8"))
+    links = {a.get("href") for a in html.named("a")}
+    assert {"../labels/duplicate_groups.csv", "../labels/suspect_labels.csv", "../explain/misclassified.csv",
+            "../kfold/oof_predictions.csv", "../evaluate/predictions.csv"} <= links
 
 
 def test_failed_run_says_so_at_the_top_with_its_error(tmp_path: Path) -> None:
@@ -574,7 +609,8 @@ def test_html_in_a_browser_loads_every_image_and_runs_no_script(rendered) -> Non
     run_dir, outcome = rendered
     page = browse((run_dir / outcome.html).resolve().as_uri())
     assert page["scripts"] == [] and page["dialogs"] == []
-    assert len(page["images"]) == len(plan_figures(read_results(run_dir)))
+    # every figure, and the confusion matrix a second time on the at-a-glance page
+    assert len(page["images"]) == len(plan_figures(read_results(run_dir))) + 1
     assert all(complete and width > 0 for complete, width in page["images"])
 
 

@@ -61,6 +61,8 @@ def headline(run_dir: Path) -> dict:
         "auc": results["evaluate"]["roc_auc"],
         "folds": [(f["accuracy"], f["loss"]) for f in results["kfold"]["folds"]],
         "mistakes": [m["path"] for m in results["explain"]["misclassified"]],
+        "out_of_fold": results["kfold"]["predictions"],
+        "suspects": [s["path"] for s in results["labels"]["suspects"]],
     }
 
 
@@ -81,7 +83,8 @@ def test_smoke_study_runs_every_stage_and_renders_the_report(smoke_run):
     assert state["status"] == "finished"
     results = json.loads((out / "results.json").read_text())
     assert results["schema_version"] == SCHEMA_VERSION  # 2 since the typed hand-offs
-    for stage in ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "explain"):
+    for stage in ("audit", "split", "cache", "train", "tune", "final", "evaluate", "kfold", "labels",
+                  "explain"):
         assert results[stage] is not None, f"stage {stage} missing from results.json"
     assert len(results["train"]["trainings"]) == 6
     assert len(results["kfold"]["folds"]) == 2
@@ -104,6 +107,30 @@ def test_smoke_study_leaves_tensorboard_logs_and_a_checked_tflite_model(smoke_ru
     assert tflite["max_abs_difference"] <= 1e-4 and tflite["images_checked"] > 0
     sidecar = json.loads((out / export["sidecar_path"]).read_text())
     assert sidecar["threshold"] == export["threshold"] and sidecar["threshold_rule"]
+
+
+def test_small_folder_study_says_first_that_its_models_are_not_distinguishable_from_chance(smoke_run):
+    """50 real photos per class at 32 px and two epochs teach the models nothing: the console,
+    right after the split and in the headline, and the report's first page and conclusion say so
+    before anything else, and claim no improvement."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("generated images are easy to learn; the claim is about a small folder of real photos")
+    _data, out, _cache, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluate"]["chance"]["better_than_chance"] is False
+    assert "warning: the validation split has 10 images" in done.stderr  # after the split
+    summary = done.stderr[done.stderr.rindex("[report] done"):].splitlines()
+    assert next(line for line in summary[1:] if line.strip()).startswith("NOT distinguishable from chance")
+    markdown = (out / "report" / "index.qmd").read_text(encoding="utf-8")
+    glance = markdown[markdown.index("abstract: |"):markdown.index("# Introduction")]
+    assert "**The final model is not distinguishable from chance\\.**" in glance
+    conclusion = markdown[markdown.index("# Conclusion"):markdown.index("# Run facts")]
+    first = conclusion.split("\n\n")[1]
+    assert first.startswith("**The final model is not distinguishable from chance\\.**")
+    assert not [word for word in ("helped", "improved", "ahead of") if word in conclusion]
+    assert (out / "kfold" / "oof_predictions.csv").is_file()
+    assert (out / results["labels"]["suspects_csv"]).is_file()
 
 
 def test_rerun_of_a_finished_study_redoes_nothing(smoke_run):

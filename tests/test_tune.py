@@ -100,6 +100,8 @@ def test_trials_carry_history_and_best_values_are_plain_numbers(tiny_data, tmp_p
     assert trial.epochs == len(trial.history) == 1
     assert trial.history[0].val_accuracy == pytest.approx(trial.score)
     assert outcome.best_score == trial.score
+    for figure in (outcome.progress_figure, outcome.hyperparameter_figure):  # named by role
+        assert (ctx.run_dir / figure.path).read_bytes().startswith(b"\x89PNG")
     assert set(outcome.best_hyperparameters) == set(TINY_SPACE)
     for name, value in outcome.best_hyperparameters.items():
         assert type(value) is (int if name in COUNT_NAMES else float)

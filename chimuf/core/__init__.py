@@ -5,6 +5,8 @@ config, the results of a run and the engine load instantly and the report can us
 
     config.py           every setting, its default (the paper's protocol) and its check
     hyperparameters.py  the tuned family's six hyperparameters
+    paper.py            the paper's own results, as it prints them
+    proportions.py      Wilson and Newcombe intervals of accuracies, from counts
     results.py          what each stage hands on (the contract with the report), STAGES
     engine.py           run folders, stages skipped when their inputs are unchanged, run status
     files.py            atomic writes, JSON, safe file names

@@ -146,6 +146,11 @@ class SplitConfig:
                                between(0, 1, low_inclusive=False, high_inclusive=False))
     validation_fraction: float = opt(0.125, "share of the remaining images used for validation (paper 3.1)",
                                      between(0, 1, low_inclusive=False, high_inclusive=False))
+    small_split_half_width: float = opt(
+        0.05, "flag a validation or test split on which a 95 % interval of an accuracy can be wider "
+        "than +- this (0.05: 5 points; at accuracy 0.5, the widest)",
+        between(0, 0.5, low_inclusive=False),
+    )
 
 
 SHIFT = between(0, 1, high_inclusive=False)
@@ -267,6 +272,14 @@ class KFoldConfig:
 
 
 @dataclass(frozen=True)
+class LabelsConfig:
+    shown: int = opt(12, "suspect labels shown as thumbnails in the report, most suspicious first",
+                     non_negative())
+    duplicate_groups: int = opt(12, "duplicate groups shown as thumbnail strips in the report, "
+                                "cross-class ones first", non_negative())
+
+
+@dataclass(frozen=True)
 class ExplainConfig:
     max_images: int = opt(8, "misclassified test images explained, most confident first",
                           non_negative())
@@ -329,6 +342,7 @@ class StudyConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     kfold: KFoldConfig = field(default_factory=KFoldConfig)
     modern: ModernConfig = field(default_factory=ModernConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

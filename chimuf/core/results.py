@@ -99,6 +99,19 @@ class SplitCount:
 
 
 @dataclass
+class SplitPrecision:
+    """How finely a split of n images can measure an accuracy, known as soon as it is made."""
+
+    split: str  # "validation" | "test"
+    n: int  # images in the split
+    half_width: float  # ± of the Wilson interval of an accuracy on n images, at its widest (0.5)
+    confidence: float  # level of that interval (0.95)
+    limit: float  # a half-width above this flags the split as small (0.05: ±5 points)
+    needed: int  # images the split would need for its half-width to be at most `limit`
+    small: bool  # half_width > limit: differences smaller than ±half_width are noise here
+
+
+@dataclass
 class SplitOutcome:
     classes: list[str]
     train: list[str]  # relative paths, sorted
@@ -107,6 +120,11 @@ class SplitOutcome:
     counts: list[SplitCount]
     groups: list[list[str]]  # near-duplicate groups (paths) kept inside one split
     digest: str
+    precision: list[SplitPrecision] = field(default_factory=list)  # validation, then test
+
+    def split_names(self) -> dict[str, str]:
+        """Path → "train", "validation" or "test"."""
+        return {path: name for name in ("train", "validation", "test") for path in getattr(self, name)}
 
 
 @dataclass
@@ -172,6 +190,12 @@ class TrainOutcome:
     trainings: list[TrainingOutcome]
     comparison_figures: list[Figure]  # per model: with vs without augmentation
 
+    def best(self) -> TrainingOutcome | None:
+        """The training with the highest best validation accuracy (the paper's 5.5); the first of
+        equals. None when no training has a validation accuracy."""
+        scored = [t for t in self.trainings if t.best_val_accuracy == t.best_val_accuracy]  # not NaN
+        return max(scored, key=lambda t: t.best_val_accuracy, default=None)
+
 
 # --- tuning ------------------------------------------------------------------------------------
 
@@ -207,6 +231,8 @@ class TuneOutcome:
     wall_s: float
     pruning: str = "off"  # how trials were pruned: "off" or the rule, in words
     epochs_saved: list[int] = field(default_factory=list)  # [fewest, most] epochs pruning saved
+    progress_figure: Figure | None = None  # each trial's objective in trial order, best so far
+    hyperparameter_figure: Figure | None = None  # the objective against each hyperparameter
 
 
 # --- predictions: computed once by the evaluate stage, read by every later analysis -------------
@@ -272,6 +298,46 @@ class Predictions:
 
     def most_confident_mistakes(self, k: int) -> list[Prediction]:
         return self.mistakes()[:k]
+
+
+# --- evidence: what the data can and cannot tell apart ------------------------------------------
+
+
+@dataclass
+class ChanceTest:
+    """Accuracy against guessing: always answering the majority class of the same images."""
+
+    n: int  # images
+    correct: int  # classified right
+    accuracy: float  # correct / n
+    majority_label: str  # the most frequent class among the n images
+    majority_rate: float  # its share: the accuracy of always answering it
+    p_value: float  # exact one-sided binomial test of correct ~ Bin(n, majority_rate), "greater"
+    alpha: float  # significance level (1 − the intervals' confidence)
+    better_than_chance: bool  # p_value < alpha
+    method: str = "exact binomial, one-sided"
+
+
+@dataclass
+class Comparison:
+    """Two accuracies set side by side, and whether the images they were measured on tell them
+    apart. On the test split by McNemar's test (paired); on validation, and against the paper, by
+    Newcombe's interval of the difference of two proportions."""
+
+    topic: str  # "best_training" | "augmentation" | "final_vs_model3_aug" | "paper"
+    split: str  # "validation" | "test"
+    model_a: str
+    model_b: str  # "paper" for the paper's own result
+    accuracy_a: float
+    accuracy_b: float
+    n_a: int  # images behind accuracy_a
+    n_b: int
+    difference: float  # accuracy_a − accuracy_b
+    interval: Interval | None  # of the difference (Newcombe); None for McNemar's test
+    p_value: float | None  # McNemar's; None when judged by the interval
+    method: str  # "McNemar, exact binomial" | "Newcombe hybrid score interval" | ...
+    distinguishable: bool  # p < alpha, or the interval excludes 0
+    confidence: float = 0.95
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -340,6 +406,13 @@ class EvaluateOutcome:
     bootstrap_samples: int = 0
     validation_predictions_csv: str = ""  # the same for the validation split (threshold choice)
     threshold: float = DEFAULT_THRESHOLD  # the paper's metrics above are decided at this threshold
+    chance: ChanceTest | None = None  # test accuracy against always answering the majority class
+    # every comparison the report and the console make, with its evidence (chimuf.ml.evidence)
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def compared(self, topic: str, split: str = "") -> list[Comparison]:
+        """The comparisons of one topic ("augmentation", ...), of one split when given."""
+        return [c for c in self.comparisons if c.topic == topic and (not split or c.split == split)]
 
     @property
     def figures(self) -> list[Figure]:
@@ -372,6 +445,46 @@ class KFoldOutcome:
     figure: Figure | None
     early_stopping: bool = True  # each fold stopped on its own held-out fold (the paper's way)
     epochs: int = 0  # fixed epochs of every fold (without early stopping), or the maximum
+    # every train+validation image of a completed fold, scored by the model that did not see it
+    predictions: Predictions | None = None
+    predictions_csv: str = ""  # the same for people, with each image's fold
+    fold_of: list[int] = field(default_factory=list)  # 1-based fold of predictions.paths[i]
+
+
+# --- suspect labels ----------------------------------------------------------------------------
+
+
+@dataclass
+class SuspectLabel:
+    """An image whose given label its out-of-fold prediction contradicts (confident learning)."""
+
+    path: str  # relative to the data folder
+    given_label: str  # the class folder it sits in
+    suggested_label: str  # the class the out-of-fold model gives it
+    probability_given: float  # out-of-fold probability of the given label
+    fold: int  # the fold whose model scored it
+    split: str  # "train" | "validation"
+    # exact or near duplicates of it (audit) filed under the suggested class: they agree that
+    # the given label is wrong
+    agreeing_duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LabelsOutcome:
+    """Suspect labels from the k-fold's out-of-fold predictions, and the duplicates as pictures."""
+
+    method: str  # how the suspects were found
+    n_checked: int  # images with an out-of-fold prediction
+    suspects: list[SuspectLabel]  # most suspicious first (lowest probability of the given label)
+    suspects_csv: str  # every suspect, for people (run-relative)
+    suspects_figure: Figure | None  # thumbnails of the first suspects
+    n_shown: int  # suspects in suspects_figure
+    duplicate_figures: list[Figure]  # thumbnail strips of the first duplicate groups
+    n_groups_shown: int  # groups in duplicate_figures
+    duplicates_csv: str  # every duplicate group, one row per file, with its class and split
+    # the out-of-fold accuracy against the majority class: suspects of models that do no better
+    # than guessing say little
+    oof_chance: ChanceTest | None = None
 
 
 # --- explanation -------------------------------------------------------------------------------
@@ -393,13 +506,15 @@ class ExplainOutcome:
     activation_figures: list[Figure]
     gradcam_figures: list[Figure]
     method_figures: list[Figure]  # Grad-CAM, Grad-CAM++, Score-CAM, SmoothGrad side by side
-    gallery_figure: Figure | None
+    gallery_figure: Figure | None  # thumbnails of the most confident mistakes, P(true) under each
     misclassified: list[ExplainedImage]  # most confident mistakes first
     n_misclassified: int
     # the test images of activation_figures, in the same order (figure = its activation figure)
     activation_images: list[ExplainedImage] = field(default_factory=list)
     n_test: int = 0  # test images in the evaluate stage's predictions
     threshold: float = DEFAULT_THRESHOLD  # p > threshold predicts classes[1], as the evaluate stage counts
+    n_gallery: int = 0  # mistakes in gallery_figure
+    misclassified_csv: str = ""  # every mistake, for people (run-relative)
 
 
 # --- beyond the paper ---------------------------------------------------------------------------
@@ -509,6 +624,7 @@ class Results:
     final: TrainingOutcome | None = None
     evaluate: EvaluateOutcome | None = None
     kfold: KFoldOutcome | None = None
+    labels: LabelsOutcome | None = None
     explain: ExplainOutcome | None = None
     modern: TrainingOutcome | None = None
     beyond: BeyondOutcome | None = None

@@ -24,7 +24,8 @@ import math
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import DataError
-from chimuf.core.results import AuditOutcome, SplitCount, SplitOutcome, digest
+from chimuf.core.proportions import images_for_half_width, worst_case_half_width
+from chimuf.core.results import AuditOutcome, SplitCount, SplitOutcome, SplitPrecision, digest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,7 +73,35 @@ def split_dataset(audit: AuditOutcome, cfg: SplitConfig, seed: int) -> SplitOutc
         counts=counts,
         groups=groups,
         digest=digest({"classes": audit.classes, **lists}),
+        precision=[split_precision(name, len(lists[name]), cfg.small_split_half_width)
+                   for name in ("validation", "test")],
     )
+
+
+# --- how finely each split can measure ---------------------------------------------------------
+
+# The level of the interval behind the small-split flag ("a 95 % interval on accuracy wider than
+# ± limit"); the evaluation's own intervals use evaluate.confidence.
+FLAG_CONFIDENCE = 0.95
+
+
+def split_precision(name: str, n: int, limit: float) -> SplitPrecision:
+    """How wide a 95 % interval on an accuracy measured on this split can be, before any model
+    exists: at accuracy 0.5, its widest (chimuf.core.proportions)."""
+    half = worst_case_half_width(n, FLAG_CONFIDENCE)
+    return SplitPrecision(split=name, n=n, half_width=half, confidence=FLAG_CONFIDENCE, limit=limit,
+                          needed=images_for_half_width(limit, FLAG_CONFIDENCE), small=half > limit)
+
+
+def small_split_warnings(split: SplitOutcome) -> list[str]:
+    """One console line per split too small to resolve its accuracy to ± its limit."""
+    return [
+        f"the {p.split} split has {p.n} images: a {p.confidence:.0%} interval on an accuracy measured "
+        f"on it is up to ±{p.half_width * 100:.1f} points wide (more than ±{p.limit * 100:g}), so "
+        f"smaller differences are noise. About {p.needed} images per split would bring it to "
+        f"±{p.limit * 100:g}; until then take the k-fold mean as the main estimate"
+        for p in split.precision if p.small
+    ]
 
 
 def fold_assignments(paths: list[str], labels: list[int], groups: list[list[str]], folds: int,

@@ -6,6 +6,7 @@
     augment.py                   the paper's augmentation on the TensorFlow graph
     fit.py, callbacks.py         the resumable fit loop and the early-stopping rule
     metrics.py                   metrics, intervals and tests from labels and probabilities
+    evidence.py                  chance tests and comparisons: what the data can tell apart
     gradcam.py                   Grad-CAM and feature maps (tf-keras-vis)
     plots.py, *_plots.py         the figures, written atomically
     tfstart.py                   starting TensorFlow quietly

@@ -24,6 +24,12 @@ def pyplot() -> Any:
     return plt
 
 
+def literal(text: str) -> str:
+    """`text` drawn as its characters: matplotlib reads `$...$` as mathematics, so a class or file
+    called `$x$` would otherwise come out as an italic x."""
+    return str(text).replace("$", r"\$")
+
+
 def save_figure(figure: Any, path: Path) -> Path:
     """Write `figure` to `path` (PNG) atomically and close it."""
     buffer = io.BytesIO()

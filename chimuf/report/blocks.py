@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from chimuf.core.console import format_seconds
 from chimuf.core.results import Figure, Interval
@@ -135,10 +137,13 @@ def rule_cell(align: str, width: int) -> str:
     return colons[0] + "-" * max(1, width - 2) + colons[-1]
 
 
-def figure(context: Mapping[str, Any], fig: Figure | None, what: str = "figure") -> Trusted:
+def figure(context: Mapping[str, Any], fig: Figure | None, what: str = "figure", width: int = 0,
+           ident: str = "") -> Trusted:
     """`![caption](src){#fig-id}` alone in a paragraph: a numbered, captioned figure.
 
-    A figure the stage did not make, or whose file is gone, is said so in italics.
+    A figure the stage did not make, or whose file is gone, is said so in italics. `width` (a
+    percentage of the text width) draws it smaller; `ident` gives a figure shown a second time
+    (on the at-a-glance page) an id of its own.
     """
     if fig is None:
         return Trusted(f"*No {markdown_text(what)} was made in this run.*\n")
@@ -149,7 +154,17 @@ def figure(context: Mapping[str, Any], fig: Figure | None, what: str = "figure")
             "missing from the run folder.*\n"
         )
     caption = markdown_text(fig.caption) or markdown_text(what)
-    return Trusted(f"![{caption}]({ref.src}){{#{ref.ident}}}\n")
+    size = f" width={int(width)}%" if width else ""
+    return Trusted(f"![{caption}]({ref.src}){{#{slug(ident) if ident else ref.ident}{size}}}\n")
+
+
+def file_link(path: str) -> Trusted:
+    """A link from the report (RUN/report/) to a file of the run (a CSV), its run-relative path as
+    the text; a path that is not a plain relative path inside the run is shown, not linked."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or ".." in pure.parts or "\\" in path:
+        return Trusted(markdown_text(path))
+    return Trusted(f"[{markdown_text(path)}](../{quote(path, safe='/')})")
 
 
 def not_run(stage: str) -> Trusted:

@@ -19,7 +19,7 @@ from typing import Any
 from chimuf.core.config import flatten
 from chimuf.core.errors import ReportError
 from chimuf.core.results import Results
-from chimuf.report import blocks, views
+from chimuf.report import blocks, claims, glance, views
 from chimuf.report.escape import Trusted, finalize, yaml_string
 from chimuf.report.figures import ImageRef
 
@@ -84,7 +84,9 @@ def environment() -> Any:
         duplicate_rows=views.duplicate_rows,
         split_rows=views.split_rows,
         training_rows=views.training_rows,
-        pair_rows=views.pair_rows,
+        augmentation_rows=views.augmentation_rows,
+        best_rows=views.best_rows,
+        suspect_rows=views.suspect_rows,
         search_rows=views.search_rows,
         failed_trial_rows=views.failed_trial_rows,
         hyperparameter_rows=views.hyperparameter_rows,
@@ -93,11 +95,22 @@ def environment() -> Any:
         threshold_table=views.threshold_table,
         mcnemar_rows=views.mcnemar_rows,
         fold_rows=views.fold_rows,
-        misclassified_rows=views.misclassified_rows,
         difference_rows=views.difference_rows,
         export_rows=views.export_rows,
         beyond_rows=views.beyond_rows,
         beyond_verdict=views.beyond_verdict,
+        file_link=blocks.file_link,
+        # what the data support, in words (claims.py), and the first page (glance.py)
+        conclusion=claims.conclusion,
+        chance_claim=claims.chance_claim,
+        small_splits=claims.small_splits,
+        small_data_claim=claims.small_data_claim,
+        best_training_claim=claims.best_training_claim,
+        augmentation_claims=claims.augmentation_claims,
+        final_claim=claims.final_claim,
+        paper_claim=claims.paper_claim,
+        glance_rows=glance.glance_rows,
+        status_text=glance.status_text,
     )
     return env
 

@@ -8,24 +8,24 @@ compares numbers that a stage computed and saved in results.json; nothing is mea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from chimuf.core.config import flatten
 from chimuf.core.hyperparameters import LABEL, PAPER_BEST
+from chimuf.core.paper import PAPER, same_data
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     AuditOutcome,
     BeyondOutcome,
     ClassMetrics,
+    Comparison,
     ConfigDifference,
     DuplicateGroup,
     EvaluateOutcome,
-    ExplainedImage,
     ExportOutcome,
     FileRecord,
     FoldOutcome,
+    LabelsOutcome,
     LayerRow,
-    McNemarTest,
     Results,
     SearchDimension,
     SplitOutcome,
@@ -38,7 +38,6 @@ from chimuf.report.blocks import (
     architecture,
     count,
     hyperparameters,
-    is_missing,
     num,
     plain,
     seconds,
@@ -78,8 +77,7 @@ def architectures(train: TrainOutcome) -> list[TrainingOutcome]:
 
 def best_training(train: TrainOutcome) -> TrainingOutcome | None:
     """The training with the highest best validation accuracy (the paper's 5.5)."""
-    scored = [t for t in train.trainings if not is_missing(t.best_val_accuracy)]
-    return max(scored, key=lambda t: t.best_val_accuracy, default=None)
+    return train.best()
 
 
 def augmentation_pairs(train: TrainOutcome) -> list[tuple[str, TrainingOutcome, TrainingOutcome]]:
@@ -93,27 +91,7 @@ def augmentation_pairs(train: TrainOutcome) -> list[tuple[str, TrainingOutcome, 
     return pairs
 
 
-# --- the paper's own figures (paper.txt sections 6 and 7) beside the run's ---------------------
-
-
-@dataclass(frozen=True)
-class PaperFigures:
-    """The paper's numbers, as it prints them."""
-
-    test_images: str = "1,184"
-    accuracy: str = "0.94"
-    roc_auc: str = "0.983"
-    # class → (precision, recall, F1), section 7.1
-    per_class: tuple[tuple[str, str, str, str], ...] = (
-        ("chihuahua", "0.92", "0.97", "0.95"),
-        ("muffin", "0.97", "0.90", "0.94"),
-    )
-    # section 6: chimuf.core.hyperparameters.PAPER_BEST; what the paper calls two of them
-    paper_names: tuple[tuple[str, str], ...] = (("dropout_conv", "hidden layer"),
-                                                ("dropout_dense", "flatten layer"))
-
-
-PAPER = PaperFigures()
+# --- the paper's own figures (chimuf.core.paper) beside the run's -------------------------------
 
 OTHER_DATA = "n/a (other data)"
 
@@ -124,11 +102,10 @@ def paper_rows(results: Results) -> list[list[object]]:
     The paper's column applies only to its own data: when the run's classes are not chihuahua
     and muffin (matched case-insensitively), it reads "n/a (other data)".
     """
-    classes = class_names(results)
-    same_data = sorted(c.lower() for c in classes) == ["chihuahua", "muffin"]
+    paper_data = same_data(class_names(results))
 
     def paper_value(value: str) -> str:
-        return value if same_data else OTHER_DATA
+        return value if paper_data else OTHER_DATA
 
     e, tune = results.evaluate, results.tune
     rows: list[list[object]] = [
@@ -198,11 +175,6 @@ def training_rows(trainings: Sequence[TrainingOutcome]) -> list[list[object]]:
             for t in trainings]
 
 
-def pair_rows(pairs: Sequence[tuple[str, TrainingOutcome, TrainingOutcome]]) -> list[list[object]]:
-    return [[architecture(arch), num(a.best_val_accuracy), num(b.best_val_accuracy),
-             num(a.best_val_loss), num(b.best_val_loss)] for arch, a, b in pairs]
-
-
 def search_rows(space: Sequence[SearchDimension]) -> list[list[object]]:
     return [[d.name, plain(d.values)] for d in space]
 
@@ -245,18 +217,61 @@ def threshold_table(e: EvaluateOutcome) -> Trusted:
     return table(header, [at_half, chosen], "r" * len(header))
 
 
-def mcnemar_rows(tests: Sequence[McNemarTest]) -> list[list[object]]:
-    return [[m.model_a, m.model_b, count(m.only_a_right), count(m.only_b_right), m.method or "n/a",
-             num(m.statistic), num(m.p_value, 4)] for m in tests]
+def mcnemar_rows(e: EvaluateOutcome) -> list[list[object]]:
+    """Each McNemar test with its verdict at the evaluation's level (from its Comparison)."""
+    judged = {(c.model_a, c.model_b): c for c in e.comparisons if c.split == "test" and c.p_value is not None}
+    rows: list[list[object]] = []
+    for m in e.mcnemar:
+        c = judged.get((m.model_a, m.model_b))
+        rows.append([m.model_a, m.model_b, count(m.only_a_right), count(m.only_b_right), m.method or "n/a",
+                     num(m.statistic), num(m.p_value, 4), verdict_cell(c)])
+    return rows
+
+
+def verdict_cell(c: Comparison | None) -> Trusted:
+    if c is None:
+        return Trusted("n/a")
+    return strong("distinguishable") if c.distinguishable else Trusted("not distinguishable")
+
+
+def difference_cell(c: Comparison | None) -> Trusted:
+    """"+0.112 [+0.051, +0.170]": a difference of accuracies and its interval."""
+    if c is None or c.interval is None:
+        return Trusted("n/a")
+    return Trusted(markdown_text(f"{c.difference:+.3f} [{c.interval.low:+.3f}, {c.interval.high:+.3f}]"))
+
+
+def augmentation_rows(pairs: Sequence[tuple[str, TrainingOutcome, TrainingOutcome]],
+                      e: EvaluateOutcome | None) -> list[list[object]]:
+    """Per architecture: validation accuracy without and with augmentation, their difference with
+    its interval, and the verdict on validation and on test (McNemar)."""
+    validation = {c.model_a: c for c in e.compared("augmentation", "validation")} if e else {}
+    test = {c.model_a: c for c in e.compared("augmentation", "test")} if e else {}
+    rows: list[list[object]] = []
+    for arch, a, b in pairs:
+        v, t = validation.get(b.name), test.get(b.name)
+        rows.append([architecture(arch), num(a.best_val_accuracy), num(b.best_val_accuracy),
+                     difference_cell(v), verdict_cell(v), num(t.p_value, 4) if t else Trusted("n/a"),
+                     verdict_cell(t)])
+    return rows
+
+
+def best_rows(e: EvaluateOutcome) -> list[list[object]]:
+    """The best of the six against each other training on validation."""
+    return [[c.model_b, num(c.accuracy_b), difference_cell(c), verdict_cell(c)]
+            for c in e.compared("best_training")]
+
+
+def suspect_rows(labels: LabelsOutcome, limit: int) -> list[list[object]]:
+    """The first suspects, numbered as on their thumbnails."""
+    return [[rank, s.path, s.given_label, num(s.probability_given), s.fold,
+             "; ".join(s.agreeing_duplicates) if s.agreeing_duplicates else "no"]
+            for rank, s in enumerate(labels.suspects[:limit], start=1)]
 
 
 def fold_rows(folds: Sequence[FoldOutcome]) -> list[list[object]]:
     return [[f.fold, f.status, count(f.n_train), count(f.n_validation), num(f.accuracy), num(f.loss),
              f.epochs_run, seconds(f.wall_s)] for f in folds]
-
-
-def misclassified_rows(images: Sequence[ExplainedImage]) -> list[list[object]]:
-    return [[m.path, m.true_label, m.predicted_label, num(m.probability_true)] for m in images]
 
 
 SIGNIFICANCE = 0.05  # a difference is called real when its test gives p below this

@@ -3,7 +3,8 @@
     train.py     the six trainings and the final model (paper 4-6)
     tune.py      the Bayesian search over the model-3 family (paper 6)
     evaluate.py  the final model on the test split (paper 7)
-    kfold.py     n-fold cross-validation (paper 8)
+    kfold.py     n-fold cross-validation (paper 8), with every image's out-of-fold prediction
+    labels.py    suspect labels from the out-of-fold predictions, duplicates as thumbnails (new)
     explain.py   kernels, activation maps, Grad-CAM (paper 9)
 
 Each takes the engine's StageContext, plain values and upstream outcomes, and returns its outcome

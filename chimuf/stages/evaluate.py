@@ -13,6 +13,8 @@ needs to trust them:
         → calibration (ECE, reliability diagram)
         → McNemar: final vs model 3 with augmentation; each model with vs without augmentation
         → accuracy on the test images that have no exact or near duplicate in train+validation
+        → the evidence behind every claim (chimuf.ml.evidence): test accuracy against chance,
+          and whether each comparison the report makes is more than noise
 
 `chimuf evaluate MODEL DIR` (chimuf.tools.evaluate_folder) runs the same metrics on any folder.
 """
@@ -28,13 +30,14 @@ from chimuf.core.errors import StageError
 from chimuf.core.files import atomic_write_text, csv_text
 from chimuf.core.results import (
     DEFAULT_THRESHOLD,
+    Comparison,
     EvaluateOutcome,
     Figure,
     McNemarTest,
     Predictions,
 )
 from chimuf.data.cache import load_images
-from chimuf.ml import metrics, modelfile
+from chimuf.ml import evidence, metrics, modelfile
 from chimuf.ml.evaluation_plots import draw_confusion_matrix, draw_reliability, draw_roc
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure
@@ -105,7 +108,12 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     clean_accuracy = (metrics.accuracy(y_test[clean], metrics.predict_labels(p_test[clean]))
                       if clean.any() else None)
 
-    # 8. Files: predictions, then figures.
+    # 8. What the data can tell apart: chance, and every comparison the report makes.
+    chance = evidence.chance_test(y_test, metrics.predict_labels(p_test), classes, 1 - cfg.confidence)
+    comparisons = weigh_comparisons(y_test, p_test, others, mcnemar, train, final, split, classes,
+                                    cfg.confidence)
+
+    # 9. Files: predictions, then figures.
     predictions_csv = ctx.dir / "predictions.csv"
     atomic_write_text(predictions_csv, predictions_table(split.test, y_test, p_test, classes, others))
     validation_csv = ctx.dir / "validation_predictions.csv"
@@ -115,6 +123,9 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     ctx.console.info(f"  {final.name}: test accuracy {at_half.accuracy:.3f} [{intervals.accuracy.low:.3f}, "
                      f"{intervals.accuracy.high:.3f}], ROC AUC {auc:.3f} on {len(test_rows)} images; "
                      f"{at_validation.accuracy:.3f} at the validation threshold {threshold:.3f}")
+    verdict = "better than chance" if chance.better_than_chance else "NOT distinguishable from chance"
+    ctx.console.info(f"  {verdict}: always answering {chance.majority_label} scores "
+                     f"{chance.majority_rate:.3f} on these images (exact binomial p = {chance.p_value:.3g})")
 
     return EvaluateOutcome(
         model=final.name,
@@ -142,6 +153,8 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
         confidence=cfg.confidence,
         bootstrap_samples=cfg.bootstrap_samples,
         validation_predictions_csv=ctx.rel(validation_csv),
+        chance=chance,
+        comparisons=comparisons,
     )
 
 
@@ -205,6 +218,21 @@ def paired_tests(labels: np.ndarray, p_final: np.ndarray, others: dict[str, np.n
         metrics.mcnemar_test(labels, metrics.predict_labels(probabilities[a]),
                              metrics.predict_labels(probabilities[b]), a, b)
         for a, b in comparison_pairs(train.trainings, final_name)
+    ]
+
+
+def weigh_comparisons(labels: np.ndarray, p_final: np.ndarray, others: dict[str, np.ndarray],
+                      mcnemar: list[McNemarTest], train: TrainOutcome, final: TrainingOutcome,
+                      split: SplitOutcome, classes: list[str], confidence: float) -> list[Comparison]:
+    """Every comparison of the report, each with its evidence: on validation (the six trainings,
+    the final model), on the test split (McNemar), and against the paper."""
+    accuracies = {name: metrics.accuracy(labels, metrics.predict_labels(p))
+                  for name, p in {final.name: p_final, **others}.items()}
+    return [
+        *evidence.validation_comparisons(train.trainings, train.best(), final, len(split.validation),
+                                         confidence),
+        *evidence.mcnemar_comparisons(mcnemar, accuracies, len(labels), final.name, confidence),
+        *evidence.paper_comparison(accuracies[final.name], len(labels), classes, confidence),
     ]
 
 

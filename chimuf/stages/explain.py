@@ -8,7 +8,9 @@ Five views of the final model, each saved as figures with captions for the repor
 3. Grad-CAM of every conv layer on the misclassified test images, most confident mistakes first,
    explaining the predicted (wrong) class and then the true class (paper 9.3, figure 12);
 4. Grad-CAM, Grad-CAM++, Score-CAM and SmoothGrad side by side at the last conv layer;
-5. a gallery of the mistakes with the probability the model gave the true class.
+5. a gallery of the most confident mistakes with the probability the model gave the true class
+   under each (the report shows it in place of a table of file names), and every mistake in
+   explain/misclassified.csv.
 
 Which image is right or wrong comes from the evaluate stage's Predictions, so this stage agrees
 with the reported confusion matrix by construction. The maps themselves: chimuf.ml.gradcam.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chimuf.core.errors import DataError, ModelError
-from chimuf.core.files import safe_name
+from chimuf.core.files import atomic_write_text, csv_text, safe_name
 from chimuf.core.results import ExplainedImage, ExplainOutcome, Figure, Prediction
 from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
@@ -45,7 +47,7 @@ from chimuf.ml.gradcam import (
     logit_model,
     method_maps,
 )
-from chimuf.ml.plots import save_figure
+from chimuf.ml.plots import literal, save_figure
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -106,6 +108,8 @@ def explain_errors(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
     explained = [explained_image(p, classes) for p in mistakes]
     for item, figure in zip(explained[: len(per_image)], per_image, strict=True):
         item.figure = figure
+    mistakes_csv = ctx.dir / "misclassified.csv"
+    atomic_write_text(mistakes_csv, mistakes_table(explained))
     return ExplainOutcome(
         conv_layers=layers,
         kernel_figures=kernel_figures,
@@ -118,6 +122,8 @@ def explain_errors(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
         activation_images=activation_images,
         n_test=len(predictions),
         threshold=evaluation.predictions.threshold,
+        n_gallery=min(GALLERY_MAX, len(mistakes)),
+        misclassified_csv=ctx.rel(mistakes_csv),
     )
 
 
@@ -178,8 +184,16 @@ def explained_image(p: Prediction, classes: Sequence[str]) -> ExplainedImage:
 
 
 def row_label(p: Prediction, classes: Sequence[str]) -> str:
-    return (f"true {classes[p.true_id]}\npredicted {classes[p.predicted_id]}\n"
-            f"P(true) = {p.probability_of(p.true_id):.2f}")
+    return literal(f"true {classes[p.true_id]}\npredicted {classes[p.predicted_id]}\n"
+                   f"P(true) = {p.probability_of(p.true_id):.2f}")
+
+
+def mistakes_table(mistakes: Sequence[ExplainedImage]) -> str:
+    """CSV of every mistake, most confident first: rank (as in the gallery), path, true and
+    predicted class, the probability the model gave the true class."""
+    return csv_text(["rank", "path", "true_label", "predicted_label", "probability_true"],
+                    ([rank, m.path, m.true_label, m.predicted_label, f"{m.probability_true:.8f}"]
+                     for rank, m in enumerate(mistakes, start=1)))
 
 
 # --- the figures -------------------------------------------------------------------------------
@@ -226,8 +240,8 @@ def save_activation_figures(ctx: StageContext, model: keras.Model, layers: Seque
         outcome = "classified correctly" if p.right else f"misclassified as {predicted}"
         figure = draw_activation_maps(pixels[i], [(name, maps[i]) for name, maps in
                                                   zip(layers, per_layer, strict=True)],
-                                      f"true {true}, predicted {predicted}, "
-                                      f"P(true) = {p.probability_of(p.true_id):.2f}")
+                                      literal(f"true {true}, predicted {predicted}, "
+                                              f"P(true) = {p.probability_of(p.true_id):.2f}"))
         caption = (f"Activation maps of every conv layer for a test image of a {true}, "
                    f"{outcome} (probability of the true class "
                    f"{p.probability_of(p.true_id):.2f}); per layer the (at most) {MAX_MAPS} most "

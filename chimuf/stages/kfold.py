@@ -8,7 +8,11 @@ folds are made from train+validation only, so the test split stays untouched by 
       → for fold i: the "tuned" model with the best hyperparameters, trained with augmentation
         on the other folds (chimuf.ml.fit: same early stopping, resumable), then evaluated
         on fold i without augmentation → FoldOutcome
+        and its held-out images scored by that model: their out-of-fold probabilities
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
+      → every train+validation image's out-of-fold prediction (Predictions, and
+        kfold/oof_predictions.csv for people): one honest probability per image, from a model
+        that never saw it, which the labels stage reads to find suspect labels
 
 In the paper, early stopping watched the held-out fold, which costs epochs and makes the fold
 scores optimistic (the fold that scores a model also chose its epoch). By default here every fold
@@ -26,14 +30,15 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from chimuf.core.errors import ModelError, StageError
+from chimuf.core.files import atomic_write_text, csv_text
 from chimuf.core.hyperparameters import Hyperparameters
-from chimuf.core.results import Figure, FoldOutcome, KFoldOutcome
+from chimuf.core.results import DEFAULT_THRESHOLD, Figure, FoldOutcome, KFoldOutcome, Predictions
 from chimuf.data.cache import load_images
 from chimuf.data.split import fold_assignments
 from chimuf.ml import fit as fitting
@@ -41,6 +46,7 @@ from chimuf.ml.fit import UNMONITORED, Monitoring
 from chimuf.ml.models import resolve_precision, save_model, seeded_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
+from chimuf.ml.predictor import predict_rows
 from chimuf.ml.training_plots import draw_folds
 
 if TYPE_CHECKING:
@@ -48,6 +54,17 @@ if TYPE_CHECKING:
     from chimuf.core.engine import StageContext
     from chimuf.core.results import AuditOutcome, CacheOutcome, SplitOutcome
     from chimuf.data.cache import ImageSet
+
+
+@dataclass
+class FoldRun:
+    """One fold's unit of work (units/foldN.json): its outcome, and its held-out images scored
+    by the model trained without them."""
+
+    outcome: FoldOutcome
+    paths: list[str] = field(default_factory=list)  # the held-out images, in fold order
+    probabilities: list[float] = field(default_factory=list)  # P(classes[1]) of each
+
 
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
               hyperparameters: Hyperparameters, cfg: KFoldConfig, train_cfg: TrainConfig,
@@ -67,19 +84,24 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
         epochs = cfg.epochs or max(1, final_epoch)
         train_cfg = replace(train_cfg, start_from_epoch=epochs)  # no epoch watched: no stop, last kept
         ctx.console.info(f"  every fold trains {epochs} epochs (no early stopping on the scored fold)")
-    folds = []
+    runs = []
     for number, paths in enumerate(held_out, start=1):
         others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
         work = functools.partial(train_fold, ctx, number, images, others, paths, hyperparameters,
                                  train_cfg, augment, seed, epochs, monitor)
-        folds.append(run_fold(ctx, number, work, len(others), len(paths)))
-        ctx.console.info(fold_line(folds[-1], cfg.folds))
+        runs.append(run_fold(ctx, number, work, len(others), len(paths)))
+        ctx.console.info(fold_line(runs[-1].outcome, cfg.folds))
+
+    folds = [run.outcome for run in runs]
 
     completed = [f for f in folds if f.status == "COMPLETED"]
     if not completed:
         raise StageError(f"every one of the {cfg.folds} folds failed; the first error: {folds[0].error}")
     accuracies = np.array([f.accuracy for f in completed])
     losses = np.array([f.loss for f in completed])
+    predictions, fold_of = out_of_fold(runs, images, list(split.classes))
+    predictions_csv = ctx.dir / "oof_predictions.csv"
+    atomic_write_text(predictions_csv, oof_table(predictions, fold_of))
     return KFoldOutcome(
         folds=folds,
         mean_accuracy=float(accuracies.mean()),
@@ -89,6 +111,9 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
         figure=save_figure(ctx, folds),
         early_stopping=cfg.early_stopping,
         epochs=epochs,
+        predictions=predictions,
+        predictions_csv=ctx.rel(predictions_csv),
+        fold_of=fold_of,
     )
 
 
@@ -116,23 +141,24 @@ def fold_failures() -> tuple[type[BaseException], ...]:
     return (StageError, ModelError, tf.errors.OpError, MemoryError)
 
 
-def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validation: int) -> FoldOutcome:
-    """The fold's outcome: reused if finished before, else trained now; FAILED if it failed."""
+def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validation: int) -> FoldRun:
+    """The fold's run: reused if finished before, else trained now; FAILED if it failed."""
     started = time.monotonic()
     try:
-        return ctx.unit(f"fold{number}", FoldOutcome, work)
+        return ctx.unit(f"fold{number}", FoldRun, work)
     except fold_failures() as exc:
         ctx.console.warn(f"fold {number} failed: {exc}")
         nan = float("nan")
-        return FoldOutcome(fold=number, status="FAILED", n_train=n_train, n_validation=n_validation,
-                           accuracy=nan, loss=nan, epochs_run=0, wall_s=time.monotonic() - started,
-                           error=f"{type(exc).__name__}: {exc}")
+        return FoldRun(FoldOutcome(fold=number, status="FAILED", n_train=n_train,
+                                   n_validation=n_validation, accuracy=nan, loss=nan, epochs_run=0,
+                                   wall_s=time.monotonic() - started,
+                                   error=f"{type(exc).__name__}: {exc}"))
 
 
 def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],
                held_out_paths: list[str], hyperparameters: Hyperparameters, train_cfg: TrainConfig,
                augment: AugmentConfig, seed: int, epochs: int,
-               monitor: Monitoring = UNMONITORED) -> FoldOutcome:
+               monitor: Monitoring = UNMONITORED) -> FoldRun:
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
     # 1. The final model's architecture and starting weights (the trainings' seed).
     model = seeded_model("tuned", images.images.shape[1], hyperparameters,
@@ -152,10 +178,14 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
                         seed=seed)
     scores = model.evaluate(held, verbose=0, return_dict=True)
     model_path = save_model(model, ctx.dir / f"{name}.keras")  # a member of the fold ensemble
-    return FoldOutcome(fold=number, status="COMPLETED", n_train=len(train_rows),
-                       n_validation=len(held_rows), accuracy=float(scores["accuracy"]),
-                       loss=float(scores["loss"]), epochs_run=result.epochs_run, wall_s=result.wall_s,
-                       history=result.history, model_path=ctx.rel(model_path))
+    outcome = FoldOutcome(fold=number, status="COMPLETED", n_train=len(train_rows),
+                          n_validation=len(held_rows), accuracy=float(scores["accuracy"]),
+                          loss=float(scores["loss"]), epochs_run=result.epochs_run,
+                          wall_s=result.wall_s, history=result.history, model_path=ctx.rel(model_path))
+
+    # 4. The same weights' probability for every held-out image: its out-of-fold prediction.
+    probabilities = predict_rows(model, images, held_rows, train_cfg.batch_size)
+    return FoldRun(outcome, list(held_out_paths), probabilities.tolist())
 
 
 def fold_line(fold: FoldOutcome, folds: int) -> str:
@@ -170,7 +200,29 @@ def sample_std(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-# --- 3. the figure (paper fig. 11) -------------------------------------------------------------
+# --- 3. out-of-fold predictions ----------------------------------------------------------------
+
+
+def out_of_fold(runs: list[FoldRun], images: ImageSet, classes: list[str]) -> tuple[Predictions, list[int]]:
+    """Every held-out image of a completed fold, in path order, with its fold (1-based)."""
+    scored = sorted((path, probability, run.outcome.fold) for run in runs
+                    for path, probability in zip(run.paths, run.probabilities, strict=True))
+    paths = [path for path, _, _ in scored]
+    labels = images.labels[images.rows(paths)].tolist() if paths else []
+    predictions = Predictions(classes, DEFAULT_THRESHOLD, paths, [int(y) for y in labels],
+                              [probability for _, probability, _ in scored])
+    return predictions, [fold for _, _, fold in scored]
+
+
+def oof_table(predictions: Predictions, fold_of: list[int]) -> str:
+    """CSV: path, given label, fold, P(classes[1]) and P(given label), to 8 decimals."""
+    return csv_text(["path", "given_label", "fold", "probability", "probability_given"],
+                    ([item.path, predictions.classes[item.true_id], fold, f"{item.probability:.8f}",
+                      f"{item.probability_true:.8f}"]
+                     for item, fold in zip(predictions.items(), fold_of, strict=True)))
+
+
+# --- 4. the figure (paper fig. 11) -------------------------------------------------------------
 
 
 def save_figure(ctx: StageContext, folds: list[FoldOutcome]) -> Figure | None:

@@ -87,7 +87,7 @@ def fixed_seconds(config: StudyConfig, split: SplitOutcome) -> dict[str, float]:
     128 px, 2 cores), scaled by the images and pixels they handle."""
     images = len(split.train) + len(split.validation) + len(split.test)
     scale = images / 4733 * (config.data.image_size / 128) ** 2
-    measured = {"audit": 4.0, "cache": 5.0, "evaluate": 10.0, "explain": 30.0, "beyond": 30.0,
+    measured = {"audit": 4.0, "cache": 5.0, "evaluate": 10.0, "labels": 10.0, "explain": 30.0, "beyond": 30.0,
                 "export": 10.0, "report": 20.0}
     return {stage: 2.0 + seconds * scale for stage, seconds in measured.items()}
 

@@ -9,7 +9,9 @@ a "tuned" model (chimuf.ml.models) with augmentation and the trainings' early st
     cache rows → each epoch's data as the trainings make it (chimuf.ml.fit.epoch_datasets)
     make_tuner → seeded Bayesian oracle + SearchTuner (chimuf.tuning.search) in ctx.dir/search/
     search → one line per trial; per-epoch history of each trial in ctx.dir/trials/
-    → TuneOutcome: search space, every trial (failed ones with their error), best values
+    → TuneOutcome: search space, every trial (failed ones with their error), best values, and
+      two figures (chimuf.ml.tuning_plots): the objective per trial with the best so far, and
+      the objective against each hyperparameter
 
 Resuming: the tuner's project folder is kept (`overwrite=False`), so a rerun reloads the oracle,
 runs again from its first epoch a trial that was cut off, and runs only the trials still missing.
@@ -38,10 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 from chimuf.core.console import format_seconds
 from chimuf.core.errors import Interrupted, StageError
-from chimuf.core.results import EpochRecord, TuneOutcome, to_jsonable
+from chimuf.core.results import EpochRecord, Figure, Trial, TuneOutcome, to_jsonable
 from chimuf.data.cache import load_images
 from chimuf.ml.fit import UNMONITORED, Monitoring, describe, epoch_datasets, validation_augmentation
 from chimuf.ml.models import resolve_precision, training_strategy
+from chimuf.ml.plots import save_figure
+from chimuf.ml.tuning_plots import draw_against_hyperparameters, draw_progress
 from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_timeout, tuner_role
 from chimuf.tuning.pruning import MedianStopping, epochs_saved
 from chimuf.tuning.space import search_space
@@ -101,6 +105,7 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
     best = max(completed, key=lambda t: t.score)  # first of equals: the earliest trial
     earliest_stop = train_cfg.start_from_epoch + 1 + train_cfg.patience  # early stopping's first chance
     saved = epochs_saved([t.epochs for t in trials if t.pruned], cfg.epochs, earliest_stop)
+    progress, against = save_tuning_figures(ctx, trials)
     return TuneOutcome(
         objective=OBJECTIVE,
         max_trials=cfg.max_trials,
@@ -111,7 +116,20 @@ def run_tuning(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg:
         wall_s=time.monotonic() - started,
         pruning=(f"median stopping rule after {cfg.prune_after} epochs" if cfg.prune else "off"),
         epochs_saved=list(saved),
+        progress_figure=progress,
+        hyperparameter_figure=against,
     )
+
+
+def save_tuning_figures(ctx: StageContext, trials: list[Trial]) -> tuple[Figure, Figure]:
+    """The search as two pictures: its progress, and the objective against each hyperparameter."""
+    progress = save_figure(draw_progress(trials, OBJECTIVE), ctx.dir / "trials.png")
+    against = save_figure(draw_against_hyperparameters(trials, OBJECTIVE), ctx.dir / "hyperparameters.png")
+    return (Figure(ctx.rel(progress), f"{OBJECTIVE} of each of the {len(trials)} trials in the order the "
+                                      "search ran them (dots), the best so far (line); failed trials "
+                                      "as crosses."),
+            Figure(ctx.rel(against), f"{OBJECTIVE} of each completed trial against each of the six "
+                                     "hyperparameters; the best trial ringed."))
 
 
 def tune_inputs(cfg: TuneConfig) -> dict[str, Any]:

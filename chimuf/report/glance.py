@@ -1,0 +1,66 @@
+"""The report's first page: the run at a glance.
+
+Status, the headline numbers with their intervals beside the paper's, the verdicts on chance and
+on the paper, the k-fold estimate, the suspect labels and the time the stages took: what a reader
+needs before deciding to read on. The rows only arrange stored facts (the verdicts are the
+evaluation's, chimuf.ml.evidence); the page is the report's abstract, so pandoc and Quarto set it
+under the title, before the table of contents.
+"""
+
+from __future__ import annotations
+
+import math
+
+from chimuf.core.paper import PAPER, same_data
+from chimuf.core.results import Results
+from chimuf.report.blocks import count, num, seconds, strong, with_interval
+from chimuf.report.claims import fmt, p_text
+from chimuf.report.escape import Trusted, markdown_text
+from chimuf.report.views import OTHER_DATA, class_names, missing_stages
+
+
+def status_text(r: Results) -> str:
+    missing = missing_stages(r)
+    state = r.run.status + (f", not run yet: {', '.join(missing)}" if missing else "")
+    return f"Run {r.run.run_id} (profile {r.run.profile}, seed {r.run.seed}): {state}"
+
+
+def stage_time(r: Results) -> float:
+    """Seconds spent in the stages recorded so far (each summed over its attempts)."""
+    return math.fsum(f.wall_s for f in r.run.stages)
+
+
+def glance_rows(r: Results) -> list[list[object]]:
+    """Quantity, this run, the paper: the headline numbers and the verdicts behind them."""
+    paper = same_data(class_names(r))
+
+    def of_paper(value: str) -> str:
+        return value if paper else OTHER_DATA
+
+    e, k, labels = r.evaluate, r.kfold, r.labels
+    rows: list[list[object]] = [
+        ["Test images", count(e.n_images if e else None), of_paper(PAPER.test_images)],
+        ["Test accuracy", with_interval(e.accuracy, e.accuracy_interval) if e else num(None),
+         of_paper(PAPER.accuracy)],
+        ["ROC AUC", with_interval(e.roc_auc, e.roc_auc_interval) if e else num(None),
+         of_paper(PAPER.roc_auc)],
+    ]
+    if e is not None and e.chance is not None:
+        c = e.chance
+        verdict = "better than chance" if c.better_than_chance else "not distinguishable from chance"
+        detail = markdown_text(f"({fmt(c.majority_rate)} alone; {p_text(c.p_value)})")
+        rows.append(["Against always answering " + c.majority_label,
+                     Trusted(f"{strong(verdict)} {detail}"), ""])
+    for c in (e.compared("paper") if e else []):
+        side = "higher" if c.difference > 0 else "lower"
+        rows.append(["Against the paper's accuracy",
+                     strong(f"{side}, distinguishable") if c.distinguishable else
+                     Trusted("not distinguishable"), ""])
+    if k is not None:
+        rows.append([f"{len(k.folds)}-fold accuracy, mean ± sd",
+                     Trusted(f"{num(k.mean_accuracy)} ± {num(k.std_accuracy)}"), ""])
+    if labels is not None:
+        rows.append(["Suspect labels", Trusted(f"{count(len(labels.suspects))} of {count(labels.n_checked)}"),
+                     ""])
+    rows.append(["Time in stages", seconds(stage_time(r)), ""])
+    return rows
