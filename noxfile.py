@@ -18,6 +18,7 @@ or `--upgrade-package NAME`), then `nox -s tests wheel`, and commit uv.lock.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -140,7 +141,8 @@ def wheel(session: nox.Session) -> None:
         work = root / "work"
         work.mkdir()
         data = data_folder() or make_smoke_data(session, python, root)
-        env = {"CHIMUF_CACHE_DIR": str(root / "cache"), "CHIMUF_REPORT_PROJECT": ""}
+        env = {"CHIMUF_CACHE_DIR": str(root / "cache"), "CHIMUF_REPORT_PROJECT": "",
+               "CHIMUF_LOCK": str(HERE / "uv.lock")}  # so the run facts compare the install with it
         with session.chdir(work):
             where = session.run(str(python), "-c", "import chimuf; print(chimuf.__file__)", silent=True,
                                 external=True, env=env)
@@ -158,6 +160,9 @@ def check_wheel_run(session: nox.Session, work: Path) -> None:
         session.error(f"the smoke study made no HTML report at {html}")
     if not (pdf.is_file() and pdf.read_bytes().startswith(b"%PDF")):
         session.error(f"the smoke study made no PDF report at {pdf}")
+    lock = json.loads((work / "run" / "results.json").read_text())["run"]["environment"]["lock"]
+    if lock["mismatches"]:
+        session.error(f"the wheel's environment differs from uv.lock: {lock['mismatches']}")
     others = sorted(p.name for p in work.iterdir() if p.name != "run")
     if others:
         session.error(f"the study wrote {others} into the folder it ran from; only --out belongs there")

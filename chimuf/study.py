@@ -77,11 +77,12 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
     onednn = machine.start_onednn_probe(paths.cache_dir)  # answers in the background
     with run.activate({"profile": config.profile, "seed": seed, "data_dir": str(paths.data_dir)}):
         results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
+        env = environment_info(onednn)
 
         def save(stage: str, outcome: object) -> bool:
             """Record `outcome` in results.json; True when the study should stop here."""
             setattr(results, stage, outcome)
-            write_results(run, results, config, paths, environment=environment_info(onednn))
+            write_results(run, results, config, paths, env=env)
             return stage == stop_after
 
         # 1. Which files are usable, and what is wrong with the others.
@@ -181,8 +182,8 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         # 10. The report, from results.json and the figures alone. Every analysis stage is done,
         #     so results.json (and the report) say the study finished; run.json says so only
         #     once the report is rendered too.
-        write_results(run, results, config, paths, status="finished",
-                      environment=environment_info(onednn, wait_s=120))
+        env = environment_info(onednn, wait_s=120)  # oneDNN's answer has come by now, or comes
+        write_results(run, results, config, paths, status="finished", env=env)
         rendered = run.stage(
             "report",
             {"results": digest(results_without_run(results)), "report": config.report},
@@ -192,7 +193,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console,
         if project is not None:  # even when the report was reused: this is the latest study
             console.info(f"  report: Quarto project {publish(paths.run_dir, project)} holds run {run.run_id}")
         run.finish()
-        write_results(run, results, config, paths, environment=environment_info(onednn))
+        write_results(run, results, config, paths, env=env)
         print_headline(console, paths.run_dir, results, rendered)
         return results
 
@@ -220,14 +221,14 @@ def results_without_run(results: Results) -> list[object]:
 
 
 def write_results(run: Run, results: Results, config: StudyConfig, paths: StudyPaths,
-                  status: str = "", environment: EnvironmentInfo | None = None) -> None:
-    results.run = run_info(run, config, paths, results.audit.digest if results.audit else "", environment)
+                  status: str = "", env: EnvironmentInfo | None = None) -> None:
+    results.run = run_info(run, config, paths, results.audit.digest if results.audit else "", env)
     results.run.status = status or results.run.status
     atomic_write_json(paths.run_dir / "results.json", results)
 
 
 def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str,
-             environment: EnvironmentInfo | None = None) -> RunInfo:
+             env: EnvironmentInfo | None = None) -> RunInfo:
     return RunInfo(
         run_id=run.run_id,
         status=run.state.get("status", "running"),
@@ -244,7 +245,7 @@ def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str,
         stages=list(run.facts.values()),
         chimuf_version=__version__,
         error=run.state.get("error", ""),
-        environment=environment,
+        environment=env,
     )
 
 

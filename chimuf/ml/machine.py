@@ -35,7 +35,7 @@ try:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300).stdout
 except (OSError, subprocess.SubprocessError):
-    out = ""
+    sys.exit(1)  # no answer, nothing cached: the next study asks again
 found = re.search(r"^onednn_verbose,(?:[^,\n]*,)*?info,cpu,isa:(.*)$", out, re.M)
 isa = found.group(1).strip() if found else "oneDNN did not say (not used by this TensorFlow)"
 target = sys.argv[1]

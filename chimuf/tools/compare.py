@@ -98,11 +98,15 @@ def data_section(a: Results, b: Results) -> Section:
     def images(r: Results) -> int | str:
         return len(r.cache.paths) if r.cache else MISSING
 
-    found = differ([("data digest", a.run.data_digest or MISSING, b.run.data_digest or MISSING),
-                    ("usable images", images(a), images(b)),
-                    ("split digest", a.split.digest if a.split else MISSING,
-                     b.split.digest if b.split else MISSING)])
-    same = "" if found else f"data digest {short(a.run.data_digest)}, {images(a)} images, the same split"
+    pairs = [("data digest", a.run.data_digest or MISSING, b.run.data_digest or MISSING),
+             ("usable images", images(a), images(b)),
+             ("split digest", a.split.digest if a.split else MISSING, b.split.digest if b.split else MISSING)]
+    found = differ(pairs)
+    shared = {key: value for key, value, other in pairs if value == other}
+    same = ", ".join(
+        words for key, words in (("data digest", f"data digest {short(str(shared.get('data digest')))}"),
+                                 ("usable images", f"{shared.get('usable images')} images"),
+                                 ("split digest", "the same split")) if key in shared)
     if a.run.data_dir != b.run.data_dir:
         same += f" (read from {a.run.data_dir} and {b.run.data_dir})"
     return Section("data", found, same)
@@ -123,8 +127,11 @@ def software_section(a: Results, b: Results) -> Section:
     pairs += [(name, ea.packages.get(name, "not installed"), eb.packages.get(name, "not installed"))
               for name in sorted(set(ea.packages) | set(eb.packages))]
     found = differ(pairs)
-    same = "" if found else (f"lock {short(lock_digest(ea))}, the same {len(ea.packages)} installed "
-                             f"versions (digest {short(ea.packages_digest)})")
+    if not found:
+        same = (f"lock {short(lock_digest(ea))}, the same {len(ea.packages)} installed versions "
+                f"(digest {short(ea.packages_digest)})")
+    else:
+        same = f"{len(pairs) - len(found)} other versions and facts"
     return Section("software", found, same)
 
 
