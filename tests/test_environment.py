@@ -93,3 +93,23 @@ def test_onednn_says_which_instruction_set_it_dispatches_to(tmp_path):
     assert machine.start_onednn_probe(tmp_path) == target and target.is_file()  # asked once, then cached
     if "avx2" in environment.cpu_flags(environment.read_cpuinfo()):
         assert "AVX" in answer
+
+
+def test_the_reports_run_facts_show_lock_isa_gpu_determinism_and_every_version(tmp_path):
+    from chimuf.core.results import EnvironmentInfo, LockInfo
+    from chimuf.report.markdown import render_markdown
+    from tests.report_fixture import complete_results
+
+    results = complete_results(tmp_path)
+    results.run.environment = EnvironmentInfo(
+        python="3.11.7", packages={"keras": "3.15.1", "ml-dtypes": "0.7.0"}, packages_digest="e" * 64,
+        lock=LockInfo("/src/uv.lock", "a" * 64, ["keras 3.15.1: the lock pins 3.14.1"]), cpu="Test CPU",
+        cpu_features=["AVX2", "AMX"], onednn_isa="Intel AMX with bfloat16", onednn_settings={},
+        gpus=[], op_determinism=True,
+    )
+    text = render_markdown(results, {})
+    assert "a" * 64 + r"\; differs in keras 3.15.1\: the lock pins 3.14.1" in text
+    assert r"| CPU instruction sets | AVX2\, AMX |" in text
+    assert "| oneDNN kernels for | Intel AMX with bfloat16 |" in text
+    assert "| TensorFlow op determinism | on |" in text
+    assert r"keras 3.15.1\, ml\-dtypes 0.7.0" in text

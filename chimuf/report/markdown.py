@@ -95,6 +95,7 @@ def environment() -> Any:
         misclassified_rows=views.misclassified_rows,
         difference_rows=views.difference_rows,
         environment_rows=views.environment_rows,
+        dependency_list=views.dependency_list,
     )
     return env
 

@@ -305,3 +305,8 @@ def environment_rows(results: Results) -> list[list[object]]:
         ["GPUs", ", ".join(env.gpus) or "none (CPU only)"],
         ["TensorFlow op determinism", "on" if env.op_determinism else "off"],
     ]
+
+
+def dependency_list(packages: Mapping[str, str]) -> str:
+    """Every installed dependency as one line of text: "absl-py 2.5.1, astunparse 1.6.3, ..."."""
+    return ", ".join(f"{name} {version}" for name, version in sorted(packages.items()))
