@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from chimuf import __version__
 from chimuf.core.config import AuditConfig, ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
 from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
@@ -25,6 +24,7 @@ from chimuf.core.files import atomic_write_json
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
+from chimuf.version import __version__
 
 PROJECT_DIR = Path.cwd()
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"chimuf {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")  # none: main prints the help
 
     study = commands.add_parser(
         "study", help="run or resume the whole study, report included",
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=int, help="override the config's seed")
     study.add_argument("--stop-after", choices=ANALYSIS_STAGES, default="",
                        help="stop after this stage (the run stays resumable)")
+    study.add_argument("--project", metavar="DIR", type=Path,
+                       help="also publish the report's Quarto project into DIR (default: ./report when it "
+                       "is chimuf's Quarto project, as in a checkout; else $CHIMUF_REPORT_PROJECT)")
     study.add_argument("--tune-chief", metavar="HOST:PORT",
                        help="tune on several machines: during the tuning stage, serve its trials at "
                        "HOST:PORT to `chimuf tune-worker` processes (docs/distributed.md)")
@@ -110,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", dest="formats", action="append", choices=("html", "pdf"),
                         help="render only this format (repeatable; default: both)")
     report.add_argument("--engine", choices=("auto", "quarto", "pandoc"), default="auto")
+    report.add_argument("--project", metavar="DIR", type=Path,
+                        help="also publish the Quarto project (index.qmd, figures, HTML, PDF) into DIR, "
+                        "replacing the run there (default: ./report when it is chimuf's Quarto project, "
+                        "as in a checkout; else $CHIMUF_REPORT_PROJECT)")
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a saved model on a labelled folder",
@@ -164,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--mlflow", metavar="URI", required=True, help="MLflow tracking URI")
     track.add_argument("--experiment", default=TrackingConfig().mlflow_experiment,
                        help="MLflow experiment (default: %(default)s)")
+
+    compare = commands.add_parser(
+        "compare", help="what differs between two runs, and whether their numbers agree",
+        description="Set two runs side by side: config, data, installed versions and lock, hardware "
+        "and determinism, then every headline number with its interval, and whether each run's value "
+        "lies within the other's interval. Reads the two results.json files only.",
+    )
+    compare.add_argument("run_a", metavar="RUN_A", type=Path)
+    compare.add_argument("run_b", metavar="RUN_B", type=Path)
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
 
     config = commands.add_parser(
         "config", help="print the effective study config as commented TOML",
@@ -226,12 +243,21 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
     run_dir = run_folder(args.out, config)
     cache_dir = cache_folder(config)
+    project = report_project(args.project)
     console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
     console.info(f"run folder {run_dir}")
     start_tensorflow()
     run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
-              stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan)
+              stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan, project=project)
     return 0
+
+
+def report_project(flag: Path | None) -> Path | None:
+    """The Quarto project folder to publish into (chimuf.report.project), checked now."""
+    from chimuf.report.project import check_project_dir, project_dir
+
+    folder = project_dir(flag, PROJECT_DIR)
+    return check_project_dir(folder) if folder is not None else None
 
 
 def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
@@ -282,10 +308,15 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     cfg = ReportConfig()
     cfg = replace(cfg, formats=tuple(args.formats or cfg.formats), engine=args.engine)
+    project = report_project(args.project)
     outcome = report.build_report(args.run, cfg, console)
     for label, rel in (("HTML", outcome.html), ("PDF", outcome.pdf)):
         if rel:
             console.info(f"{label}: {args.run / rel}")
+    if project is not None:
+        from chimuf.report.project import publish
+
+        console.info(f"Quarto project: {publish(args.run, project)} (`quarto render {project}`)")
     return 0
 
 
@@ -341,6 +372,14 @@ def cmd_track(args: argparse.Namespace, console: Console) -> int:
     return 0 if tracking.log_run(results, args.run, cfg, console) is not None else 1
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.tools import compare
+
+    comparison = compare.compare_runs(args.run_a, args.run_b)
+    print(compare.format_comparison(comparison, as_json=args.json))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, console: Console) -> int:
     print(to_toml(load(args)), end="")
     return 0
@@ -355,6 +394,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "track": cmd_track,
+    "compare": cmd_compare,
     "config": cmd_config,
 }
 
@@ -367,7 +407,13 @@ def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # `chimuf` alone: the help is the answer, on stdout; the exit status stays argparse's 2 for
+        # an incomplete command line, so a script that lost its command still fails.
+        parser.print_help()
+        return 2
     console = Console(quiet=args.quiet)
     signal.signal(signal.SIGTERM, raise_interrupted)
     quiet_tensorflow()

@@ -18,7 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chimuf import __version__, report
+from chimuf import report
+from chimuf.core import environment
 from chimuf.core.config import StudyConfig, as_dict, differences
 from chimuf.core.console import Console
 from chimuf.core.engine import Run
@@ -32,6 +33,7 @@ from chimuf.core.results import (
     BeyondOutcome,
     CacheOutcome,
     ConfigDifference,
+    EnvironmentInfo,
     EvaluateOutcome,
     ExplainOutcome,
     ExportOutcome,
@@ -47,11 +49,14 @@ from chimuf.core.results import (
     digest,
 )
 from chimuf.data import audit, cache, split
+from chimuf.ml import machine
 from chimuf.ml.fit import Monitoring
 from chimuf.ml.models import Blueprint, blueprint, parameter_count
 from chimuf.report.claims import headline_lines
+from chimuf.report.project import publish
 from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, plan, train, tune
 from chimuf.tools import tracking
+from chimuf.version import __version__
 
 if TYPE_CHECKING:
     from chimuf.tuning.protocol import Address
@@ -70,31 +75,36 @@ class StudyPaths:
 
 def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str = "",
               tune_chief: Address | None = None, callbacks: Sequence[Any] = (),
-              plan_only: bool = False) -> Results:
+              plan_only: bool = False, project: Path | None = None) -> Results:
     """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
 
     With `tune_chief`, the search serves its trials to workers at that address (chimuf.tuning).
     `callbacks` are extra Keras callbacks for every training (the six, the final model, the folds).
     With `tracking.mlflow_uri`, what the run found is logged to MLflow once the stages are done.
     With `plan_only`, the study stops after its split and the printed plan of the rest.
+    With `project`, the report's Quarto project is also published there (chimuf.report.project).
     """
     check_model_sizes(config)
     if config.tracking.mlflow_uri:
         tracking.check_mlflow(config.tracking)
-    results = run_stages(config, paths, console, stop_after, tune_chief, callbacks, plan_only)
+    results = run_stages(config, paths, console, stop_after, tune_chief, callbacks, plan_only, project)
     if config.tracking.mlflow_uri and not plan_only:
         tracking.log_run(results, paths.run_dir, config.tracking, console)
     return results
 
 
 def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str,
-               tune_chief: Address | None, callbacks: Sequence[Any], plan_only: bool = False) -> Results:
+               tune_chief: Address | None, callbacks: Sequence[Any], plan_only: bool = False,
+               project: Path | None = None) -> Results:
     run = Run(paths.run_dir, console)
     console.log_to(paths.run_dir / "study.log")
     seed = config.seed
     tensorboard = paths.run_dir / "tensorboard" if config.tracking.tensorboard else None
+    machine.enable_determinism(config.train.deterministic)
+    onednn = machine.start_onednn_probe(paths.cache_dir)  # answers in the background
     with run.activate({"profile": config.profile, "seed": seed, "data_dir": str(paths.data_dir)}):
         results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
+        env = environment_info(onednn)
 
         def save(stage: str, outcome: object) -> bool:
             """Record `outcome` in results.json; True when the study should stop here (the run
@@ -103,7 +113,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
             stopping = stage == stop_after
             if stopping:
                 run.stop(stage)
-            write_results(run, results, config, paths)
+            write_results(run, results, config, paths, env=env)
             return stopping
 
         # 1. Which files are usable, and what is wrong with the others.
@@ -134,7 +144,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
                 console.info(line)
             if plan_only:
                 run.stop("split")
-                write_results(run, results, config, paths)
+                write_results(run, results, config, paths, env=env)
                 return results
         monitor = Monitoring(tensorboard, tuple(callbacks), study_plan and StudyClock(study_plan))
 
@@ -274,15 +284,18 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         # 13. The report, from results.json and the figures alone. Every analysis stage is done,
         #     so results.json (and the report) say the study finished; run.json says so only
         #     once the report is rendered too.
-        write_results(run, results, config, paths, status="finished")
+        env = environment_info(onednn, wait_s=120)  # oneDNN's answer has come by now, or comes
+        write_results(run, results, config, paths, status="finished", env=env)
         rendered = run.stage(
             "report",
             {"results": digest(results_without_run(results)), "report": config.report},
             ReportOutcome,
             lambda ctx: report.build_report(paths.run_dir, config.report, console),
         )
+        if project is not None:  # even when the report was reused: this is the latest study
+            console.info(f"  report: Quarto project {publish(paths.run_dir, project)} holds run {run.run_id}")
         run.finish()
-        write_results(run, results, config, paths)
+        write_results(run, results, config, paths, env=env)
         print_headline(console, paths.run_dir, results, rendered)
         return results
 
@@ -329,13 +342,14 @@ def results_without_run(results: Results) -> list[object]:
 
 
 def write_results(run: Run, results: Results, config: StudyConfig, paths: StudyPaths,
-                  status: str = "") -> None:
-    results.run = run_info(run, config, paths, results.audit.digest if results.audit else "")
+                  status: str = "", env: EnvironmentInfo | None = None) -> None:
+    results.run = run_info(run, config, paths, results.audit.digest if results.audit else "", env)
     results.run.status = status or results.run.status
     atomic_write_json(paths.run_dir / "results.json", results)
 
 
-def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str) -> RunInfo:
+def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str,
+             env: EnvironmentInfo | None = None) -> RunInfo:
     return RunInfo(
         run_id=run.run_id,
         status=run.state.get("status", "running"),
@@ -352,6 +366,7 @@ def run_info(run: Run, config: StudyConfig, paths: StudyPaths, data_digest: str)
         stages=list(run.facts.values()),
         chimuf_version=__version__,
         error=run.state.get("error", ""),
+        environment=env,
     )
 
 
@@ -363,6 +378,27 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def environment_info(onednn: Path, wait_s: float = 0.0) -> EnvironmentInfo:
+    """Versions (and how they compare with the lock), CPU, GPUs and determinism, as of now.
+
+    oneDNN's answer (chimuf.ml.machine) may still be on its way; `wait_s` waits for it.
+    """
+    packages = environment.installed_dependencies()
+    cpuinfo = environment.read_cpuinfo()
+    return EnvironmentInfo(
+        python=platform.python_version(),
+        packages=packages,
+        packages_digest=environment.versions_digest(packages),
+        lock=environment.lock_info(environment.find_lock(), packages),
+        cpu=environment.cpu_model(cpuinfo),
+        cpu_features=environment.cpu_features(environment.cpu_flags(cpuinfo)),
+        onednn_isa=machine.onednn_isa(onednn, wait_s),
+        onednn_settings=machine.onednn_settings(),
+        gpus=machine.gpu_names(),
+        op_determinism=machine.determinism_enabled(),
+    )
 
 
 def hardware_summary() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,22 @@ def make_dataset(root: Path, per_class: int = 12, size: int = 48) -> Path:
             seed = i if label == "chihuahua" else 1000 + i
             make_image(root / label / f"{label}_{i:03d}.png", size=size, corner=corner, seed=seed)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def report_project_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Studies and reports the tests run publish their Quarto project here, never into the
+    checkout's report/ (which they would find from the repository root; chimuf.report.project)."""
+    from chimuf.report.project import PROJECT_ENV
+
+    folder = tmp_path_factory.mktemp("report-project") / "report"
+    previous = os.environ.get(PROJECT_ENV)
+    os.environ[PROJECT_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(PROJECT_ENV, None)
+    else:
+        os.environ[PROJECT_ENV] = previous
 
 
 @pytest.fixture

@@ -67,8 +67,15 @@ def test_data_folder_comes_from_flag_then_config_then_environment_then_project(t
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "chimuf", "--help"], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[1])
-    for command in ("study", "audit", "report", "evaluate", "predict", "config", "tune-worker"):
+    for command in ("study", "audit", "report", "evaluate", "predict", "compare", "config", "tune-worker"):
         assert command in out.stdout
+
+
+def test_chimuf_alone_prints_the_help_and_fails_as_an_incomplete_command(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert "COMMAND" in captured.out and "compare" in captured.out and "study" in captured.out
+    assert captured.err == ""
 
 
 def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):

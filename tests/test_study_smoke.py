@@ -1,4 +1,5 @@
-"""The whole pipeline, end to end, on a small subset: the smoke study, and its crash safety.
+"""The whole pipeline, end to end, on a small subset: the smoke study, its crash safety, that it
+repeats itself to the last digit, and the Quarto project it publishes.
 
 These run `chimuf study --profile smoke` in a subprocess, exactly as a user would, on the real
 photos when ../shared/data is present and on generated images otherwise.
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from chimuf.core.results import SCHEMA_VERSION
+from chimuf.report.project import PROJECT_ENV
 from tests.conftest import SHARED_DATA, make_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.smoke]
@@ -33,14 +35,17 @@ def study_command(data: Path, out: Path) -> list[str]:
             "--data", str(data), "--out", str(out)]
 
 
-def environment(cache: Path) -> dict[str, str]:
+def environment(cache: Path, project: Path | None = None) -> dict[str, str]:
+    """The study's environment: its image cache, and where (if anywhere) its Quarto project goes."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env["CHIMUF_CACHE_DIR"] = str(cache)
+    env[PROJECT_ENV] = str(project) if project is not None else "none"
     return env
 
 
-def run_study(data: Path, out: Path, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(study_command(data, out), env=environment(cache), capture_output=True,
+def run_study(data: Path, out: Path, cache: Path, timeout: float = 600,
+              project: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(study_command(data, out), env=environment(cache, project), capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
@@ -66,14 +71,43 @@ def headline(run_dir: Path) -> dict:
     }
 
 
+def comparable(run_dir: Path) -> dict:
+    """results.json less what differs between two runs by design: wall times, speeds, time stamps,
+    the run's own name and folder, its stages' history. Everything else, every number included, must
+    repeat exactly."""
+    varying = {"wall_s", "images_per_s", "started_at", "updated_at", "run_id"}
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in varying}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value.replace(str(run_dir), "RUN") if isinstance(value, str) else value
+
+    results = strip(json.loads((run_dir / "results.json").read_text()))
+    del results["run"]["stages"]  # done, or reused by the rerun test: how the numbers came, not what
+    return results
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, Path, Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("smoke")
     data, out, cache = smoke_data(root), root / "run", root / "cache"
     started = time.monotonic()
-    done = run_study(data, out, cache)
+    done = run_study(data, out, cache, project=root / "report")
     print(f"smoke study took {time.monotonic() - started:.0f} s")
     return data, out, cache, done
+
+
+@pytest.fixture(scope="module")
+def second_run(smoke_run) -> tuple[Path, subprocess.CompletedProcess]:
+    """The same study again (same data, config, seed, lock, machine), into a run folder of its own."""
+    data, first, cache, _done = smoke_run
+    out = first.parent / "again"
+    started = time.monotonic()
+    done = run_study(data, out, cache, project=first.parent / "report")
+    print(f"second smoke study took {time.monotonic() - started:.0f} s")
+    return out, done
 
 
 def test_smoke_study_runs_every_stage_and_renders_the_report(smoke_run):
@@ -142,6 +176,49 @@ def test_rerun_of_a_finished_study_redoes_nothing(smoke_run):
     assert again.stderr.count("reused") >= 9
     assert "[train] running" not in again.stderr
     assert headline(out) == before
+
+
+def test_smoke_study_publishes_its_quarto_project(smoke_run):
+    _data, out, _cache, done = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    project = out.parent / "report"
+    assert (project / ".run").read_text().strip() == str(out.resolve())
+    assert "| Run | run |" in (project / "index.qmd").read_text()  # the run facts name the run
+    for name in ("_quarto.yml", "include/head.html", "include/typst-header.typ", "index.html", "index.pdf"):
+        assert (project / name).is_file(), name
+    assert sorted(p.name for p in (project / "figures").iterdir()) == \
+        sorted(p.name for p in (out / "report" / "figures").iterdir())
+
+
+def test_second_study_with_the_same_seed_gives_identical_results(smoke_run, second_run):
+    _data, first, _cache, done = smoke_run
+    again, second = second_run
+    assert done.returncode == 0 and second.returncode == 0, second.stderr[-3000:]
+    assert "[train] done" in second.stderr  # trained afresh, nothing reused from the first run
+    assert comparable(again) == comparable(first)
+
+
+def test_second_study_swaps_the_quarto_project_whole(smoke_run, second_run):
+    _data, first, _cache, _done = smoke_run
+    again, second = second_run
+    assert second.returncode == 0, second.stderr[-3000:]
+    project = first.parent / "report"
+    assert (project / ".run").read_text().strip() == str(again.resolve())
+    assert "| Run | again |" in (project / "index.qmd").read_text()
+    assert (project / "index.qmd").read_bytes() != (first / "report" / "index.qmd").read_bytes()
+    assert sorted(p.name for p in (project / "figures").iterdir()) == \
+        sorted(p.name for p in (again / "report" / "figures").iterdir())
+    assert not [p for p in project.parent.iterdir() if p.name.startswith(".report.")]  # no staging left
+
+
+def test_compare_finds_the_two_runs_identical(smoke_run, second_run):
+    _data, first, _cache, _done = smoke_run
+    again, _second = second_run
+    done = subprocess.run([sys.executable, "-m", "chimuf", "compare", str(first), str(again), "--json"],
+                          capture_output=True, text=True, check=True)
+    comparison = json.loads(done.stdout)
+    assert comparison["identical"], [s for s in comparison["sections"] if s["differences"]]
+    assert {row["verdict"] for row in comparison["numbers"]} == {"identical"}
 
 
 def wait_for_stage(process: subprocess.Popen, run_dir: Path, stage: str, timeout: float) -> bool:

@@ -9,7 +9,8 @@ config, the results of a run and the engine load instantly and the report can us
     proportions.py      Wilson and Newcombe intervals of accuracies, from counts
     results.py          what each stage hands on (the contract with the report), STAGES
     engine.py           run folders, stages skipped when their inputs are unchanged, run status
-    files.py            atomic writes, JSON, safe file names
+    environment.py      installed versions, the lock, the CPU's instruction sets (run facts)
+    files.py            atomic writes, JSON, safe file names, folders replaced in one step
     console.py          messages and progress
     errors.py           the errors chimuf reports as one line
 """

@@ -188,6 +188,10 @@ class TrainConfig:
         "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'",
         one_of("auto", "float32", "mixed_bfloat16"),
     )
+    deterministic: bool = opt(
+        False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
+        "deterministic kernel fails instead of varying; matters on GPUs, CPU runs repeat without it",
+    )
 
 
 @dataclass(frozen=True)

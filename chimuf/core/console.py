@@ -1,15 +1,31 @@
 """What the user sees while a study runs: messages, and progress of long work.
 
-On a terminal, progress is a live bar (rich); elsewhere (CI logs, pipes) it is a plain line every
-few seconds, so logs stay readable. Every message also goes to the run's log file when one is set.
+On a terminal, progress is a live bar (rich); in a Jupyter notebook, rich's notebook display
+(it needs ipywidgets: `pip install 'chimuf[notebook]'`); elsewhere (CI logs, pipes) a plain line
+every few seconds, so logs stay readable. Every message also goes to the run's log file when one
+is set, and so do Python warnings from the libraries (scikit-learn's ConvergenceWarning from the
+tuner's Gaussian process, say), which would otherwise break into the middle of the progress.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+NOTEBOOK_HINT = "live progress in a notebook needs ipywidgets: pip install 'chimuf[notebook]'"
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (notebook, JupyterLab, VS Code, Colab); IPython is not imported
+    for it, only asked when the kernel has loaded it already."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return type(shell).__name__ in ("ZMQInteractiveShell", "Shell")  # Jupyter's kernel; Colab's
 
 
 class Progress:
@@ -83,20 +99,25 @@ class Progress:
 class Console:
     """Messages for the user and the run log. One per process, made at the edge (the CLI)."""
 
-    def __init__(self, stream: TextIO | None = None, live: bool | None = None, quiet: bool = False):
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None, quiet: bool = False,
+                 notebook: bool | None = None):
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() if live is None else live
+        self.notebook = in_notebook() if notebook is None else notebook
+        widgets = self.notebook and importlib.util.find_spec("ipywidgets") is not None
+        self.live = (self.stream.isatty() or widgets) if live is None else live
         self.quiet = quiet
         self.plain_interval_s = 10.0
         self.log_file: TextIO | None = None
         self._rich = None
+        self._hinted = not self.notebook or widgets
+        self._shown_before = warnings.showwarning  # what log_to(None) puts back
 
     @property
     def rich(self):
         if self._rich is None:
             from rich.console import Console as RichConsole
 
-            self._rich = RichConsole(file=self.stream, highlight=False)
+            self._rich = RichConsole(file=self.stream, highlight=False, force_jupyter=self.notebook or None)
         return self._rich
 
     def log_to(self, path: Path | None) -> None:
@@ -104,9 +125,18 @@ class Console:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
+        if warnings.showwarning == self.log_warning:
+            warnings.showwarning = self._shown_before
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.log_file = path.open("a", encoding="utf-8")
+            self._shown_before = warnings.showwarning
+            warnings.showwarning = self.log_warning
+
+    def log_warning(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: Any = None, line: str | None = None) -> None:
+        """warnings.showwarning while a log is set: the warning goes to the log, not the screen."""
+        self.write(f"warning: {category.__name__}: {message} ({Path(filename).name}:{lineno})", echo=False)
 
     def write(self, message: str, echo: bool = True, log: bool = True) -> None:
         if echo and not self.quiet:
@@ -123,6 +153,9 @@ class Console:
         self.write(f"warning: {message}")
 
     def progress(self, description: str, total: int | None = None, unit: str = "") -> Progress:
+        if not self._hinted:
+            self._hinted = True
+            self.info(NOTEBOOK_HINT)
         return Progress(self, description, total, unit)
 
 

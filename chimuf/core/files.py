@@ -2,7 +2,8 @@
 
 Every result chimuf keeps (stage outcomes, checkpoints' state, figures, the report) is written
 through `atomic_write_bytes`: a reader sees the old file or the new one, never half of one, even
-after a crash or a full disk. Stages, the model files, the cache, plots and the report all write
+after a crash or a full disk. A whole folder (the published report project) is replaced the same
+way, by `replace_dir`. Stages, the model files, the cache, plots and the report all write
 this way, so the helpers live here, apart from the stage engine that uses them too.
 """
 
@@ -10,11 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import datetime as dt
+import errno
 import io
 import json
 import os
 import re
+import secrets
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -121,3 +127,45 @@ def spreadsheet_safe(cell: Any) -> Any:
     if PLAIN_NUMBER.fullmatch(cell):
         return cell
     return "'" + cell
+
+
+# --- folders replaced in one step --------------------------------------------------------------
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the folder `new` in the place of `target` and remove the old one.
+
+    On Linux the two are exchanged in one step (renameat2 RENAME_EXCHANGE), so a reader sees the
+    old folder or the new one, never a mix of both and never none. Elsewhere (or on a file system
+    without the exchange) the old one is renamed aside first: a reader may then find no folder
+    for an instant, but still never a mix.
+    """
+    if not target.exists():
+        new.rename(target)
+    elif exchange(new, target):
+        shutil.rmtree(new)  # `new` names the old folder now
+    else:
+        old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    fsync_dir(target.parent)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
+    if sys.platform != "linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # a kernel or file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))

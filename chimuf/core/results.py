@@ -594,6 +594,31 @@ class ConfigDifference:
 
 
 @dataclass
+class LockInfo:
+    """The lock a run's installed versions were compared with (chimuf's uv.lock)."""
+
+    path: str
+    digest: str  # SHA-256 of the lock file
+    mismatches: list[str]  # installed dependencies at a version the lock does not pin; [] = as locked
+
+
+@dataclass
+class EnvironmentInfo:
+    """What a run's numbers depend on besides config, seed and data (`chimuf compare` reads it)."""
+
+    python: str
+    packages: dict[str, str]  # every installed distribution chimuf needs, directly or not
+    packages_digest: str  # SHA-256 over python and those name==version lines
+    lock: LockInfo | None  # None: installed without chimuf's lock (e.g. a wheel in an own environment)
+    cpu: str  # model name
+    cpu_features: list[str]  # of AVX2, AVX-512, AVX-512 BF16, AMX ... (/proc/cpuinfo)
+    onednn_isa: str  # the instruction set oneDNN says it dispatches to; "" when not known
+    onednn_settings: dict[str, str]  # ONEDNN_MAX_CPU_ISA, TF_ENABLE_ONEDNN_OPTS, ... where set
+    gpus: list[str]  # GPU names TensorFlow sees; [] on a CPU
+    op_determinism: bool  # TensorFlow's op determinism was on (train.deterministic)
+
+
+@dataclass
 class RunInfo:
     run_id: str
     status: str  # "running" | "stopped" (--stop-after) | "finished" | "failed" | "interrupted"
@@ -610,6 +635,7 @@ class RunInfo:
     stages: list[StageFact]
     chimuf_version: str = ""
     error: str = ""
+    environment: EnvironmentInfo | None = None  # versions, lock, CPU, GPU, determinism; None in older runs
 
 
 @dataclass

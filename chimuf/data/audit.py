@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import DataError
-from chimuf.data.imagefile import read_image
 from chimuf.core.results import AuditOutcome, ClassCount, DuplicateGroup, FileRecord
+from chimuf.data.imagefile import read_image
 
 if TYPE_CHECKING:
     import numpy as np

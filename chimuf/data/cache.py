@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.config import AuditConfig
-from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.errors import DataError, StageError
-from chimuf.data.imagefile import model_array, read_image
+from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.results import AuditOutcome, CacheOutcome, FileRecord
+from chimuf.data.imagefile import model_array, read_image
 
 if TYPE_CHECKING:
     import numpy as np

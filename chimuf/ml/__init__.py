@@ -10,6 +10,8 @@
     gradcam.py                   Grad-CAM and feature maps (tf-keras-vis)
     plots.py, *_plots.py         the figures, written atomically
     tfstart.py                   starting TensorFlow quietly
+    machine.py                   GPUs, oneDNN's kernels, op determinism (the run facts' half
+                                 that needs TensorFlow)
 
 TensorFlow, Keras and matplotlib are imported inside the functions that need them, except in
 callbacks.py, which defines a Keras class.

@@ -10,6 +10,10 @@ names, and nothing else; it never recomputes a number. Three steps, each in its 
 3. render HTML and PDF: `quarto render` where Quarto is installed, else pandoc for HTML and
    pandoc's Typst writer plus the typst package for PDF (render.py).
 
+The templates and Quarto files travel inside the package (resources.py). After rendering, the
+study and `chimuf report` may publish RUN/report/ into the top-level Quarto project, report/ of a
+checkout or `--project DIR` (project.py), for `quarto render report`.
+
 A partial run renders too: a stage without results gets a section that says it has not run yet.
 
     chimuf report runs/paper        # → runs/paper/report/index.html and index.pdf

@@ -13,7 +13,6 @@ ids, pipe tables, `![caption](path){#fig-id}` figures, emphasis and block quotes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from chimuf.core.config import flatten
@@ -22,8 +21,7 @@ from chimuf.core.results import Results
 from chimuf.report import blocks, claims, glance, views
 from chimuf.report.escape import Trusted, finalize, yaml_string
 from chimuf.report.figures import ImageRef
-
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+from chimuf.report.resources import TEMPLATES_DIR
 
 MAIN_TEMPLATE = "report.md.j2"
 
@@ -38,7 +36,8 @@ def environment() -> Any:
     if not (TEMPLATES_DIR / MAIN_TEMPLATE).is_file():
         raise ReportError(
             f"the report templates are missing: expected `{TEMPLATES_DIR / MAIN_TEMPLATE}`. "
-            "Run chimuf from its source tree (the templates/ folder sits beside chimuf/), or reinstall it."
+            "Reinstall chimuf (its wheel carries them); in a checkout, chimuf/report/templates must be "
+            "the link to templates/ (clone with `git config core.symlinks true`)."
         )
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -111,6 +110,8 @@ def environment() -> Any:
         paper_claim=claims.paper_claim,
         glance_rows=glance.glance_rows,
         status_text=glance.status_text,
+        environment_rows=views.environment_rows,
+        dependency_list=views.dependency_list,
     )
     return env
 

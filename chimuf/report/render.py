@@ -24,8 +24,8 @@ from pathlib import Path
 
 from chimuf.core.errors import ReportError
 from chimuf.core.files import atomic_write_bytes, atomic_write_text
+from chimuf.report.resources import PROJECT_TEMPLATE_DIR
 
-PROJECT_TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "report"
 # Copied into RUN/report/ at the same relative paths. (The includes sit in include/ because the
 # project's .gitignore ignores rendered *.html and *.typ at the top of report/.)
 PROJECT_FILES = ("_quarto.yml", "include/head.html", "include/typst-header.typ")
@@ -67,8 +67,9 @@ def write_project(report_dir: Path, markdown: str) -> Path:
         source = PROJECT_TEMPLATE_DIR / name
         if not source.is_file():
             raise ReportError(
-                f"the report project file `{source}` is missing; chimuf needs its report/ folder "
-                "beside chimuf/. Reinstall chimuf from its source tree."
+                f"the report project file `{source}` is missing from chimuf's package data; reinstall "
+                "chimuf (its wheel carries it); in a checkout, chimuf/report/project/ must hold the links "
+                "into report/ (clone with `git config core.symlinks true`)."
             )
         atomic_write_bytes(report_dir / name, source.read_bytes())
     index = report_dir / "index.qmd"

@@ -343,3 +343,32 @@ def config_rows(results: Results) -> list[list[object]]:
         cells = [key, plain(value)]
         rows.append([strong(c) for c in cells] if key in differing else cells)
     return rows
+
+
+def environment_rows(results: Results) -> list[list[object]]:
+    """What the numbers depend on besides config, seed and data: lock, versions, CPU, GPU,
+    determinism (rows for the run-facts table; none for runs made before they were recorded)."""
+    env = results.run.environment
+    if env is None:
+        return []
+    if env.lock is None:
+        lock = "none: installed without chimuf's uv.lock"
+    elif env.lock.mismatches:
+        lock = f"{env.lock.digest or 'unreadable'}; differs in {'; '.join(env.lock.mismatches)}"
+    else:
+        lock = f"{env.lock.digest}; every dependency installed as locked"
+    settings = ", ".join(f"{k}={v}" for k, v in env.onednn_settings.items())
+    return [
+        ["Lock (uv.lock, SHA-256)", lock],
+        ["Installed dependencies", f"{len(env.packages)}, SHA-256 of their versions {env.packages_digest}"],
+        ["CPU instruction sets", ", ".join(env.cpu_features) or "none of AVX2, AVX-512, AMX"],
+        ["oneDNN kernels for", env.onednn_isa or "not known (oneDNN had not answered)"],
+        ["oneDNN settings", settings or "defaults"],
+        ["GPUs", ", ".join(env.gpus) or "none (CPU only)"],
+        ["TensorFlow op determinism", "on" if env.op_determinism else "off"],
+    ]
+
+
+def dependency_list(packages: Mapping[str, str]) -> str:
+    """Every installed dependency as one line of text: "absl-py 2.5.1, astunparse 1.6.3, ..."."""
+    return ", ".join(f"{name} {version}" for name, version in sorted(packages.items()))

@@ -24,6 +24,7 @@ from chimuf.core.results import AuditOutcome, CacheOutcome, SplitOutcome
 from chimuf.data.audit import audit_folder
 from chimuf.data.cache import build_cache, load_images
 from chimuf.data.split import split_dataset
+from chimuf.ml import machine
 from chimuf.stages import tune
 from chimuf.study import cache_inputs, split_inputs
 from chimuf.tuning.protocol import Address, ChiefLost, rpc_reason
@@ -49,6 +50,7 @@ def run_worker(config: StudyConfig, setup: WorkerSetup, console: Console) -> int
     """
     import grpc
 
+    machine.enable_determinism(config.train.deterministic)  # as the chief's study does
     wait_for_chief(setup.chief, setup.chief_timeout_s)
     console.info(f"worker {setup.worker_id}: connected to the tuning chief at {setup.chief}")
     cache, split = worker_data(config, setup, console)
