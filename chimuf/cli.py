@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--plan", action="store_true",
                        help="print the plan only: the stages, trainings and epochs, and how long they should "
                        "take here (from a short probe of each architecture), then stop after the split")
+    study.add_argument("--weights", metavar="PATH",
+                       help="train the pretrained baseline (pretrained.backbone, mobilenet_v3_small unless "
+                       "set) from this no-top weights file of its backbone, as pretrained.weights does")
     study.add_argument("--mlflow", metavar="URI",
                        help="also log the run to MLflow at URI (file:/path/mlruns, sqlite:///mlflow.db, "
                        "http://host:5000), as tracking.mlflow_uri does; needs chimuf[mlflow]")
@@ -239,7 +242,13 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     overrides: dict[str, object] = {"seed": args.seed} if args.seed is not None else {}
     if args.mlflow:
         overrides["tracking"] = {"mlflow_uri": args.mlflow}
+    if args.weights:
+        overrides["pretrained"] = {"weights": str(Path(args.weights).expanduser().resolve())}
     config = load(args, **overrides)
+    if args.weights and not config.pretrained.backbone:
+        # --weights alone means "the default backbone"; one set in the config file wins
+        overrides["pretrained"] = {**overrides["pretrained"], "backbone": "mobilenet_v3_small"}  # type: ignore[dict-item]
+        config = load(args, **overrides)
     data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
     run_dir = run_folder(args.out, config)
     cache_dir = cache_folder(config)

@@ -255,15 +255,26 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
             run.switched_off("modern", "modern.enabled = false")
         if save("modern", results.modern):
             return results
+        if config.pretrained.backbone:
+            results.pretrained = run.stage(
+                "pretrained", {**common, "pretrained": config.pretrained}, TrainingOutcome,
+                lambda ctx: train.train_pretrained(ctx, results.cache, results.split, config.pretrained,
+                                                   config.train, config.augment, seed, monitor),
+            )
+        else:
+            run.switched_off("pretrained", "pretrained.backbone is ''")
+        if save("pretrained", results.pretrained):
+            return results
         results.beyond = run.stage(
             "beyond",
             {"final": digest(results.final), "evaluate": digest(results.evaluate),
              "kfold": digest(results.kfold), "modern": digest(results.modern),
+             "pretrained": digest(results.pretrained),
              "evaluate_cfg": config.evaluate, "seed": seed},
             BeyondOutcome,
             lambda ctx: beyond.compare_beyond(ctx, results.cache, results.split, results.final,
                                               results.evaluate, results.kfold, results.modern,
-                                              config.evaluate, seed),
+                                              config.evaluate, seed, results.pretrained),
         )
         if save("beyond", results.beyond):
             return results

@@ -256,6 +256,25 @@ class ModernConfig:
 
 
 @dataclass(frozen=True)
+class PretrainedConfig:
+    """An optional pretrained baseline (chimuf.ml.pretrained), off by default: what a user with few
+    images would pick instead, set beside the from-scratch models in "beyond the paper"."""
+
+    backbone: str = opt("", "'' (off), 'mobilenet_v3_small', 'mobilenet_v3_large' or 'efficientnet_b0'",
+                        one_of("", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"))
+    weights: str = opt("", "the backbone's no-top weights file (.h5 or .weights.h5); '' = Keras' download "
+                       "('imagenet'), which needs internet")
+    epochs: int = opt(8, "epochs of the new head, the backbone frozen", at_least(1))
+    fine_tune_epochs: int = opt(4, "then epochs with the backbone's last layers trainable (0 = none)",
+                                non_negative())
+    fine_tune_layers: int = opt(20, "backbone layers fine-tuned (batch normalisation stays frozen)",
+                                non_negative())
+    learning_rate: float = opt(1e-3, "Adam learning rate of the head", positive())
+    fine_tune_learning_rate: float = opt(1e-5, "Adam learning rate of the fine-tuning", positive())
+    dropout: float = opt(0.2, "dropout before the output layer", between(0, 1, high_inclusive=False))
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
     confidence: float = opt(0.95, "confidence level of the intervals", between(0.5, 1, high_inclusive=False))
@@ -346,6 +365,7 @@ class StudyConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     kfold: KFoldConfig = field(default_factory=KFoldConfig)
     modern: ModernConfig = field(default_factory=ModernConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

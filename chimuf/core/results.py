@@ -653,6 +653,7 @@ class Results:
     labels: LabelsOutcome | None = None
     explain: ExplainOutcome | None = None
     modern: TrainingOutcome | None = None
+    pretrained: TrainingOutcome | None = None
     beyond: BeyondOutcome | None = None
     export: ExportOutcome | None = None
 

@@ -178,6 +178,9 @@ def float32_copy(model: keras.Model, linear_output: bool = False) -> keras.Model
 
     def float32_layer(layer: Any) -> Any:
         config = layer.get_config()
+        if not isinstance(layer, keras.layers.Layer):  # a bare op (keras.ops.add in MobileNetV3)
+            config.pop("dtype", None)
+            return layer.__class__.from_config(config)
         config["dtype"] = "float32"
         if linear_output and layer.name == output_layer:
             config["activation"] = "linear"

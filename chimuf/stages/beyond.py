@@ -53,7 +53,8 @@ class Candidate:
 
 def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
                    evaluation: EvaluateOutcome, kfold: KFoldOutcome | None, modern: TrainingOutcome | None,
-                   cfg: EvaluateConfig, seed: int) -> BeyondOutcome:
+                   cfg: EvaluateConfig, seed: int,
+                   pretrained: TrainingOutcome | None = None) -> BeyondOutcome:
     """Every candidate's test metrics, with and without flips, against the final model's."""
     images = load_images(cache)
     pixels = np.asarray(images.images[images.rows(split.test)], dtype=np.uint8)  # (N, S, S, 3)
@@ -65,7 +66,8 @@ def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
                    labels, np.asarray(evaluation.predictions.probabilities), None, cfg, seed)]
     # (name, description, models, flips) of every row after the reference: the final model with
     # flips, then each other candidate without and with them
-    runs = [(c, flips) for c in candidates_of(ctx, final, kfold, modern) for flips in (False, True)
+    candidates = candidates_of(ctx, final, kfold, modern, pretrained)
+    runs = [(c, flips) for c in candidates for flips in (False, True)
             if not (c.name == FINAL and not flips)]
     with ctx.console.progress("beyond", total=len(runs), unit="comparisons") as progress:
         for candidate, flips in runs:
@@ -83,7 +85,8 @@ def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
 
 
 def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome | None,
-                  modern: TrainingOutcome | None) -> list[Candidate]:
+                  modern: TrainingOutcome | None,
+                  pretrained: TrainingOutcome | None = None) -> list[Candidate]:
     """The models to set beside the final model: itself (for its flips), the modern recipe, the
     fold ensemble alone and with the final model; those that were not trained are left out."""
     load = modelfile.load_model
@@ -92,6 +95,9 @@ def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome
     if modern is not None:
         out.append(Candidate("modern", "the modern recipe (residual CNN, AdamW, cosine schedule)",
                              [load(ctx.run_dir / modern.model_path)]))
+    if pretrained is not None:
+        out.append(Candidate("pretrained", "the pretrained baseline (an ImageNet backbone, fine-tuned)",
+                             [load(ctx.run_dir / pretrained.model_path)]))
     folds = [f for f in (kfold.folds if kfold else []) if f.status == "COMPLETED" and f.model_path]
     if len(folds) >= 2:
         members = [load(ctx.run_dir / f.model_path) for f in folds]

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimuf.core.config import AugmentConfig, ModernConfig, TrainConfig
+from chimuf.core.config import AugmentConfig, ModernConfig, PretrainedConfig, TrainConfig
 from chimuf.core.engine import StageContext
 from chimuf.core.files import atomic_write_json, atomic_write_text, csv_text
 from chimuf.core.hyperparameters import Hyperparameters
@@ -35,6 +35,8 @@ from chimuf.ml.fit import UNMONITORED, Monitoring, fit
 from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
 from chimuf.ml.modern import seeded_modern
+from chimuf.ml.pretrained import build_pretrained, compile_pretrained, unfreeze_top
+from chimuf.ml.seeds import WEIGHTS, derive_seed
 from chimuf.ml.training_plots import plot_comparison, plot_curves
 
 if TYPE_CHECKING:
@@ -119,6 +121,8 @@ def pretty_name(name: str) -> str:
         return "the final model"
     if name == "modern":
         return "the modern recipe"
+    if name.startswith("pretrained"):
+        return "the pretrained baseline" + (" (its head)" if name.endswith("_head") else "")
     base, _, aug = name.partition("_")
     label = base.replace("model", "Model ") if base.startswith("model") else base
     return f"{label} ({'with' if aug else 'without'} augmentation)"
@@ -177,3 +181,29 @@ def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cf
     model = seeded_modern(images.images.shape[1], cfg, resolve_precision(train_cfg.precision), steps, seed)
     return train_one(ctx, "modern", "modern", cfg.augment, None, images, split, fit_cfg, augment, seed,
                      monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix))
+
+
+def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: PretrainedConfig,
+                     train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
+                     monitor: Monitoring = UNMONITORED) -> TrainingOutcome:
+    """The pretrained baseline (chimuf.ml.pretrained): the head with the backbone frozen, then the
+    backbone's last layers fine-tuned; each phase keeps its best val_loss epoch and resumes."""
+    import keras
+
+    images = load_images(cache)
+    keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
+    model = build_pretrained(images.images.shape[1], cfg, cfg.weights or "imagenet")
+    compile_pretrained(model, cfg.learning_rate)
+    head = replace(train_cfg, epochs=cfg.epochs, patience=cfg.epochs, start_from_epoch=0, precision="float32")
+    name = "pretrained_head" if cfg.fine_tune_epochs else "pretrained"
+    outcome = train_one(ctx, name, "pretrained", True, None, images, split, head, augment, seed, monitor,
+                        model=model)
+    if not cfg.fine_tune_epochs:
+        return outcome
+    trainable = unfreeze_top(model, cfg.fine_tune_layers)
+    compile_pretrained(model, cfg.fine_tune_learning_rate)
+    ctx.console.info(f"  pretrained: fine-tuning {trainable} layers at learning rate "
+                     f"{cfg.fine_tune_learning_rate:g}")
+    fine = replace(head, epochs=cfg.fine_tune_epochs, patience=cfg.fine_tune_epochs)
+    return train_one(ctx, "pretrained", "pretrained", True, None, images, split, fine, augment, seed, monitor,
+                     model=model)
