@@ -54,7 +54,7 @@ def test_fine_tuning_unfreezes_the_last_layers_but_not_batch_normalisation():
 
 
 def test_an_unknown_backbone_or_a_wrong_weights_file_is_one_clear_line(tmp_path):
-    with pytest.raises(ConfigError, match="pretrained.backbone"):
+    with pytest.raises(ConfigError, match=r"pretrained\.backbone"):
         build_pretrained(SIZE, replace(SMALL, backbone="resnet9000"), None)
     import keras
 
