@@ -1,22 +1,38 @@
-"""Run every benchmark in turn: `python -m benchmarks` (what `nox -s bench` calls).
+"""Run the benchmarks in turn: `python -m benchmarks [NAME ...]` (what `nox -s bench` calls).
 
-Arguments are passed to each benchmark. The exit status is non-zero only when a benchmark fails
-to run, not when it misses its target: targets are read from the printed tables.
+Without names every benchmark runs with its defaults (a few minutes each on a 2-core machine);
+each one's own options are `python -m benchmarks.NAME --help`. The exit status is non-zero only
+when a benchmark fails to run, not when it misses its target: targets are read from the printed
+tables.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from benchmarks import epoch_end, train_throughput
+from benchmarks import epoch_end, machine_limit, modern_recipe, train_throughput
 
-BENCHMARKS = [train_throughput.main, epoch_end.main]
+# name → (entry point, the arguments it runs with here)
+BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
+    "train_throughput": (train_throughput.main, []),
+    "epoch_end": (epoch_end.main, []),
+    "machine_limit": (machine_limit.main, []),
+    "modern_recipe": (modern_recipe.main, ["--compare", "--images", "1000"]),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
     status = 0
-    for benchmark in BENCHMARKS:
-        status = max(status, benchmark(argv))
+    for name in names:
+        entry, arguments = BENCHMARKS[name]
+        print(f"\n== {name} ==", flush=True)
+        status = max(status, entry(arguments))
     return status
 
 

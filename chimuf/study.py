@@ -303,11 +303,13 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
             ReportOutcome,
             lambda ctx: report.build_report(paths.run_dir, config.report, console),
         )
-        if project is not None:  # even when the report was reused: this is the latest study
-            console.info(f"  report: Quarto project {publish(paths.run_dir, project)} holds run {run.run_id}")
+        # even when the report was reused: this is the latest study
+        published = publish(paths.run_dir, project) if project is not None else None
         run.finish()
         write_results(run, results, config, paths, env=env)
         print_headline(console, paths.run_dir, results, rendered)
+        if published is not None:  # after the verdict, which comes first
+            console.info(f"Quarto project {published} holds run {run.run_id}")
         return results
 
 

@@ -239,7 +239,7 @@ class ModernConfig:
                                   Check(lambda v: len(v) >= 1 and all(w >= 1 for w in v),
                                         "a non-empty list of whole numbers of at least 1"))
     blocks: int = opt(1, "residual blocks per stage", at_least(1))
-    epochs: int = opt(40, "epochs of the cosine schedule (no early stopping; the best val_loss epoch "
+    epochs: int = opt(25, "epochs of the cosine schedule (no early stopping; the best val_loss epoch "
                       "is kept)", at_least(1))
     batch_size: int = opt(64, "images per batch", at_least(1))
     learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", positive())
