@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser(
         "study", help="run or resume the whole study, report included",
         description="Run the study stage by stage (audit, split, cache, six trainings, tuning, "
-        "final model, evaluation, k-fold, suspect labels, explanation, report). A rerun with the "
+        "final model, evaluation, k-fold, suspect labels, explanation; then beyond the paper: the "
+        "modern recipe, the optional pretrained baseline, fold ensemble and test-time flips; export, "
+        "report). A rerun with the "
         "same settings skips finished stages and resumes an interrupted training where it stopped.",
     )
     add_config_options(study)
@@ -60,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this stage (the run stays resumable)")
     study.add_argument("--project", metavar="DIR", type=Path,
                        help="also publish the report's Quarto project into DIR (default: ./report when it "
-                       "is chimuf's Quarto project, as in a checkout; else $CHIMUF_REPORT_PROJECT)")
+                       "is chimuf's Quarto project, as in a checkout; else $CHIMUF_REPORT_PROJECT; "
+                       "'none': nowhere)")
     study.add_argument("--tune-chief", metavar="HOST:PORT",
                        help="tune on several machines: during the tuning stage, serve its trials at "
                        "HOST:PORT to `chimuf tune-worker` processes (docs/distributed.md)")
@@ -118,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--engine", choices=("auto", "quarto", "pandoc"), default="auto")
     report.add_argument("--project", metavar="DIR", type=Path,
                         help="also publish the Quarto project (index.qmd, figures, HTML, PDF) into DIR, "
-                        "replacing the run there (default: ./report when it is chimuf's Quarto project, "
+                        "replacing the run there ('none': nowhere; default: ./report when it is chimuf's "
+                        "Quarto project, "
                         "as in a checkout; else $CHIMUF_REPORT_PROJECT)")
 
     evaluate = commands.add_parser(

@@ -56,8 +56,10 @@ def test_flag_then_environment_then_checkout_decide_the_project(tmp_path, monkey
     monkeypatch.setenv(PROJECT_ENV, str(tmp_path / "from-env"))
     assert project_dir(tmp_path / "flag", tmp_path) == tmp_path / "flag"
     assert project_dir(None, tmp_path) == tmp_path / "from-env"
+    assert project_dir(Path("none"), tmp_path) is None  # the flag turns it off as the variable does
     monkeypatch.setenv(PROJECT_ENV, "none")
     assert project_dir(None, tmp_path) is None
+    assert project_dir(tmp_path / "flag", tmp_path) == tmp_path / "flag"
 
 
 def test_the_test_suite_publishes_outside_the_checkout(report_project_outside_the_checkout):

@@ -7,7 +7,7 @@ that `quarto render report` at the root of a checkout renders the latest run.
 
 Which folder, first match:
 
-1. `--project DIR` (`chimuf study`, `chimuf report`), `project=` in the Python API;
+1. `--project DIR` (`chimuf study`, `chimuf report`), `project=` in the Python API (`none`: off);
 2. $CHIMUF_REPORT_PROJECT (`none` turns publishing off; the test suite points it at a tmp folder);
 3. `report/` in the current folder, only when it is chimuf's Quarto project already, i.e. its
    _quarto.yml is chimuf's (a checkout of chimuf has one).
@@ -33,6 +33,7 @@ from chimuf.core.errors import ReportError
 from chimuf.core.files import atomic_write_text, replace_dir
 
 PROJECT_ENV = "CHIMUF_REPORT_PROJECT"
+OFF = "none"  # as --project or $CHIMUF_REPORT_PROJECT: publish nowhere
 DEFAULT = Path("report")  # relative to the current folder
 RUN_MARKER = ".run"  # one line: the absolute path of the run folder the project came from
 
@@ -44,11 +45,9 @@ STAGING = (".new-", ".old-")  # name parts of the folders beside the project whi
 
 def project_dir(explicit: Path | None, cwd: Path) -> Path | None:
     """Where the Quarto project goes (see the module's docstring), or None for nowhere."""
-    if explicit is not None:
-        return explicit
-    from_env = os.environ.get(PROJECT_ENV, "")
-    if from_env:
-        return None if from_env.lower() == "none" else Path(from_env)
+    chosen = str(explicit) if explicit is not None else os.environ.get(PROJECT_ENV, "")
+    if chosen:
+        return None if chosen.lower() == OFF else Path(chosen)
     default = cwd / DEFAULT
     return default if is_chimuf_project(default) else None
 
