@@ -58,3 +58,18 @@ def test_in_a_notebook_without_ipywidgets_progress_is_plain_lines_and_says_why(m
 def test_outside_a_notebook_a_pipe_gets_plain_lines():
     console = Console(stream=io.StringIO())
     assert not console.notebook and not console.live
+
+
+def test_every_message_reaches_the_terminal_and_the_log_escaped(tmp_path):
+    """A file name is quoted in many warnings; an escape sequence or a right-to-left override in
+    it must not rewrite the screen, whichever stage or tool prints it."""
+    screen = io.StringIO()
+    console = Console(stream=screen, live=False)
+    console.log_to(tmp_path / "study.log")
+    console.warn("not explained: `evil\x1b[2J\u202egpj.exe`: not an image\nsecond line")
+    console.log_to(None)
+    shown = screen.getvalue()
+    assert "\x1b" not in shown and "\u202e" not in shown
+    assert "`evil\\x1b[2J\\u202egpj.exe`" in shown
+    assert shown.splitlines()[1] == "second line"  # a message's own lines stay lines
+    assert "\x1b" not in (tmp_path / "study.log").read_text()

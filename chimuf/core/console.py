@@ -139,6 +139,8 @@ class Console:
         self.write(f"warning: {category.__name__}: {message} ({Path(filename).name}:{lineno})", echo=False)
 
     def write(self, message: str, echo: bool = True, log: bool = True) -> None:
+        # messages quote file and class names from outside: shown escaped, line by line
+        message = "\n".join(printable(line) for line in message.split("\n"))
         if echo and not self.quiet:
             print(message, file=self.stream, flush=True)
         if log and self.log_file is not None:
