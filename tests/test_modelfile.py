@@ -356,6 +356,23 @@ def test_config_json_nested_100000_deep_is_one_line(saved_model, tmp_path, temp_
     refused_unread(path, temp_folder, monkeypatch, "config.json nests 100,000 levels deep")
 
 
+@pytest.mark.parametrize(("member", "data", "match"), [
+    ("config.json", b"\xff\xfe not utf-8", "config.json is not UTF-8 text"),
+    ("config.json", b'{"class_name": "Functional", ', "config.json is not valid JSON"),
+    ("config.json", b"1" * 5000, "config.json is not valid JSON"),  # past Python's 4300-digit limit
+    ("metadata.json", b'["keras_version"]', "metadata.json is not a JSON object"),
+    ("metadata.json", b" " * (65 * 1024) + b"{}", r"metadata.json claims 66,\d+ bytes, more than the 65,536"),
+    ("config.json", b" " * (5 * 1024 * 1024) + b"{}", r"config.json claims 5,242,882 bytes, more than the 4,194,304"),
+], ids=["config-not-utf8", "config-cut-short", "config-huge-number", "metadata-not-object",
+        "metadata-too-large", "config-too-large"])
+def test_json_members_that_cannot_be_read_are_one_line(saved_model, tmp_path, temp_folder, monkeypatch,
+                                                       member, data, match):
+    members = members_of(saved_model)
+    members[member] = data
+    path = write_archive(tmp_path / "bad-json.keras", members)
+    refused_unread(path, temp_folder, monkeypatch, match)
+
+
 def test_hdf5_declaring_more_than_its_parameters_need_is_refused_before_keras_reads_it(
         saved_model, tmp_path, temp_folder, monkeypatch):
     import h5py
