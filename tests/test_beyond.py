@@ -53,6 +53,19 @@ def test_modern_model_has_named_convolutions_and_loads_in_safe_mode(tmp_path):
     assert modelfile.load_model(path).count_params() == model.count_params()
 
 
+def test_batch_norm_statistics_settle_within_a_small_folders_few_steps():
+    """84 photos at batch 64 for 25 epochs are 50 steps: with Keras' momentum 0.99 the moving
+    statistics would still be 60 % their initial values, and every prediction at chance."""
+    from chimuf.ml.modern import bn_momentum, seeded_modern
+
+    assert bn_momentum(0) == 0.99 and bn_momentum(52 * 25) == 0.99  # a full study: unchanged
+    assert bn_momentum(50) == pytest.approx(0.9) and bn_momentum(3) == 0.5
+    assert bn_momentum(50) ** 50 < 0.01  # what is left of the initial statistics at the end
+    model = seeded_modern(SIZE, TINY, "float32", steps_per_epoch=2, seed=0)  # 3 epochs × 2 steps
+    momenta = {layer.momentum for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"}
+    assert momenta == {bn_momentum(6)}
+
+
 def test_modern_model_refuses_images_too_small_for_its_halvings():
     from chimuf.core.errors import ConfigError
 
