@@ -29,6 +29,7 @@ from chimuf.core.plan import StudyClock
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     SCHEMA_VERSION,
+    STAGES,
     AuditOutcome,
     BeyondOutcome,
     CacheOutcome,
@@ -139,7 +140,9 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         # the study's time left after every epoch. A study with nothing left to train has none.
         study_plan = None
         if plan_only or any(not run.outcome_path(name).exists() for name in TRAINING_STAGES):
-            study_plan = plan.plan_study(config, results.split)
+            after_split = STAGES[STAGES.index("split") + 1:]
+            finished = [name for name in after_split if run.outcome_path(name).exists()]
+            study_plan = plan.plan_study(config, results.split, done=finished)
             for line in study_plan.lines():
                 console.info(line)
             if plan_only:

@@ -56,3 +56,27 @@ def test_plan_only_prints_the_plan_and_stops_after_the_split(tmp_path, capsys):
         assert f"  {stage} " in err
     assert not (tmp_path / "run" / "stages" / "cache.json").exists()  # nothing past the split
     assert '"status": "stopped"' in (tmp_path / "run" / "run.json").read_text()
+
+
+def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkeypatch):
+    """A rerun after the k-fold has only the modern recipe left: its plan and its clock say so,
+    and no time goes to probing models that will not train again."""
+    from types import SimpleNamespace
+
+    from chimuf.core.config import load_config
+    from chimuf.stages import plan as plan_stage
+
+    probed: list[str] = []
+    pace = SimpleNamespace(epoch_s=lambda n_train, n_val: 1.0)
+    monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: probed.append(model.name) or pace)
+    config = load_config(profile="smoke")
+    split = SimpleNamespace(train=[0] * 40, validation=[0] * 10, test=[0] * 10)
+
+    fresh = plan_stage.plan_study(config, split)
+    assert {w.stage for w in fresh.work} == {"train", "tune", "final", "kfold", "modern"}
+    probed.clear()
+    resumed = plan_stage.plan_study(config, split, done=["cache", "train", "tune", "final", "evaluate", "kfold"])
+    assert {w.stage for w in resumed.work} == {"modern"} and probed == ["modern"]
+    assert "cache" not in resumed.fixed and "report" in resumed.fixed
+    assert resumed.total_s() < fresh.total_s()
+    assert "finished before, not planned again: cache, train, tune, final, evaluate, kfold" in resumed.lines()[-1]

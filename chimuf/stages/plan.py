@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import replace
 
 from chimuf.core.config import StudyConfig
@@ -22,8 +23,9 @@ from chimuf.ml.probe import Pace, probe
 from chimuf.tuning.space import search_space
 
 
-def plan_study(config: StudyConfig, split: SplitOutcome) -> Plan:
-    """Every training, trial and fold of `config` with its expected epochs and seconds per epoch."""
+def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] = ()) -> Plan:
+    """Every training, trial and fold of `config` with its expected epochs and seconds per epoch,
+    leaving out the stages in `done` (a resumed run's finished ones: neither planned nor probed)."""
     t, size = config.train, config.data.image_size
     precision = resolve_precision(t.precision)
     n_train, n_val = len(split.train), len(split.validation)
@@ -38,34 +40,40 @@ def plan_study(config: StudyConfig, split: SplitOutcome) -> Plan:
     middle = Hyperparameters.of({d.name: d.values[len(d.values) // 2] for d in search_space(config.tune)})
     epochs, fewest, most = training_epochs(t.epochs, t.start_from_epoch, t.patience)
     work: list[Work] = []
-    for number in t.models:  # timed with augmentation; without, an epoch is a little shorter
+    for number in t.models if "train" not in done else ():  # timed with augmentation
         pace = paced(f"model{number}").epoch_s(n_train, n_val)
         work += [Work("train", f"model{number}", epochs, fewest, most, pace),
                  Work("train", f"model{number}_aug", epochs, fewest, most, pace)]
-    tuned = paced("tuned", middle)
+    tuned_left = [stage for stage in ("tune", "final", "kfold") if stage not in done]
+    tuned = paced("tuned", middle) if tuned_left else None
     u = config.tune
-    for index in range(u.max_trials):
+    for index in range(u.max_trials) if tuned and "tune" not in done else ():
         e, low, high = trial_epochs(index, u.epochs, t.start_from_epoch, t.patience,
                                     u.prune_after if u.prune else None)
         work.append(Work("tune", f"trial_{index}", e, low, high, tuned.epoch_s(n_train, n_val)))
-    work.append(Work("final", "final", epochs, fewest, most, tuned.epoch_s(n_train, n_val)))
+    if tuned and "final" not in done:
+        work.append(Work("final", "final", epochs, fewest, most, tuned.epoch_s(n_train, n_val)))
     k = config.kfold
     if k.early_stopping:
         fold = (epochs, fewest, k.epochs or t.epochs)
     else:
         kept = k.epochs or max(1, round(epochs - t.patience))  # the final model's kept epoch
         fold = (float(kept), kept if k.epochs else 1, kept if k.epochs else t.epochs)
-    for number in range(1, k.folds + 1):
+    for number in range(1, k.folds + 1) if tuned and "kfold" not in done else ():
         work.append(Work("kfold", f"fold{number}", *fold, tuned.epoch_s(n_fold_train, n_fold_held)))
-    if config.modern.enabled:
+    if config.modern.enabled and "modern" not in done:
         m = config.modern
         model = build_modern(size, m, precision)
         compile_modern(model, m, math.ceil(n_train / m.batch_size))
         pace = probe(model, m.batch_size, config.augment if m.augment else None, config.seed)
         work.append(Work("modern", "modern", m.epochs, m.epochs, m.epochs, pace.epoch_s(n_train, n_val)))
     notes = [f"the tuned family is timed at the middle of its search space ({hyperparameters_text(middle)}); "
-             "the plan is redone with the chosen hyperparameters when a rerun starts after the search"]
-    return Plan(stages=list(STAGES), work=work, fixed=fixed_seconds(config, split), notes=notes)
+             "the plan is redone with the chosen hyperparameters when a rerun starts after the search"
+             ] if tuned else []
+    if done:
+        notes.append(f"finished before, not planned again: {', '.join(s for s in STAGES if s in done)}")
+    fixed = {stage: seconds for stage, seconds in fixed_seconds(config, split).items() if stage not in done}
+    return Plan(stages=list(STAGES), work=work, fixed=fixed, notes=notes)
 
 
 def with_chosen(plan: Plan, config: StudyConfig, split: SplitOutcome, best: object) -> Plan:
@@ -87,7 +95,8 @@ def fixed_seconds(config: StudyConfig, split: SplitOutcome) -> dict[str, float]:
     128 px, 2 cores), scaled by the images and pixels they handle."""
     images = len(split.train) + len(split.validation) + len(split.test)
     scale = images / 4733 * (config.data.image_size / 128) ** 2
-    measured = {"audit": 4.0, "cache": 5.0, "evaluate": 10.0, "labels": 10.0, "explain": 30.0, "beyond": 30.0,
+    # the audit has run when the plan is made; what is left of it is the stages below
+    measured = {"cache": 5.0, "evaluate": 10.0, "labels": 10.0, "explain": 30.0, "beyond": 30.0,
                 "export": 10.0, "report": 20.0}
     return {stage: 2.0 + seconds * scale for stage, seconds in measured.items()}
 
