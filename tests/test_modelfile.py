@@ -362,7 +362,8 @@ def test_config_json_nested_100000_deep_is_one_line(saved_model, tmp_path, temp_
     ("config.json", b"1" * 5000, "config.json is not valid JSON"),  # past Python's 4300-digit limit
     ("metadata.json", b'["keras_version"]', "metadata.json is not a JSON object"),
     ("metadata.json", b" " * (65 * 1024) + b"{}", r"metadata.json claims 66,\d+ bytes, more than the 65,536"),
-    ("config.json", b" " * (5 * 1024 * 1024) + b"{}", r"config.json claims 5,242,882 bytes, more than the 4,194,304"),
+    ("config.json", b" " * (5 * 1024 * 1024) + b"{}",
+     r"config.json claims 5,242,882 bytes, more than the 4,194,304"),
 ], ids=["config-not-utf8", "config-cut-short", "config-huge-number", "metadata-not-object",
         "metadata-too-large", "config-too-large"])
 def test_json_members_that_cannot_be_read_are_one_line(saved_model, tmp_path, temp_folder, monkeypatch,

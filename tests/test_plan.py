@@ -75,7 +75,8 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     fresh = plan_stage.plan_study(config, split)
     assert {w.stage for w in fresh.work} == {"train", "tune", "final", "kfold", "modern"}
     probed.clear()
-    resumed = plan_stage.plan_study(config, split, done=["cache", "train", "tune", "final", "evaluate", "kfold"])
+    finished = ["cache", "train", "tune", "final", "evaluate", "kfold"]
+    resumed = plan_stage.plan_study(config, split, done=finished)
     assert {w.stage for w in resumed.work} == {"modern"} and probed == ["modern"]
     assert "cache" not in resumed.fixed and "report" in resumed.fixed
     assert resumed.total_s() < fresh.total_s()
