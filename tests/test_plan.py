@@ -80,4 +80,4 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     assert {w.stage for w in resumed.work} == {"modern"} and probed == ["modern"]
     assert "cache" not in resumed.fixed and "report" in resumed.fixed
     assert resumed.total_s() < fresh.total_s()
-    assert "finished before, not planned again: cache, train, tune, final, evaluate, kfold" in resumed.lines()[-1]
+    assert resumed.lines()[-1].endswith("finished before, not planned again: " + ", ".join(finished))
