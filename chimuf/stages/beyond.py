@@ -78,8 +78,8 @@ def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
             rows.append(row)
             ctx.console.info(f"  {name}: test accuracy {row.accuracy:.3f} "
                              f"[{row.accuracy_interval.low:.3f}, {row.accuracy_interval.high:.3f}], "
-                             f"ROC AUC {row.roc_auc:.3f}; McNemar against the final model "
-                             f"p = {row.vs_final.p_value:.3g}")
+                             f"ROC AUC {row.roc_auc:.3f}; against chance p = {row.chance_p_value:.3g}, "
+                             f"McNemar against the final model p = {row.vs_final.p_value:.3g}")
             progress.update(1, name)
     return BeyondOutcome(n_images=len(labels), majority_rate=majority, rows=rows)
 
