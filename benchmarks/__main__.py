@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
+    from chimuf.ml.tfstart import start_tensorflow
+
+    start_tensorflow()  # the benchmarks' tables without TensorFlow's C++ start-up notes
     status = 0
     for name in names:
         entry, arguments = BENCHMARKS[name]
