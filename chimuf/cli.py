@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from chimuf.core.config import AuditConfig, ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
+from chimuf.core.config import ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
 from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the exports go (default: beside MODEL)")
     export.add_argument("--check", metavar="IMAGE", type=Path, nargs="+", default=[],
                         help="images to compare the export with the model on (default: 16 random images)")
+    add_config_options(export)  # its [audit] reads the --check images, its [model_files] limits MODEL
 
     track = commands.add_parser(
         "track", help="log a finished (or partial) run folder to MLflow",
@@ -368,9 +369,10 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from chimuf.tools import export
 
+    config = load(args)  # its [audit] reads the --check images, its [model_files] limits the model file
     start_tensorflow()
-    checks = export.export_files(args.model, args.formats or ["tflite"], args.out, args.check, AuditConfig(),
-                                 console)
+    checks = export.export_files(args.model, args.formats or ["tflite"], args.out, args.check, config.audit,
+                                 console, limits=config.model_files)
     print(export.format_checks(checks))
     return 0
 

@@ -221,6 +221,21 @@ def test_export_command_prints_the_check(trained_paths, tmp_path, capsys):
     assert (tmp_path / "out" / "final.classes.json").is_file()
 
 
+def test_export_reads_the_model_size_limit_from_the_config(trained_paths, tmp_path, capsys):
+    """As predict and evaluate: a model past the config's `model_files.max_params` is refused
+    in one line before anything is exported."""
+    from chimuf.cli import main
+
+    config = tmp_path / "small.toml"
+    config.write_text("[model_files]\nmax_params = 10\n")
+    out = tmp_path / "out"
+    model = str(trained_paths["float32"])
+    assert main(["-q", "export", model, "--out", str(out), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "more than `model_files.max_params` = 10" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 # --- MLflow ------------------------------------------------------------------------------------
 
 

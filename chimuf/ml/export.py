@@ -32,6 +32,8 @@ from chimuf.ml.tfstart import native_notes_filtered
 if TYPE_CHECKING:
     import keras
 
+    from chimuf.core.config import ModelFilesConfig
+
 FORMATS = ("savedmodel", "tflite", "onnx")
 SUFFIX = {"savedmodel": ".savedmodel", "tflite": ".tflite", "onnx": ".onnx"}  # savedmodel: a folder
 ONNX_OPSET = 17
@@ -50,12 +52,13 @@ class ExportCheck:
     max_abs_difference_saved: float  # against the saved model itself (differs when that is bf16)
 
 
-def export_model(model_path: Path, fmt: str, out_dir: Path, samples: np.ndarray) -> ExportCheck:
+def export_model(model_path: Path, fmt: str, out_dir: Path, samples: np.ndarray,
+                 limits: ModelFilesConfig | None = None) -> ExportCheck:
     """Export the model at `model_path` as `fmt` into `out_dir`, its sidecar beside it, and check
-    it on `samples` (uint8 (N, S, S, 3))."""
+    it on `samples` (uint8 (N, S, S, 3)); `limits` bound what the model file may hold."""
     if fmt not in FORMATS:
         raise ModelError(f"export format must be one of {', '.join(FORMATS)}; got `{fmt}`")
-    model = modelfile.load_model(model_path)
+    model = modelfile.load_model(model_path, limits)
     exported = float32_copy(model) if model_precision(model) != "float32" else model
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (Path(model_path).stem + SUFFIX[fmt])

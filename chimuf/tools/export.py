@@ -20,22 +20,24 @@ from chimuf.ml import modelfile
 from chimuf.ml.export import ExportCheck, export_model
 
 if TYPE_CHECKING:
-    from chimuf.core.config import AuditConfig
+    from chimuf.core.config import AuditConfig, ModelFilesConfig
     from chimuf.core.console import Console
 
 RANDOM_SAMPLES = 16
 
 
 def export_files(model_path: Path, formats: list[str], out_dir: Path | None, check_files: list[Path],
-                 audit_cfg: AuditConfig, console: Console) -> list[ExportCheck]:
-    """Export the model at `model_path` as each of `formats` and check each export."""
-    size = modelfile.input_size(modelfile.load_model(model_path))
+                 audit_cfg: AuditConfig, console: Console,
+                 limits: ModelFilesConfig | None = None) -> list[ExportCheck]:
+    """Export the model at `model_path` as each of `formats` and check each export; `limits`
+    bound what the model file may hold (chimuf.ml.modelfile)."""
+    size = modelfile.input_size(modelfile.load_model(model_path, limits))
     samples, what = sample_images(check_files, size, audit_cfg, console)
     target = out_dir or Path(model_path).parent
     checks = []
     for fmt in formats:
         console.info(f"exporting {model_path} as {fmt} ...")
-        checks.append(export_model(model_path, fmt, target, samples))
+        checks.append(export_model(model_path, fmt, target, samples, limits))
     console.info(f"checked on {what}")
     return checks
 
