@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.train_throughput import forward_flops
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The tuned model the paper profile's search picked (README): the heaviest the study trains.
@@ -94,21 +96,6 @@ def build(name: str, size: int):
     model = build_model(name, size, TUNED if name == "tuned" else None, "mixed_bfloat16")
     compile_model(model, 1e-3)
     return model
-
-
-def forward_flops(model) -> int:
-    """Multiply-adds ×2 of one image's forward pass through the conv and dense layers."""
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Conv2D":
-            _, height, width, out_channels = layer.output.shape
-            kh, kw, in_channels, _ = layer.kernel.shape
-            total += 2 * height * width * kh * kw * in_channels * out_channels
-        elif kind == "Dense":
-            inputs, units = layer.kernel.shape
-            total += 2 * inputs * units
-    return int(total)
 
 
 def epoch_data(size: int, count: int, epoch: int, batch: int = 64):

@@ -8,11 +8,13 @@ only TensorFlow can say (GPUs, the kernels oneDNN picked, op determinism) is in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -145,3 +147,22 @@ def cpu_features(flags: set[str]) -> list[str]:
     """The instruction sets of CPU_FEATURES this CPU has, by their common names."""
     return [label for flag, label in CPU_FEATURES if flag in flags]
 
+
+
+# --- the process environment, set for a block and restored ------------------------------------
+
+
+@contextlib.contextmanager
+def environ_for(values: Mapping[str, str], override: bool = True) -> Iterator[None]:
+    """`values` in os.environ inside the block only; whatever each variable held before (or its
+    absence) comes back after. With `override=False` a variable the user has set keeps its value."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if override or saved[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -22,13 +22,13 @@ tracker for one person.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from chimuf.core.config import TrackingConfig, flatten
 from chimuf.core.console import Console
+from chimuf.core.environment import environ_for
 from chimuf.core.errors import ConfigError
 from chimuf.core.results import Results, digest
 
@@ -100,14 +100,8 @@ def mlflow_calls(uri: str) -> Iterator[None]:
     wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
     if uri.startswith("file:") or "://" not in uri:
         wanted["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    saved = {name: os.environ.get(name) for name in wanted}
-    os.environ.update({name: value for name, value in wanted.items() if saved[name] is None})
-    try:
+    with environ_for(wanted, override=False):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
 
 
 # --- what is logged ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from chimuf.core.environment import environ_for
 from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.results import EpochRecord
 
@@ -89,17 +90,8 @@ def default_worker_id() -> str:
 def tuner_role(tuner_id: str, address: Address) -> Iterator[None]:
     """Keras Tuner sees this process as `tuner_id` of the search served at `address`, inside the
     block only; whatever the three variables held before (or their absence) comes back after."""
-    saved = {name: os.environ.get(name) for name in ENV_NAMES}
-    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=address.host,
-                      KERASTUNER_ORACLE_PORT=str(address.port))
-    try:
+    with environ_for(dict(zip(ENV_NAMES, (tuner_id, address.host, str(address.port)), strict=True))):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
