@@ -52,7 +52,7 @@ from chimuf.core.results import (
 from chimuf.data import audit, cache, split
 from chimuf.ml import machine
 from chimuf.ml.fit import Monitoring
-from chimuf.ml.models import Blueprint, blueprint, parameter_count
+from chimuf.ml.models import Blueprint, blueprint, parameter_count, precision_choice
 from chimuf.report.claims import headline_lines
 from chimuf.report.project import publish
 from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, plan, train, tune
@@ -105,7 +105,7 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
     onednn = machine.start_onednn_probe(paths.cache_dir)  # answers in the background
     with run.activate({"profile": config.profile, "seed": seed, "data_dir": str(paths.data_dir)}):
         results = Results(SCHEMA_VERSION, run_info(run, config, paths, ""))
-        env = environment_info(onednn)
+        env = environment_info(onednn, config.train.precision)
 
         def save(stage: str, outcome: object) -> bool:
             """Record `outcome` in results.json; True when the study should stop here (the run
@@ -298,7 +298,8 @@ def run_stages(config: StudyConfig, paths: StudyPaths, console: Console, stop_af
         # 13. The report, from results.json and the figures alone. Every analysis stage is done,
         #     so results.json (and the report) say the study finished; run.json says so only
         #     once the report is rendered too.
-        env = environment_info(onednn, wait_s=120)  # oneDNN's answer has come by now, or comes
+        # oneDNN's answer has come by now, or comes
+        env = environment_info(onednn, config.train.precision, wait_s=120)
         write_results(run, results, config, paths, status="finished", env=env)
         rendered = run.stage(
             "report",
@@ -396,13 +397,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def environment_info(onednn: Path, wait_s: float = 0.0) -> EnvironmentInfo:
+def environment_info(onednn: Path, precision: str, wait_s: float = 0.0) -> EnvironmentInfo:
     """Versions (and how they compare with the lock), CPU, GPUs and determinism, as of now.
 
     oneDNN's answer (chimuf.ml.machine) may still be on its way; `wait_s` waits for it.
     """
     packages = environment.installed_dependencies()
     cpuinfo = environment.read_cpuinfo()
+    chosen = precision_choice(precision)
     return EnvironmentInfo(
         python=platform.python_version(),
         packages=packages,
@@ -414,6 +416,8 @@ def environment_info(onednn: Path, wait_s: float = 0.0) -> EnvironmentInfo:
         onednn_settings=machine.onednn_settings(),
         gpus=machine.gpu_names(),
         op_determinism=machine.determinism_enabled(),
+        precision=chosen.precision,
+        precision_reason=chosen.reason,
     )
 
 

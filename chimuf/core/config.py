@@ -185,8 +185,9 @@ class TrainConfig:
     start_from_epoch: int = opt(15, "early stopping: epochs before val_loss is watched (paper 3.3)",
                                 non_negative())
     precision: str = opt(
-        "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'",
-        one_of("auto", "float32", "mixed_bfloat16"),
+        "auto", "'auto' (bf16 where the hardware computes it, float16 with loss scaling on GPUs "
+        "of compute capability 7.x, else float32), 'float32', 'mixed_bfloat16' or 'mixed_float16'",
+        one_of("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     )
     deterministic: bool = opt(
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "

@@ -616,6 +616,8 @@ class EnvironmentInfo:
     onednn_settings: dict[str, str]  # ONEDNN_MAX_CPU_ISA, TF_ENABLE_ONEDNN_OPTS, ... where set
     gpus: list[str]  # GPU names TensorFlow sees; [] on a CPU
     op_determinism: bool  # TensorFlow's op determinism was on (train.deterministic)
+    precision: str = ""  # what the trainings computed in (train.precision resolved); "" in older runs
+    precision_reason: str = ""  # why: the config said so, or "auto" and the GPU / CPU that decided
 
 
 @dataclass

@@ -366,6 +366,7 @@ def environment_rows(results: Results) -> list[list[object]]:
         ["oneDNN settings", settings or "defaults"],
         ["GPUs", ", ".join(env.gpus) or "none (CPU only)"],
         ["TensorFlow op determinism", "on" if env.op_determinism else "off"],
+        *([["Training precision", f"{env.precision}: {env.precision_reason}"]] if env.precision else []),
     ]
 
 
