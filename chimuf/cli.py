@@ -24,7 +24,7 @@ from chimuf.core.files import atomic_write_json
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
-from chimuf.version import __version__
+from chimuf.version import __version__, python_refusal
 
 PROJECT_DIR = Path.cwd()
 
@@ -422,6 +422,10 @@ def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    refusal = python_refusal()
+    if refusal:
+        print(f"chimuf: error: {refusal}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
