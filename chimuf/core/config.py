@@ -314,19 +314,26 @@ class ExplainConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     formats: tuple[str, ...] = opt(("tflite",), "formats the final model is exported to besides .keras: "
-                                   "'tflite', 'savedmodel', 'onnx' (onnx needs chimuf[onnx])",
-                                   Check(lambda v: set(v) <= {"tflite", "savedmodel", "onnx"},
-                                         "a list of 'tflite', 'savedmodel', 'onnx'"))
+                                   "'tflite', 'savedmodel', 'onnx', 'openvino' (onnx needs chimuf[onnx], "
+                                   "openvino chimuf[openvino])",
+                                   Check(lambda v: set(v) <= {"tflite", "savedmodel", "onnx", "openvino"},
+                                         "a list of 'tflite', 'savedmodel', 'onnx', 'openvino'"))
     check_images: int = opt(64, "test images each export is run on to compare it with the Keras model",
                             at_least(1))
+    quantize: str = opt("int8", "a second TFLite file, quantized: 'int8' (weights and activations, "
+                        "calibrated on validation photos), 'dynamic' (int8 weights), 'float16', or '' "
+                        "for none; its test accuracy is set beside the float one's",
+                        one_of("", "int8", "dynamic", "float16"))
+    calibration_images: int = opt(100, "validation images int8 quantization calibrates on", at_least(1))
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     tensorboard: bool = opt(True, "write TensorBoard logs of every training, trial and fold to "
                             "RUN/tensorboard/")
-    mlflow_uri: str = opt("", "log the run to this MLflow tracking URI (file:/path/mlruns, "
-                          "sqlite:///mlflow.db, http://host:5000); '' = off; needs chimuf[mlflow]")
+    mlflow_uri: str = opt("", "log the run to MLflow: a local folder (an SQLite store, FOLDER/mlflow.db), "
+                          "or a tracking URI (sqlite:///mlflow.db, http://host:5000); '' = off; "
+                          "needs chimuf[mlflow]")
     mlflow_experiment: str = opt("chimuf", "the MLflow experiment runs are logged under")
 
 
