@@ -4,7 +4,9 @@ prints opens that store as written (checked by starting the UI on loopback and f
 from __future__ import annotations
 
 import io
+import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -66,7 +68,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(server: subprocess.Popen[bytes]) -> None:
+    """The server and its workers: TERM, then KILL if they linger."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="stops the server's process group (POSIX)")
 def test_the_printed_mlflow_ui_line_serves_the_logged_run(tmp_path):
     """Log a run to a local folder, take the `mlflow ui ...` line chimuf prints, run it as written
     (on loopback, a free port), and find the run through the UI's server."""
@@ -87,7 +100,8 @@ def test_the_printed_mlflow_ui_line_serves_the_logged_run(tmp_path):
     mlflow = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow), *args[1:], "--host", "127.0.0.1", "--port", str(port),
                                "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                              start_new_session=True)  # its worker processes go with it
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run_id}"
         for _ in range(480):  # MLflow's server starts in seconds alone, minutes on a busy machine
@@ -102,6 +116,5 @@ def test_the_printed_mlflow_ui_line_serves_the_logged_run(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
     assert run_id in body and '"status": "FINISHED"' in body.replace('":"', '": "')
