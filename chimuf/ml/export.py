@@ -120,6 +120,8 @@ def check_request(fmt: str, quantize: str, representative: np.ndarray | None) ->
 def keras_export(model: keras.Model, fmt: str, path: Path, options: dict[str, Any]) -> None:
     """`model.export(path, format=...)`, the missing optional package named in one line."""
     extra = {"opset_version": ONNX_OPSET} if fmt == "onnx" else {}
+    size = int(model.inputs[0].shape[1])
+    model(np.zeros((1, size, size, 3), np.float32), training=False)  # Keras' ONNX export wants a called model
     try:
         with native_notes_filtered():  # the converter's C++ notes
             model.export(str(path), format=KERAS_FORMAT[fmt], verbose=False, **extra, **options)
