@@ -166,3 +166,15 @@ def test_the_export_stage_writes_float_and_int8_tflite_with_their_test_accuracie
     assert abs(int8_tflite.test_accuracy - outcome.test_accuracy) <= 0.1
     assert int8_tflite.runtime.startswith("LiteRT") and "test accuracy" in stream.getvalue()
 
+
+
+def test_the_report_sets_the_int8_tflite_beside_the_float_one(tmp_path):
+    from chimuf.report.markdown import render_markdown
+    from tests.report_fixture import complete_results
+
+    text = render_markdown(complete_results(tmp_path), {}).replace("\\", "")  # Markdown escapes off
+    rows = [line for line in text.splitlines() if "final.int8.tflite" in line or "final.tflite" in line]
+    assert len(rows) == 2
+    assert "int8" in rows[1] and "94.1 %" in rows[1] and "99.2 %" in rows[1]
+    assert "the Keras model itself is right on\n94.4 %" in text
+    assert "calibrated on 100 validation images" in text
