@@ -348,7 +348,8 @@ def fitting_outcome(outcome_type: type[T], data: Any) -> T | None:
 def hold_lock(root: Path) -> int:
     """An exclusive lock on `root/.lock` (its file descriptor), or StageError naming the host and
     process that hold it. The lock lasts until `release_lock`, or until the process ends."""
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    # O_BINARY: Windows would otherwise write the note's newline as \r\n
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     try:
         locked = try_lock(fd)
     except OSError:
