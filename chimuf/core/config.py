@@ -100,12 +100,16 @@ def seed_range() -> Check:
     return Check(lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295 (2**32 - 1)")
 
 
-def opt(default: Any, help: str, check: Check | None = None) -> Any:
+def opt(default: Any, help: str, check: Check | None = None, *, changes_results: bool = True) -> Any:
     """A config field with its one-line explanation (shown by `chimuf config`) and what its
-    value must be (checked by `check_config`; the type is checked as the value is read)."""
+    value must be (checked by `check_config`; the type is checked as the value is read).
+
+    `changes_results=False` marks a setting that changes no number (how long to wait, where to
+    report): a stage's fingerprint leaves it out (chimuf.core.engine), so changing it redoes nothing.
+    """
     if isinstance(default, list):
         default = tuple(default)
-    return field(default=default, metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check, "fingerprinted": changes_results})
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
@@ -221,7 +225,7 @@ class TuneConfig:
     worker_timeout_s: float = opt(
         3600.0, "distributed search: a worker silent this long (no epoch reported) has its trial marked "
         "failed; must exceed one epoch plus building a model",
-        positive("a positive number of seconds"),
+        positive("a positive number of seconds"), changes_results=False,
     )
 
     def range_of(self, name: str) -> tuple[float, float, float]:
@@ -335,7 +339,8 @@ class ReportConfig:
                                    non_empty_subset("html", "pdf"))
     engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'",
                       one_of("auto", "quarto", "pandoc"))
-    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1))
+    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1),
+                         changes_results=False)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chimuf.core.headline import Number, headline_numbers, number_of
 from chimuf.core.results import (
     ChanceTest,
     Comparison,
@@ -287,9 +288,10 @@ def headline_lines(r: Results) -> list[str]:
     the small-data warning, then the numbers and every comparison with its verdict."""
     e = r.evaluate
     lines = []
+    headline = [n for n in headline_numbers(r) if n.first_page]  # chimuf.core.headline
     if e is not None:
-        numbers = (f"test accuracy {fmt(e.accuracy)} [{fmt(e.accuracy_interval.low)}, "
-                   f"{fmt(e.accuracy_interval.high)}], ROC AUC {fmt(e.roc_auc)} on {e.n_images} images")
+        numbers = ", ".join(number_text(n) for n in headline if n.key.startswith("test_")) + \
+            f" on {e.n_images} images"
         c = e.chance
         if c is not None and not c.better_than_chance:
             lines.append(f"NOT distinguishable from chance: {numbers}; always answering "
@@ -302,9 +304,9 @@ def headline_lines(r: Results) -> list[str]:
         lines.append("small data: " + ", ".join(f"{p.split} {p.n} images (±{p.half_width * 100:.1f} "
                                                 "points)" for p in small)
                      + "; differences below that are noise, the k-fold mean is the better estimate")
-    if r.kfold is not None:
-        lines.append(f"{len(r.kfold.folds)}-fold accuracy {fmt(r.kfold.mean_accuracy)} ± "
-                     f"{fmt(r.kfold.std_accuracy)}")
+    folds = number_of(headline, "kfold_mean_accuracy")
+    if r.kfold is not None and folds is not None:
+        lines.append(f"{len(r.kfold.folds)}-fold accuracy {fmt(folds.value)} ± {fmt(folds.sd)}")
     if e is not None:
         lines += best_line(e)
         lines += [pair_line(group) for group in paired(e.comparisons) if group[0].topic != "best_training"]
@@ -312,6 +314,12 @@ def headline_lines(r: Results) -> list[str]:
         lines.append(f"{len(r.labels.suspects):,} suspect labels of {r.labels.n_checked:,} "
                      f"(out-of-fold, confident learning): {r.labels.suspects_csv}")
     return lines
+
+
+def number_text(n: Number) -> str:
+    """"test accuracy 0.917 [0.899, 0.935]": a headline number as the console says it."""
+    interval = f" [{fmt(n.interval.low)}, {fmt(n.interval.high)}]" if n.interval and n.sd is None else ""
+    return f"{n.label} {fmt(n.value)}{interval}"
 
 
 TOPIC = {"augmentation": "with vs without augmentation", "final_vs_model3_aug": "final vs model3_aug",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from chimuf.core.headline import headline_numbers, number_of
 from chimuf.core.paper import PAPER, same_data
 from chimuf.core.results import Results
 from chimuf.report.blocks import count, num, seconds, strong, with_interval
@@ -38,13 +39,13 @@ def glance_rows(r: Results) -> list[list[object]]:
         return value if paper else OTHER_DATA
 
     e, k, labels = r.evaluate, r.kfold, r.labels
-    rows: list[list[object]] = [
-        ["Test images", count(e.n_images if e else None), of_paper(PAPER.test_images)],
-        ["Test accuracy", with_interval(e.accuracy, e.accuracy_interval) if e else num(None),
-         of_paper(PAPER.accuracy)],
-        ["ROC AUC", with_interval(e.roc_auc, e.roc_auc_interval) if e else num(None),
-         of_paper(PAPER.roc_auc)],
-    ]
+    numbers = headline_numbers(r)  # the one list of headline numbers (chimuf.core.headline)
+    rows: list[list[object]] = [["Test images", count(e.n_images if e else None),
+                                 of_paper(PAPER.test_images)]]
+    for key, words, theirs in (("test_accuracy", "Test accuracy", PAPER.accuracy),
+                               ("test_roc_auc", "ROC AUC", PAPER.roc_auc)):
+        n = number_of(numbers, key)
+        rows.append([words, with_interval(n.value, n.interval) if n else num(None), of_paper(theirs)])
     if e is not None and e.chance is not None:
         c = e.chance
         verdict = "better than chance" if c.better_than_chance else "not distinguishable from chance"
@@ -56,9 +57,10 @@ def glance_rows(r: Results) -> list[list[object]]:
         rows.append(["Against the paper's accuracy",
                      strong(f"{side}, distinguishable") if c.distinguishable else
                      Trusted("not distinguishable"), ""])
-    if k is not None:
+    folds = number_of(numbers, "kfold_mean_accuracy")
+    if k is not None and folds is not None:
         rows.append([f"{len(k.folds)}-fold accuracy, mean ± sd",
-                     Trusted(f"{num(k.mean_accuracy)} ± {num(k.std_accuracy)}"), ""])
+                     Trusted(f"{num(folds.value)} ± {num(folds.sd)}"), ""])
     if labels is not None:
         rows.append(["Suspect labels", Trusted(f"{count(len(labels.suspects))} of {count(labels.n_checked)}"),
                      ""])
