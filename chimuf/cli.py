@@ -17,7 +17,16 @@ from pathlib import Path
 from types import FrameType
 
 from chimuf.core import folders
-from chimuf.core.config import ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
+from chimuf.core.config import (
+    PROFILES,
+    REPORT_ENGINES,
+    REPORT_FORMATS,
+    ReportConfig,
+    StudyConfig,
+    TrackingConfig,
+    load_config,
+    to_toml,
+)
 from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json
@@ -114,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "figures: Quarto where installed, else pandoc (HTML) and Typst (PDF).",
     )
     report.add_argument("run", metavar="RUN_DIR", type=Path)
-    report.add_argument("--format", dest="formats", action="append", choices=("html", "pdf"),
+    report.add_argument("--format", dest="formats", action="append", choices=REPORT_FORMATS,
                         help="render only this format (repeatable; default: both)")
-    report.add_argument("--engine", choices=("auto", "quarto", "pandoc"), default="auto")
+    report.add_argument("--engine", choices=REPORT_ENGINES, default="auto")
     report.add_argument("--project", metavar="DIR", type=Path,
                         help="also publish the Quarto project (index.qmd, figures, HTML, PDF) into DIR, "
                         "replacing the run there ('none': nowhere; default: ./report when it is chimuf's "
@@ -199,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="TOML", type=Path, help="study config file")
-    parser.add_argument("--profile", choices=("paper", "quick", "smoke"),
+    parser.add_argument("--profile", choices=tuple(PROFILES),
                         help="preset to start from (default: the file's `profile`, else paper)")
 
 

@@ -112,6 +112,15 @@ def opt(default: Any, help: str, check: Check | None = None, *, changes_results:
     return field(default=default, metadata={"help": help, "check": check, "fingerprinted": changes_results})
 
 
+# --- the allowed values of the settings that name a choice (the CLI's choices come from here) ---
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+REPORT_FORMATS = ("html", "pdf")
+REPORT_ENGINES = ("auto", "quarto", "pandoc")
+SCHEDULES = ("cosine", "constant")
+
+
 # --- one dataclass per stage -------------------------------------------------------------------
 
 
@@ -190,7 +199,7 @@ class TrainConfig:
                                 non_negative())
     precision: str = opt(
         "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'",
-        one_of("auto", "float32", "mixed_bfloat16"),
+        one_of(*PRECISIONS),
     )
     deterministic: bool = opt(
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
@@ -249,7 +258,7 @@ class ModernConfig:
     learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", positive())
     weight_decay: float = opt(0.05, "AdamW decoupled weight decay", non_negative())
     schedule: str = opt("cosine", "learning rate after the warm-up: 'cosine' (decay to 0 over the training) "
-                        "or 'constant'", one_of("cosine", "constant"))
+                        "or 'constant'", one_of(*SCHEDULES))
     warmup_epochs: int = opt(3, "epochs of linear warm-up before the cosine decay", non_negative())
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy",
                                  between(0, 0.5, high_inclusive=False))
@@ -265,7 +274,7 @@ class PretrainedConfig:
     images would pick instead, set beside the from-scratch models in "beyond the paper"."""
 
     backbone: str = opt("", "'' (off), 'mobilenet_v3_small', 'mobilenet_v3_large' or 'efficientnet_b0'",
-                        one_of("", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"))
+                        one_of("", *BACKBONES))
     weights: str = opt("", "the backbone's no-top weights file (.h5 or .weights.h5); '' = Keras' download "
                        "('imagenet'), which needs internet")
     epochs: int = opt(8, "epochs of the new head, the backbone frozen", at_least(1))
@@ -336,9 +345,9 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'",
-                                   non_empty_subset("html", "pdf"))
+                                   non_empty_subset(*REPORT_FORMATS))
     engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'",
-                      one_of("auto", "quarto", "pandoc"))
+                      one_of(*REPORT_ENGINES))
     timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1),
                          changes_results=False)
 

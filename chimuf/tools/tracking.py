@@ -118,7 +118,8 @@ def tags_of(results: Results, results_digest_value: str) -> dict[str, str]:
     run = results.run
     tags = {"chimuf.run_id": run.run_id, "chimuf.status": run.status, "chimuf.profile": run.profile,
             "chimuf.seed": str(run.seed), "chimuf.data_digest": run.data_digest,
-            "chimuf.version": run.chimuf_version, "chimuf.commit": run.commit, "chimuf.hardware": run.hardware,
+            "chimuf.version": run.chimuf_version, "chimuf.commit": run.commit,
+            "chimuf.hardware": run.hardware,
             "chimuf.results_digest": results_digest_value}
     tags.update({f"versions.{name}": version for name, version in run.packages.items()})
     return tags
