@@ -138,6 +138,15 @@ class DataConfig:
     max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs",
                              non_negative("0 (all) or more"))
     cache_dir: str = opt("", "where decoded images are cached; '' means $CHIMUF_CACHE_DIR, else runs/cache")
+    labels_csv: str = opt("", "a labels CSV (path,label[,split][,group], paths relative to its folder) "
+                          "instead of class folders; '' means none (docs/data.md)")
+    test_dir: str = opt("", "a given test folder (same class folders): the study evaluates on exactly it "
+                        "and splits only the rest; '' means split a test off the data")
+    val_dir: str = opt("", "a given validation folder (same class folders); '' means split one off")
+    drop_test_duplicates: bool = opt(False, "leave out of training the near duplicates of the given "
+                                     "test set's images (the audit lists them either way)")
+    positive: str = opt("", "the positive class (the sigmoid gives its probability; ROC, threshold and "
+                        "recall are about it); '' means the second class in name order")
 
 
 @dataclass(frozen=True)

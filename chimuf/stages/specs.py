@@ -46,6 +46,7 @@ from chimuf.core.results import (
     digest,
 )
 from chimuf.data import audit, cache, split
+from chimuf.data.sources import Sources
 from chimuf.ml.fit import UNMONITORED, Monitoring
 from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, train, tune
 
@@ -67,6 +68,12 @@ class Setting:
     model_files: ModelFilesConfig
     monitor: Monitoring = UNMONITORED
     tune_chief: Address | None = None
+    labels_csv: Path | None = None  # the data comes from this labels CSV (data_dir is its folder)
+    test_dir: Path | None = None  # a given test folder
+    val_dir: Path | None = None  # a given validation folder
+
+    def sources(self) -> Sources:
+        return Sources(self.data_dir, self.labels_csv, self.test_dir, self.val_dir)
 
 
 def always_on(config: StudyConfig) -> str:
@@ -96,22 +103,25 @@ class StageSpec(Generic[T]):
 
 def audit_inputs(config: StudyConfig, results: Results, setting: Setting) -> dict[str, Any]:
     sample = config.data.max_per_class
-    return {"audit": config.audit, "max_per_class": sample,
-            "listing": audit.listing_fingerprint(setting.data_dir),
+    return {"audit": config.audit, "max_per_class": sample, "positive": config.data.positive,
+            "listing": audit.listing_fingerprint(setting.data_dir, setting.sources()),
             **({"seed": config.seed} if sample else {})}  # the seed draws the sample, nothing else
 
 
 def run_audit(ctx: StageContext, setting: Setting, got: Inputs) -> AuditOutcome:
-    return audit.audit_folder(setting.data_dir, got.audit, ctx.console, max_per_class=got.max_per_class,
-                              seed=getattr(got, "seed", 0))
+    outcome = audit.audit_sources(setting.sources(), got.audit, ctx.console, max_per_class=got.max_per_class,
+                                  seed=getattr(got, "seed", 0), positive=got.positive)
+    split.check_two_classes(outcome)  # a study is binary: say so now, not at the split
+    return outcome
 
 
 def split_inputs(config: StudyConfig, results: Results, setting: Setting | None = None) -> dict[str, Any]:
-    return {"split": config.split, "seed": config.seed, "data": Upstream(results.audit)}
+    return {"split": config.split, "seed": config.seed, "data": Upstream(results.audit),
+            "drop_test_duplicates": config.data.drop_test_duplicates}
 
 
 def run_split(ctx: StageContext, setting: Setting, got: Inputs) -> SplitOutcome:
-    return split.split_dataset(got.data, got.split, got.seed)
+    return split.split_dataset(got.data, got.split, got.seed, drop_test_duplicates=got.drop_test_duplicates)
 
 
 def warn_small_splits(outcome: SplitOutcome, console: Console) -> None:
