@@ -327,7 +327,6 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     from chimuf.data import audit
-
     from chimuf.data.sources import Sources
 
     config = load(args)

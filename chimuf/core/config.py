@@ -359,6 +359,11 @@ class ReportConfig:
                       one_of(*REPORT_ENGINES))
     timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1),
                          changes_results=False)
+    title: str = opt("", "the report's title; '' means the paper's, as a reproduction")
+    author: str = opt("", "the report's author(s); '' means none shown")
+    abstract: str = opt("", "the report's abstract, shown above the run at a glance; '' means none")
+    templates: str = opt("", "a folder of your own .j2 templates, each replacing the packaged one of the "
+                         "same name (e.g. introduction.md.j2); '' means the packaged ones only")
 
 
 @dataclass(frozen=True)

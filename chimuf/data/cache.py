@@ -19,10 +19,10 @@ Training, evaluation and explanation get their pixels from `load_images(cache).r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
