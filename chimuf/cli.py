@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reason and the others are still predicted; the exit status is 1 if any file failed.",
     )
     predict.add_argument("model", metavar="MODEL", type=Path)
-    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+")
+    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+",
+                         help="image files, or folders: every file under a folder (at any depth)")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_const", dest="format", const="json")
     fmt.add_argument("--csv", action="store_const", dest="format", const="csv")
@@ -373,9 +374,11 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.data.sources import expand_folders
     from chimuf.tools import predict
 
     config = load(args)  # its [audit] reads the images, its [model_files] limits the model file
+    args.images = expand_folders(args.images)
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, config.audit, console,
                                         threshold=args.threshold, ensemble=args.ensemble, flips=args.tta,

@@ -214,6 +214,20 @@ def walk(folder: Path, rel: str, above: frozenset[tuple[int, int]]) -> Iterator[
             yield from walk(Path(entry.path), key, above | {identity(Path(entry.path))})
 
 
+def expand_folders(paths: list[Path]) -> list[Path]:
+    """`paths` with each folder replaced by every file under it (walked as class folders are, in
+    name order); files stay as given, so a missing one is still reported by name."""
+    expanded: list[Path] = []
+    for path in paths:
+        if Path(path).is_dir():
+            root = Path(path)
+            expanded += [root / key for key, kind, _ in walk(root, ".", frozenset({identity(root)}))
+                         if kind == "file"]
+        else:
+            expanded.append(Path(path))
+    return expanded
+
+
 def is_folder(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()  # follows links, as the top level does

@@ -18,6 +18,7 @@ the SPLIT and CACHE specs for the inputs the chief's study fingerprinted them wi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,18 @@ def results_without_run(results: Results) -> list[object]:
     return [getattr(results, name) for name in ANALYSIS_STAGES if name != "cache"]
 
 
+def own_templates_digest(config: StudyConfig) -> str:
+    """SHA-256 of the user's templates (report.templates: names and bytes), so editing one renders
+    the report again; "" when none are set or the folder is missing (the report says so)."""
+    folder = Path(config.report.templates).expanduser() if config.report.templates else None
+    if folder is None or not folder.is_dir():
+        return ""
+    found = hashlib.sha256()
+    for path in sorted(folder.rglob("*.j2")):
+        found.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return found.hexdigest()
+
+
 def run_report(ctx: StageContext, setting: Setting, got: Inputs) -> ReportOutcome:
     from chimuf import report
 
@@ -277,7 +290,8 @@ SPECS: tuple[StageSpec[Any], ...] = (
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "export": c.export},
               run_export),
     StageSpec("report", ReportOutcome,
-              lambda c, r, s: {"results": digest(results_without_run(r)), "report": c.report}, run_report),
+              lambda c, r, s: {"results": digest(results_without_run(r)), "report": c.report,
+                               "own_templates": own_templates_digest(c)}, run_report),
 )
 
 BY_NAME: dict[str, StageSpec[Any]] = {spec.name: spec for spec in SPECS}
