@@ -259,3 +259,22 @@ def test_folders_given_to_predict_become_every_file_under_them(tmp_path):
     alone = make_image(tmp_path / "c.png")
     assert expand_folders([tmp_path / "in", alone, tmp_path / "missing.png"]) == [
         tmp_path / "in" / "a.png", tmp_path / "in" / "deep" / "b.png", alone, tmp_path / "missing.png"]
+
+
+@pytest.mark.slow
+def test_a_study_with_a_given_test_folder_tests_on_exactly_its_images(given, tmp_path, monkeypatch):
+    """Through the command line: flags → config → folders → audit → split (the cache of such an
+    audit: test_the_cache_decodes_the_given_test_folders_files)."""
+    import json
+
+    from chimuf.cli import main
+
+    train, test = given
+    monkeypatch.setenv("CHIMUF_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["study", "--profile", "smoke", "--data", str(train), "--test-dir", str(test),
+                 "--out", str(run), "--stop-after", "split", "--project", "none"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    on_disk = sorted(f"test:{p.relative_to(test).as_posix()}" for p in test.rglob("*") if p.is_file())
+    assert results["split"]["test"] == on_disk and results["split"]["given"] == ["test"]
+    assert results["audit"]["test_dir"] == str(test.resolve())
