@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "usable after conversion, or rejected, with the reason; and find exact and near "
         "duplicates.",
     )
-    audit.add_argument("dir", metavar="DIR", type=Path)
+    audit.add_argument("dir", metavar="DIR", type=Path,
+                       help="a folder with one sub-folder per class, or a labels CSV (docs/data.md)")
     audit.add_argument("--test-dir", metavar="DIR", type=Path,
                        help="a given test folder: also audited, and its near duplicates in DIR listed")
     audit.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -331,7 +332,9 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     from chimuf.data.sources import Sources
 
     config = load(args)
-    outcome = audit.audit_sources(Sources(args.dir, test_dir=args.test_dir), config.audit, console,
+    labels = args.dir if args.dir.is_file() else None  # a labels CSV, audited with the files it names
+    data_dir = args.dir.parent if labels else args.dir
+    outcome = audit.audit_sources(Sources(data_dir, labels, args.test_dir), config.audit, console,
                                   positive=config.data.positive)
     if args.out:
         atomic_write_json(args.out, outcome)

@@ -213,3 +213,17 @@ def test_a_study_whose_models_would_exceed_the_parameter_cap_is_refused_before_a
     check_model_sizes(load_config())  # the paper's study fits the default cap
     with pytest.raises(ConfigError, match=r"at 512 px, the tuner's largest has 134,588,801 parameters"):
         check_model_sizes(load_config(overrides={"data": {"image_size": 512}}))
+
+
+def test_audit_of_a_labels_csv_audits_the_files_it_names(tmp_path, capsys, monkeypatch):
+    from tests.conftest import make_image
+
+    rows = ["path,label"]
+    for i, label in enumerate(("cat", "cat", "dog", "dog")):
+        make_image(tmp_path / "img" / f"{i}.png", seed=i)
+        rows.append(f"img/{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv("CHIMUF_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["audit", str(tmp_path / "labels.csv"), "--config", str(smoke_sides(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert f"Audit of {tmp_path / 'labels.csv'}" in out and "4 files in 2 classes: 4 usable" in out

@@ -670,3 +670,7 @@ def test_dataset_section_says_the_positive_class_and_the_given_test_sets_duplica
     assert "The test set is given: the folder \\/data\\/test" in section
     assert "1 group links a test image with 1 image" in section
     assert "They were kept (set `data.drop_test_duplicates = true`" in section
+    results.split = replace(results.split, given=["test"], dropped=["muffin/a.jpg"])
+    markdown = " ".join(render_markdown(results, {}).split())
+    assert "They were left out of training and validation (1 image, `data.drop_test_duplicates`)" in markdown
+    assert "The test split was given (a given folder, or the labels CSV's `split` column) and kept" in markdown
