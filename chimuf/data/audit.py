@@ -378,14 +378,12 @@ def summary(outcome: AuditOutcome, full: bool = True, full_list: Path | None = N
                   f"{sum(g.kind == 'near' for g in groups)} near (perceptual hashes within "
                   f"{outcome.near_duplicate_distance} of 64 bits); "
                   f"{sum(g.cross_class for g in groups)} span two classes"]
-    lines += shorten(group_lines(groups if full else groups[:SHORT_GROUPS]), True, 0, "")
-    if not full and len(groups) > SHORT_GROUPS:
-        lines.append(f"  ... {len(groups) - SHORT_GROUPS} more groups")
+    lines += first_groups(groups, full, SHORT_GROUPS)
     if outcome.test_dir or outcome.test_duplicates:
         leaks = outcome.test_duplicates
         lines += ["", f"Duplicates between the test set and the rest: {len(leaks)} group(s) "
                       "(data.drop_test_duplicates drops their other files from training)"]
-        lines += shorten(group_lines(leaks), full, 2 * SHORT_FILES, "lines")
+        lines += first_groups(leaks, full, SHORT_GROUPS - 1)
 
     if outcome.skipped:
         lines += ["", f"Not walked ({len(outcome.skipped)}):"]
@@ -393,6 +391,13 @@ def summary(outcome: AuditOutcome, full: bool = True, full_list: Path | None = N
     if not full and full_list is not None:
         lines += ["", f"Every file and group: {full_list} (or run with --list-duplicates)"]
     return "\n".join(lines)
+
+
+def first_groups(groups: list[DuplicateGroup], full: bool, keep: int) -> list[str]:
+    """Every group's lines, or the first `keep` groups' and how many more."""
+    if full or len(groups) <= keep:
+        return group_lines(groups)
+    return [*group_lines(groups[:keep]), f"  ... {len(groups) - keep} more groups"]
 
 
 def group_lines(groups: list[DuplicateGroup]) -> list[str]:
