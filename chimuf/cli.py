@@ -29,7 +29,7 @@ from chimuf.core.config import (
 )
 from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
-from chimuf.core.files import atomic_write_json
+from chimuf.core.files import atomic_write_json, atomic_write_text
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--data", metavar="DIR",
                        help="data folder with one sub-folder per class (default: data.dir from "
                        "the config, else $CHIMUF_DATA, else ./data)")
+    add_data_options(study)
     study.add_argument("--out", metavar="RUN_DIR",
                        help="run folder (default: runs/<profile>); an existing one is resumed")
     study.add_argument("--seed", type=int, help="override the config's seed")
@@ -112,9 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "usable after conversion, or rejected, with the reason; and find exact and near "
         "duplicates.",
     )
-    audit.add_argument("dir", metavar="DIR", type=Path)
+    audit.add_argument("dir", metavar="DIR", type=Path,
+                       help="a folder with one sub-folder per class, or a labels CSV (docs/data.md)")
+    audit.add_argument("--test-dir", metavar="DIR", type=Path,
+                       help="a given test folder: also audited, and its near duplicates in DIR listed")
     audit.add_argument("--json", action="store_true", help="print the manifest as JSON")
     audit.add_argument("--out", metavar="FILE", type=Path, help="also write the manifest here")
+    audit.add_argument("--list-duplicates", action="store_true",
+                       help="print every rejected file and duplicate group (default: a summary, the full "
+                       "list written to a file it names)")
     add_config_options(audit)
 
     report = commands.add_parser(
@@ -150,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reason and the others are still predicted; the exit status is 1 if any file failed.",
     )
     predict.add_argument("model", metavar="MODEL", type=Path)
-    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+")
+    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+",
+                         help="image files, or folders: every file under a folder (at any depth)")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_const", dest="format", const="json")
     fmt.add_argument("--csv", action="store_const", dest="format", const="csv")
@@ -212,6 +220,24 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="preset to start from (default: the file's `profile`, else paper)")
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--labels, --test-dir, --val-dir: the data as the user has it (the config's data.* keys)."""
+    parser.add_argument("--labels", metavar="CSV",
+                        help="a labels CSV (path,label[,split][,group], paths relative to its folder) "
+                        "instead of class folders, as data.labels_csv does (docs/data.md)")
+    parser.add_argument("--test-dir", metavar="DIR",
+                        help="evaluate on exactly this folder (same class folders) and split only the rest, "
+                        "as data.test_dir does")
+    parser.add_argument("--val-dir", metavar="DIR",
+                        help="validate on exactly this folder (same class folders), as data.val_dir does")
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The data.* keys the flags set, as absolute paths (they name files of this working directory)."""
+    flags = {"labels_csv": args.labels, "test_dir": args.test_dir, "val_dir": args.val_dir}
+    return {key: str(Path(value).expanduser().resolve()) for key, value in flags.items() if value}
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--threshold, --ensemble and --tta: how a model (or several) decides."""
     add_threshold_option(parser)
@@ -256,6 +282,8 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
         overrides["tracking"] = {"mlflow_uri": args.mlflow}
     if args.weights:
         overrides["pretrained"] = {"weights": str(Path(args.weights).expanduser().resolve())}
+    if data_overrides(args):
+        overrides["data"] = data_overrides(args)
     config = load(args, **overrides)
     if args.weights and not config.pretrained.backbone:
         # --weights alone means "the default backbone"; one set in the config file wins
@@ -301,12 +329,21 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     from chimuf.data import audit
+    from chimuf.data.sources import Sources
 
     config = load(args)
-    outcome = audit.audit_folder(args.dir, config.audit, console)
+    labels = args.dir if args.dir.is_file() else None  # a labels CSV, audited with the files it names
+    data_dir = args.dir.parent if labels else args.dir
+    outcome = audit.audit_sources(Sources(data_dir, labels, args.test_dir), config.audit, console,
+                                  positive=config.data.positive)
     if args.out:
         atomic_write_json(args.out, outcome)
-    print(dumps(outcome) if args.json else audit.summary(outcome))
+    if args.json or args.list_duplicates:
+        print(dumps(outcome) if args.json else audit.summary(outcome))
+        return 0
+    full_list = folders.cache_folder(config).resolve() / "audit" / f"{outcome.digest[:16]}.txt"
+    atomic_write_text(full_list, audit.summary(outcome) + "\n")
+    print(audit.summary(outcome, full=False, full_list=full_list))
     return 0
 
 
@@ -340,9 +377,11 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.data.sources import expand_folders
     from chimuf.tools import predict
 
     config = load(args)  # its [audit] reads the images, its [model_files] limits the model file
+    args.images = expand_folders(args.images)
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, config.audit, console,
                                         threshold=args.threshold, ensemble=args.ensemble, flips=args.tta,

@@ -85,8 +85,9 @@ class Study:
         self.tune_chief = tune_chief
 
     def setting(self) -> Setting:
-        return Setting(self.paths.data_dir, self.paths.cache_dir, self.config.model_files, self.monitoring,
-                       self.tune_chief)
+        paths = self.paths
+        return Setting(paths.data_dir, paths.cache_dir, self.config.model_files, self.monitoring,
+                       self.tune_chief, paths.labels_csv, paths.test_dir, paths.val_dir)
 
     def run(self, plan_only: bool, project: Path | None) -> Results:
         run, config = self.run_folder, self.config

@@ -138,6 +138,15 @@ class DataConfig:
     max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs",
                              non_negative("0 (all) or more"))
     cache_dir: str = opt("", "where decoded images are cached; '' means $CHIMUF_CACHE_DIR, else runs/cache")
+    labels_csv: str = opt("", "a labels CSV (path,label[,split][,group], paths relative to its folder) "
+                          "instead of class folders; '' means none (docs/data.md)")
+    test_dir: str = opt("", "a given test folder (same class folders): the study evaluates on exactly it "
+                        "and splits only the rest; '' means split a test off the data")
+    val_dir: str = opt("", "a given validation folder (same class folders); '' means split one off")
+    drop_test_duplicates: bool = opt(False, "leave out of training the near duplicates of the given "
+                                     "test set's images (the audit lists them either way)")
+    positive: str = opt("", "the positive class (the sigmoid gives its probability; ROC, threshold and "
+                        "recall are about it); '' means the second class in name order")
 
 
 @dataclass(frozen=True)
@@ -350,6 +359,11 @@ class ReportConfig:
                       one_of(*REPORT_ENGINES))
     timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1),
                          changes_results=False)
+    title: str = opt("", "the report's title; '' means the paper's, as a reproduction")
+    author: str = opt("", "the report's author(s); '' means none shown")
+    abstract: str = opt("", "the report's abstract, shown above the run at a glance; '' means none")
+    templates: str = opt("", "a folder of your own .j2 templates, each replacing the packaged one of the "
+                         "same name (e.g. introduction.md.j2); '' means the packaged ones only")
 
 
 @dataclass(frozen=True)

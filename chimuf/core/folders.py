@@ -4,7 +4,9 @@ One owner for the rules the command line and the Python API share. Nothing is de
 the working directory is read when a folder is resolved, so a notebook that changes directory, or
 a program that imports chimuf before it does, gets the folder it means.
 
-    data   --data, else the config's data.dir, else $CHIMUF_DATA, else ./data
+    data   --data, else the config's data.dir, else $CHIMUF_DATA, else ./data; with a labels CSV
+           (data.labels_csv, --labels), the CSV's folder
+    given  data.test_dir, data.val_dir (--test-dir, --val-dir): folders that must exist
     run    --out, else ./runs/<profile>
     cache  the config's data.cache_dir, else $CHIMUF_CACHE_DIR, else ./runs/cache
 """
@@ -32,19 +34,36 @@ DATA_HELP = (
 
 @dataclass(frozen=True)
 class StudyPaths:
-    """The three folders of a study, absolute."""
+    """The folders of a study, absolute; the labels CSV and the given folders when there are."""
 
     data_dir: Path
     run_dir: Path
     cache_dir: Path
+    labels_csv: Path | None = None
+    test_dir: Path | None = None
+    val_dir: Path | None = None
 
 
 def study_paths(config: StudyConfig, data: str | Path | None = None, out: str | Path | None = None,
                 cwd: Path | None = None) -> StudyPaths:
     """The data, run and cache folders of a study (the module's rules), checked and absolute."""
     cwd = cwd or Path.cwd()
-    return StudyPaths(resolve_data_dir(None if data is None else str(data), config, cwd),
-                      run_folder(out, config, cwd).resolve(), cache_folder(config, cwd).resolve())
+    labels = given_path(config.data.labels_csv, "data.labels_csv (--labels)", cwd, folder=False)
+    data_dir = labels.parent if labels else resolve_data_dir(None if data is None else str(data), config, cwd)
+    return StudyPaths(data_dir, run_folder(out, config, cwd).resolve(), cache_folder(config, cwd).resolve(),
+                      labels, given_path(config.data.test_dir, "data.test_dir (--test-dir)", cwd),
+                      given_path(config.data.val_dir, "data.val_dir (--val-dir)", cwd))
+
+
+def given_path(value: str, source: str, cwd: Path, folder: bool = True) -> Path | None:
+    """A folder (or file) the config names, relative to `cwd`, checked; None when not set."""
+    if not value:
+        return None
+    path = (cwd / Path(value).expanduser()).resolve()
+    kind = "folder" if folder else "file"
+    if not (path.is_dir() if folder else path.is_file()):
+        raise DataError(f"{source} names `{path}`, which is not an existing {kind}; pass an existing {kind}")
+    return path
 
 
 def resolve_data_dir(flag: str | None, config: StudyConfig, cwd: Path) -> Path:

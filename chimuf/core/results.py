@@ -55,6 +55,8 @@ class FileRecord:
     width: int = 0
     height: int = 0
     phash: str = ""  # 64-bit perceptual hash as 16 hex digits; "" when rejected
+    split: str = ""  # the split the user fixed (given folder, CSV column): train|validation|test; "" free
+    group: str = ""  # the labels CSV's group: kept inside one split; "" none
 
 
 @dataclass
@@ -76,7 +78,8 @@ class ClassCount:
 @dataclass
 class AuditOutcome:
     data_dir: str  # absolute path as audited
-    classes: list[str]  # sorted class names; index = label id (sigmoid output = P(classes[1]))
+    # sorted class names, data.positive last when set; index = label id (sigmoid output = P(classes[1]))
+    classes: list[str]
     files: list[FileRecord]
     counts: list[ClassCount]
     duplicate_groups: list[DuplicateGroup]
@@ -85,6 +88,12 @@ class AuditOutcome:
     wall_s: float = 0.0
     near_duplicate_distance: int = 0  # the threshold (bits) the near groups were found with
     max_per_class: int = 0  # > 0: a seeded sample of this many files per class was audited
+    labels_csv: str = ""  # absolute path of the labels CSV the files came from; "" = the class folders
+    test_dir: str = ""  # absolute path of the given test folder (its files' paths begin "test:")
+    val_dir: str = ""  # absolute path of the given validation folder (paths begin "val:")
+    positive: str = ""  # data.positive as set ("" = classes[1] by name order); classes[1] is positive
+    test_duplicates: list[DuplicateGroup] = field(default_factory=list)  # groups linking the test set
+    # (given or fixed by the CSV) with images outside it: possible leakage into training
 
 
 # --- split and cache ---------------------------------------------------------------------------
@@ -121,6 +130,9 @@ class SplitOutcome:
     groups: list[list[str]]  # near-duplicate groups (paths) kept inside one split
     digest: str
     precision: list[SplitPrecision] = field(default_factory=list)  # validation, then test
+    given: list[str] = field(default_factory=list)  # splits the user fixed (given folder, CSV column)
+    dropped: list[str] = field(default_factory=list)  # left out of training and validation: near
+    # duplicates of a given test image (data.drop_test_duplicates)
 
     def split_names(self) -> dict[str, str]:
         """Path → "train", "validation" or "test"."""

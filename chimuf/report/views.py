@@ -140,6 +140,12 @@ def audit_count_rows(audit: AuditOutcome) -> list[list[object]]:
     return [*rows, [strong("all"), *(strong(count(n)) for n in total)]]
 
 
+def outside_test(audit: AuditOutcome) -> int:
+    """Images outside the test set that near-duplicate a test image (the audit's test_duplicates)."""
+    in_test = {r.path for r in audit.files if r.split == "test"}
+    return len({p for g in audit.test_duplicates for p in g.files if p not in in_test})
+
+
 def file_rows(files: Sequence[FileRecord]) -> list[list[object]]:
     return [[f.path, f.label, f.reason] for f in files]
 

@@ -18,6 +18,7 @@ the SPLIT and CACHE specs for the inputs the chief's study fingerprinted them wi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from chimuf.core.results import (
     digest,
 )
 from chimuf.data import audit, cache, split
+from chimuf.data.sources import Sources
 from chimuf.ml.fit import UNMONITORED, Monitoring
 from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, train, tune
 
@@ -67,6 +69,12 @@ class Setting:
     model_files: ModelFilesConfig
     monitor: Monitoring = UNMONITORED
     tune_chief: Address | None = None
+    labels_csv: Path | None = None  # the data comes from this labels CSV (data_dir is its folder)
+    test_dir: Path | None = None  # a given test folder
+    val_dir: Path | None = None  # a given validation folder
+
+    def sources(self) -> Sources:
+        return Sources(self.data_dir, self.labels_csv, self.test_dir, self.val_dir)
 
 
 def always_on(config: StudyConfig) -> str:
@@ -96,22 +104,25 @@ class StageSpec(Generic[T]):
 
 def audit_inputs(config: StudyConfig, results: Results, setting: Setting) -> dict[str, Any]:
     sample = config.data.max_per_class
-    return {"audit": config.audit, "max_per_class": sample,
-            "listing": audit.listing_fingerprint(setting.data_dir),
+    return {"audit": config.audit, "max_per_class": sample, "positive": config.data.positive,
+            "listing": audit.listing_fingerprint(setting.data_dir, setting.sources()),
             **({"seed": config.seed} if sample else {})}  # the seed draws the sample, nothing else
 
 
 def run_audit(ctx: StageContext, setting: Setting, got: Inputs) -> AuditOutcome:
-    return audit.audit_folder(setting.data_dir, got.audit, ctx.console, max_per_class=got.max_per_class,
-                              seed=getattr(got, "seed", 0))
+    outcome = audit.audit_sources(setting.sources(), got.audit, ctx.console, max_per_class=got.max_per_class,
+                                  seed=getattr(got, "seed", 0), positive=got.positive)
+    split.check_two_classes(outcome)  # a study is binary: say so now, not at the split
+    return outcome
 
 
 def split_inputs(config: StudyConfig, results: Results, setting: Setting | None = None) -> dict[str, Any]:
-    return {"split": config.split, "seed": config.seed, "data": Upstream(results.audit)}
+    return {"split": config.split, "seed": config.seed, "data": Upstream(results.audit),
+            "drop_test_duplicates": config.data.drop_test_duplicates}
 
 
 def run_split(ctx: StageContext, setting: Setting, got: Inputs) -> SplitOutcome:
-    return split.split_dataset(got.data, got.split, got.seed)
+    return split.split_dataset(got.data, got.split, got.seed, drop_test_duplicates=got.drop_test_duplicates)
 
 
 def warn_small_splits(outcome: SplitOutcome, console: Console) -> None:
@@ -208,6 +219,18 @@ def results_without_run(results: Results) -> list[object]:
     return [getattr(results, name) for name in ANALYSIS_STAGES if name != "cache"]
 
 
+def own_templates_digest(config: StudyConfig) -> str:
+    """SHA-256 of the user's templates (report.templates: names and bytes), so editing one renders
+    the report again; "" when none are set or the folder is missing (the report says so)."""
+    folder = Path(config.report.templates).expanduser() if config.report.templates else None
+    if folder is None or not folder.is_dir():
+        return ""
+    found = hashlib.sha256()
+    for path in sorted(folder.rglob("*.j2")):
+        found.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return found.hexdigest()
+
+
 def run_report(ctx: StageContext, setting: Setting, got: Inputs) -> ReportOutcome:
     from chimuf import report
 
@@ -267,7 +290,8 @@ SPECS: tuple[StageSpec[Any], ...] = (
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "export": c.export},
               run_export),
     StageSpec("report", ReportOutcome,
-              lambda c, r, s: {"results": digest(results_without_run(r)), "report": c.report}, run_report),
+              lambda c, r, s: {"results": digest(results_without_run(r)), "report": c.report,
+                               "own_templates": own_templates_digest(c)}, run_report),
 )
 
 BY_NAME: dict[str, StageSpec[Any]] = {spec.name: spec for spec in SPECS}

@@ -19,7 +19,7 @@ from chimuf.core.config import EvaluateConfig
 from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, dumps
-from chimuf.data import audit
+from chimuf.data import sources
 from chimuf.ml import metrics, modelfile
 from chimuf.ml.predictor import load_classifier, score_files
 
@@ -64,8 +64,8 @@ def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, co
     `flips`, by the mean probability of several models and of each image and its mirror.
     """
     classifier = load_classifier(model_path, threshold, ensemble, flips, limits)
-    root = audit.check_data_dir(data_dir)
-    listing = audit.list_folder(root)
+    root = sources.check_folder(data_dir)
+    listing = sources.list_folder(root)
     classes, source = folder_classes(model_path, classifier.classes, root, listing.classes, console)
     files = [root / rel for rel, _ in listing.files]
     scored = score_files(classifier, files, audit_cfg, console, description="evaluating")

@@ -21,9 +21,11 @@ from chimuf.core.console import Console
 from chimuf.core.engine import Run
 from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.files import read_json
+from chimuf.core.folders import given_path
 from chimuf.core.results import SCHEMA_VERSION, AuditOutcome, CacheOutcome, Results, RunInfo, SplitOutcome
-from chimuf.data.audit import audit_folder
+from chimuf.data.audit import audit_sources
 from chimuf.data.cache import build_cache, load_images
+from chimuf.data.sources import Sources
 from chimuf.data.split import split_dataset
 from chimuf.ml import machine
 from chimuf.stages import tune
@@ -97,16 +99,22 @@ def worker_data(config: StudyConfig, setup: WorkerSetup,
         return found
     console.info(f"worker {setup.worker_id}: no finished split and cache for these settings in "
                  f"`{setup.run_dir}`; making them here")
-    data_dir = setup.data_dir()
-    audit = audit_folder(data_dir, config.audit, console, max_per_class=config.data.max_per_class,
-                         seed=config.seed)
-    split = split_dataset(audit, config.split, config.seed)
+    cwd = Path.cwd()
+    labels = given_path(config.data.labels_csv, "data.labels_csv", cwd, folder=False)
+    data_dir = labels.parent if labels else setup.data_dir()
+    given = Sources(data_dir, labels, given_path(config.data.test_dir, "data.test_dir", cwd),
+                    given_path(config.data.val_dir, "data.val_dir", cwd))
+    audit = audit_sources(given, config.audit, console, max_per_class=config.data.max_per_class,
+                          seed=config.seed, positive=config.data.positive)
+    split = split_dataset(audit, config.split, config.seed,
+                          drop_test_duplicates=config.data.drop_test_duplicates)
     cache = build_cache(audit, data_dir, config.data.image_size, setup.cache_dir, console)
     return cache, split
 
 
 # The settings a trial's result depends on; a worker must share them with its chief.
-TUNING_SETTINGS = ("seed", "data.image_size", "data.max_per_class", "audit.", "split.", "augment.",
+TUNING_SETTINGS = ("seed", "data.image_size", "data.max_per_class", "data.positive",
+                   "data.drop_test_duplicates", "audit.", "split.", "augment.",
                    "train.", "tune.")
 NOT_TUNING_SETTINGS = ("tune.worker_timeout_s",)  # the chief's own
 
