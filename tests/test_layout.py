@@ -99,8 +99,8 @@ def mapped_files(text: str) -> set[str]:
 def test_every_module_is_in_the_layout_map():
     """docs/layout.md names every module where it is, so the map cannot fall behind the tree."""
     mapped = mapped_files((ROOT / "docs" / "layout.md").read_text(encoding="utf-8"))
-    files = {path.relative_to(import_graph.PACKAGE).as_posix() for path in import_graph.module_files().values()
-             if path.name != "__init__.py"}
+    files = {path.relative_to(import_graph.PACKAGE).as_posix()
+             for path in import_graph.module_files().values() if path.name != "__init__.py"}
     assert sorted(files - mapped) == []
     assert sorted(mapped - files) == []
 

@@ -672,5 +672,7 @@ def test_dataset_section_says_the_positive_class_and_the_given_test_sets_duplica
     assert "They were kept (set `data.drop_test_duplicates = true`" in section
     results.split = replace(results.split, given=["test"], dropped=["muffin/a.jpg"])
     markdown = " ".join(render_markdown(results, {}).split())
-    assert "They were left out of training and validation (1 image, `data.drop_test_duplicates`)" in markdown
-    assert "The test split was given (a given folder, or the labels CSV's `split` column) and kept" in markdown
+    assert ("They were left out of training and validation (1 image, `data.drop_test_duplicates`)"
+            in markdown)
+    assert ("The test split was given (a given folder, or the labels CSV's `split` column) and kept"
+            in markdown)
