@@ -22,8 +22,9 @@ from chimuf.core.results import (
     TrainingOutcome,
     TrainOutcome,
 )
-from chimuf.ml import metrics, modelfile
+from chimuf.ml import modelfile
 from chimuf.stages import evaluate
+from chimuf.stats import metrics
 from chimuf.tools import evaluate_folder
 from tests.conftest import make_dataset, make_image
 

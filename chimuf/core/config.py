@@ -110,6 +110,11 @@ def opt(default: Any, help: str, check: Check | None = None) -> Any:
 
 # --- one dataclass per stage -------------------------------------------------------------------
 
+# The allowed values of the settings that name a method, one owner each (chimuf.stats.metrics
+# and chimuf.ml.fit read them).
+THRESHOLD_RULES = ("accuracy", "balanced_accuracy", "f1", "youden")
+CLASS_WEIGHTS = ("none", "balanced")
+
 
 # The largest image side a study may use. The paper uses 128; 512 keeps the decoded cache of the
 # Kaggle data (about 6 000 photos) near 4.7 GB (N x side^2 x 3 bytes; at 1024 it would be 19 GB), and
@@ -191,6 +196,11 @@ class TrainConfig:
     deterministic: bool = opt(
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
         "deterministic kernel fails instead of varying; matters on GPUs, CPU runs repeat without it",
+    )
+    class_weight: str = opt(
+        "none", "'none' (the paper's) or 'balanced': each image's loss weighted by n / (2 x its class's "
+        "count in the training split), so an imbalanced folder's minority class counts as much as "
+        "the majority", one_of(*CLASS_WEIGHTS),
     )
 
 
@@ -279,6 +289,11 @@ class EvaluateConfig:
     bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
     confidence: float = opt(0.95, "confidence level of the intervals", between(0.5, 1, high_inclusive=False))
     calibration_bins: int = opt(10, "bins of the reliability diagram and ECE", at_least(2))
+    threshold_rule: str = opt(
+        "accuracy", "how the decision threshold is chosen on the validation split: 'accuracy' (the "
+        "paper's), 'balanced_accuracy', 'f1' (of the positive class) or 'youden' (TPR - FPR; the "
+        "same threshold as balanced_accuracy)", one_of(*THRESHOLD_RULES),
+    )
 
 
 @dataclass(frozen=True)

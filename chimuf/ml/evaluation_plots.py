@@ -1,4 +1,5 @@
-"""Figures of the evaluation (paper section 7): confusion matrix, ROC curve, reliability diagram."""
+"""Figures of the evaluation (paper section 7): confusion matrix, ROC curve, precision-recall
+curve, reliability diagram."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from chimuf.core.results import DEFAULT_THRESHOLD
-from chimuf.ml import metrics
 from chimuf.ml.plots import pyplot
+from chimuf.stats import metrics
 
 
 def draw_confusion_matrix(cm: np.ndarray, classes: list[str], accuracy: float) -> Any:
@@ -48,6 +49,31 @@ def draw_roc(labels: np.ndarray, probabilities: np.ndarray, auc: float, threshol
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.legend(loc="lower right")
+    return fig
+
+
+def draw_precision_recall(labels: np.ndarray, probabilities: np.ndarray, average_precision: float,
+                          threshold: float, classes: list[str]) -> Any:
+    """Precision against recall of classes[1]; the flat line is what guessing scores (its share),
+    so an imbalanced test split cannot flatter the curve the way it flatters ROC."""
+    curve = metrics.precision_recall_curve(labels, probabilities)
+    share = float(np.mean(labels)) if len(labels) else float("nan")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.step(curve.recall, curve.precision, where="post",
+            label=f"final model (AP = {average_precision:.3f})")
+    ax.plot([0, 1], [share, share], linestyle="--", color="grey", label=f"chance (AP = {share:.3f})")
+    positive = labels == 1
+    for t, marker in ((DEFAULT_THRESHOLD, "o"), (threshold, "s")):
+        predicted = probabilities > t
+        recall = predicted[positive].mean() if positive.any() else float("nan")
+        precision = positive[predicted].mean() if predicted.any() else float("nan")
+        ax.plot([recall], [precision], marker=marker, linestyle="none", label=f"threshold {t:.3f}")
+    ax.set_xlabel(f"recall ({classes[1]} found)")
+    ax.set_ylabel(f"precision (called {classes[1]} and right)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(loc="lower left")
     return fig
 
 

@@ -3,7 +3,7 @@
 Status, the headline numbers with their intervals beside the paper's, the verdicts on chance and
 on the paper, the k-fold estimate, the suspect labels and the time the stages took: what a reader
 needs before deciding to read on. The rows only arrange stored facts (the verdicts are the
-evaluation's, chimuf.ml.evidence); the page is the report's abstract, so pandoc and Quarto set it
+evaluation's, chimuf.stats.evidence); the page is the report's abstract, so pandoc and Quarto set it
 under the title, before the table of contents.
 """
 
@@ -47,15 +47,18 @@ def glance_rows(r: Results) -> list[list[object]]:
     ]
     if e is not None and e.chance is not None:
         c = e.chance
-        verdict = "better than chance" if c.better_than_chance else "not distinguishable from chance"
+        verdict = c.verdict
         detail = markdown_text(f"({fmt(c.majority_rate)} alone; {p_text(c.p_value)})")
         rows.append(["Against always answering " + c.majority_label,
                      Trusted(f"{strong(verdict)} {detail}"), ""])
+    if e is not None and e.balanced_accuracy == e.balanced_accuracy:
+        rows += [["Balanced accuracy", with_interval(e.balanced_accuracy, e.balanced_accuracy_interval), ""],
+                 ["Average precision", with_interval(e.average_precision, e.average_precision_interval), ""],
+                 ["Brier score", with_interval(e.brier_score, e.brier_interval), ""]]
     for c in (e.compared("paper") if e else []):
         side = "higher" if c.difference > 0 else "lower"
         rows.append(["Against the paper's accuracy",
-                     strong(f"{side}, distinguishable") if c.distinguishable else
-                     Trusted("not distinguishable"), ""])
+                     strong(f"{side}, {c.verdict}") if c.distinguishable else Trusted(c.verdict), ""])
     if k is not None:
         rows.append([f"{len(k.folds)}-fold accuracy, mean ± sd",
                      Trusted(f"{num(k.mean_accuracy)} ± {num(k.std_accuracy)}"), ""])

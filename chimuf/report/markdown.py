@@ -91,6 +91,8 @@ def environment() -> Any:
         hyperparameter_rows=views.hyperparameter_rows,
         confusion_table=views.confusion_table,
         class_rows=views.class_rows,
+        imbalance_rows=views.imbalance_rows,
+        interval_methods=views.interval_methods,
         threshold_table=views.threshold_table,
         mcnemar_rows=views.mcnemar_rows,
         fold_rows=views.fold_rows,
