@@ -325,10 +325,9 @@ def versus_cell(row: BeyondRow) -> str:
     c = row.versus_final
     if c is None:
         return f"not recorded (p = {row.vs_final.p_value:.2g})"
-    if not c.distinguishable:
-        return f"{c.verdict} (p = {c.p_value:.2g}, Holm {c.p_adjusted:.2g})"
-    side = "better" if c.difference > 0 else "worse"
-    return f"{side}, {c.verdict} (p = {c.p_value:.2g}, Holm {c.p_adjusted:.2g})"
+    holm = f", Holm {c.p_adjusted:.2g}" if c.family_size > 1 and c.p_adjusted is not None else ""
+    said = f"{c.verdict} (p = {c.p_value:.2g}{holm})"
+    return f"{'better' if c.difference > 0 else 'worse'}, {said}" if c.distinguishable else said
 
 
 def beyond_verdict(beyond: BeyondOutcome) -> str:
@@ -338,8 +337,8 @@ def beyond_verdict(beyond: BeyondOutcome) -> str:
         return ""
     better = [c.model_a for c in judged if c.distinguishable and c.difference > 0]
     worse = [c.model_a for c in judged if c.distinguishable and c.difference <= 0]
-    how = (f"McNemar's test, Holm-adjusted over the {len(judged)} rows, decided at "
-           f"{alpha_of(beyond.confidence):g}")
+    family = f", Holm-adjusted over the {len(judged)} rows" if len(judged) > 1 else ""
+    how = f"McNemar's test{family}, decided at {alpha_of(beyond.confidence):g}"
     if not better and not worse:
         return ("None of them differs from the final model by more than chance allows on this test "
                 f"split ({how}).")
