@@ -68,7 +68,7 @@ def test_class_weights_come_from_the_training_labels():
     assert fitting.class_weights(np.array([0] * 9 + [1] * 3), "none") is None
     assert fitting.class_weights(np.array([0] * 9 + [1] * 3), "balanced") == pytest.approx({0: 2 / 3, 1: 2.0})
     assert fitting.class_weights(np.array([0, 1, 0, 1]), "balanced") == {0: 1.0, 1: 1.0}
-    with pytest.raises(ConfigError, match="train.class_weight"):
+    with pytest.raises(ConfigError, match=r"train\.class_weight"):
         fitting.class_weights(np.array([0, 1]), "inverse")
 
 
