@@ -116,3 +116,15 @@ def test_balanced_rule_moves_the_threshold_toward_the_minority_class():
 def test_unknown_threshold_rule_is_refused():
     with pytest.raises(ConfigError, match="threshold `rule`"):
         metrics.choose_threshold(np.array([0, 1]), np.array([0.2, 0.8]), "precision")
+
+
+def test_chimuf_evaluate_on_thirty_correct_predictions_says_the_accuracy_could_be_below_0_9(tmp_path):
+    """The numbers `chimuf evaluate` prints (before: accuracy 1.000 [1.000, 1.000])."""
+    from chimuf.tools.evaluate_folder import folder_metrics, format_folder_evaluation
+
+    labels, probabilities = all_correct(30)
+    result = folder_metrics(tmp_path / "model.keras", tmp_path, CLASSES, "model", labels, probabilities, [])
+    assert result.accuracy == 1.0 and result.accuracy_interval.low < 0.9
+    text = format_folder_evaluation(result, as_json=False)
+    assert "accuracy 1.000 [0.886, 1.000]" in text
+    assert "balanced accuracy 1.000 [" in text and "Wilson for accuracy" in text
