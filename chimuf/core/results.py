@@ -442,6 +442,15 @@ class EvaluateOutcome:
         """The comparisons of one topic ("augmentation", ...), of one split when given."""
         return [c for c in self.comparisons if c.topic == topic and (not split or c.split == split)]
 
+    def imbalance_summary(self) -> str:
+        """"balanced accuracy 0.912 [0.890, 0.931], average precision …, Brier score …": one
+        line for the stage's console and the study's headline alike."""
+        named = (("balanced accuracy", self.balanced_accuracy, self.balanced_accuracy_interval),
+                 ("average precision", self.average_precision, self.average_precision_interval),
+                 ("Brier score", self.brier_score, self.brier_interval))
+        return ", ".join(f"{name} {value:.3f}" + (f" [{i.low:.3f}, {i.high:.3f}]" if i else "")
+                         for name, value, i in named)
+
     @property
     def figures(self) -> list[Figure]:
         """The evaluation's figures in the report's order."""
@@ -478,6 +487,9 @@ class KFoldOutcome:
     predictions: Predictions | None = None
     predictions_csv: str = ""  # the same for people, with each image's fold
     fold_of: list[int] = field(default_factory=list)  # 1-based fold of predictions.paths[i]
+    # every held-out image's prediction at DEFAULT_THRESHOLD, pooled: right / images (NaN in older runs)
+    oof_accuracy: float = float("nan")
+    oof_accuracy_interval: Interval | None = None  # Wilson, at evaluate.confidence
 
 
 # --- suspect labels ----------------------------------------------------------------------------

@@ -301,6 +301,8 @@ def headline_lines(r: Results) -> list[str]:
         else:
             lines.append(numbers + ("" if c is None else f"; {c.verdict} ({c.majority_label} "
                                     f"always: {fmt(c.majority_rate)}, {p_text(c.p_value)})"))
+        if e.balanced_accuracy == e.balanced_accuracy:  # measured (runs of chimuf 0.2 on)
+            lines.append(e.imbalance_summary())
     small = small_splits(r.split)
     if small:
         lines.append("small data: " + ", ".join(f"{p.split} {p.n} images (±{p.half_width * 100:.1f} "

@@ -131,12 +131,11 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     ctx.console.info(f"  {final.name}: test accuracy {at_half.accuracy:.3f} [{spread.accuracy.low:.3f}, "
                      f"{spread.accuracy.high:.3f}], ROC AUC {auc:.3f} on {len(test_rows)} images; "
                      f"{at_validation.accuracy:.3f} at the validation threshold {threshold:.3f}")
-    ctx.console.info("  " + imbalance_line(imbalance, spread))
     ctx.console.info(f"  {chance.verdict}: always answering {chance.majority_label} scores "
                      f"{chance.majority_rate:.3f} on these images (exact binomial p = {chance.p_value:.3g}, "
                      f"decided at {chance.alpha:g})")
 
-    return EvaluateOutcome(
+    outcome = EvaluateOutcome(
         model=final.name,
         classes=classes,
         n_images=len(test_rows),
@@ -172,6 +171,8 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
         brier_interval=spread.brier,
         pr_figure=pr,
     )
+    ctx.console.info("  " + outcome.imbalance_summary())
+    return outcome
 
 
 def imbalance_metrics(labels: np.ndarray, probabilities: np.ndarray,
@@ -181,14 +182,6 @@ def imbalance_metrics(labels: np.ndarray, probabilities: np.ndarray,
                                                                                           threshold)),
             "average_precision": metrics.average_precision(labels, probabilities),
             "brier_score": metrics.brier_score(labels, probabilities)}
-
-
-def imbalance_line(values: dict[str, float], spread: intervals.Intervals) -> str:
-    """"balanced accuracy 0.912 [0.890, 0.931], average precision …, Brier score …" (console)."""
-    named = (("balanced accuracy", values["balanced_accuracy"], spread.balanced_accuracy),
-             ("average precision", values["average_precision"], spread.average_precision),
-             ("Brier score", values["brier_score"], spread.brier))
-    return ", ".join(f"{name} {value:.3f} [{i.low:.3f}, {i.high:.3f}]" for name, value, i in named)
 
 
 # --- 1. predicting -----------------------------------------------------------------------------

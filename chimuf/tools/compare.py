@@ -228,6 +228,10 @@ def number_rows(a: Results, b: Results) -> list[NumberRow]:
         rows.append(row("k-fold mean loss", ka and ka.mean_loss, kb and kb.mean_loss,
                         ka and spread(ka.mean_loss, ka.std_loss), kb and spread(kb.mean_loss, kb.std_loss),
                         "± 1 sd over folds"))
+        ia, ib = ka and ka.oof_accuracy_interval, kb and kb.oof_accuracy_interval
+        methods = " / ".join(dict.fromkeys(i.method for i in (ia, ib) if i is not None and i.method))
+        rows.append(row("k-fold out-of-fold accuracy", ka and ka.oof_accuracy, kb and kb.oof_accuracy, ia, ib,
+                        f"{round(100 * a.evaluate.confidence) if a.evaluate else 95}% {methods}"))
     if a.tune or b.tune:
         rows.append(row("tuning best val_accuracy", a.tune and a.tune.best_score,
                         b.tune and b.tune.best_score))
