@@ -36,7 +36,13 @@ def test_degenerate_samples_fall_back_as_stated():
         assert f1.low == pytest.approx(metrics.f1_score(precision.low, recall.low)) and f1.low < 0.9
     assert spread.balanced_accuracy.method.startswith("mean of the Wilson bounds")
     assert spread.balanced_accuracy.low < 0.9
-    assert "percentile" in spread.roc_auc.method and "same value" in spread.roc_auc.method
+    # perfect separation: AUC and AP are 1 in every resample; Wilson over the 15 disjoint pairs
+    for interval in (spread.roc_auc, spread.average_precision):
+        assert interval.method.startswith("Wilson over min(positives, negatives) = 15 pairs")
+        assert interval.low == pytest.approx(intervals.wilson(15, 15, 0.95).low)
+        assert interval.high == pytest.approx(1.0)
+    one = intervals.metric_intervals(np.array([1]), np.array([0.9]), samples=50, seed=0)
+    assert one.roc_auc.method == one.brier.method == intervals.TOO_FEW and one.accuracy.method == "Wilson"
     one_class = intervals.metric_intervals(np.ones(20, dtype=int), np.full(20, 0.8), samples=100, seed=0)
     assert one_class.roc_auc.method == intervals.ONE_CLASS and np.isnan(one_class.roc_auc.low)
     assert one_class.average_precision.method != intervals.ONE_CLASS  # positives only: AP is 1

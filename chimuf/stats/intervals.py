@@ -15,10 +15,13 @@ Where BCa is undefined the fallback is explicit and recorded in `Interval.method
 
 * a statistic that needs both classes (AUC, average precision) on a sample of one class has no
   value and no interval: NaN, "undefined: one class only";
+* fewer than two images: no bootstrap at all, "undefined: fewer than two images";
 * every resample giving the same value (e.g. all images right): F1 and balanced accuracy are
   bounded by their ingredients' Wilson intervals (F1 grows with precision and with recall,
-  balanced accuracy is the mean of the two recalls), which is conservative; AUC, average precision
-  and Brier fall back to the percentile interval, marked as such;
+  balanced accuracy is the mean of the two recalls), which is conservative; AUC and average
+  precision (perfect separation) get the Wilson interval of their value over m = min(positives,
+  negatives) images, as if measured on m disjoint (positive, negative) pairs; the Brier score
+  falls back to the percentile interval, marked as such;
 * a few resamples without one of the classes (AUC undefined there): BCa cannot use them, so
   the percentile interval over the defined resamples is given, marked as such.
 """
@@ -39,6 +42,7 @@ WILSON = "Wilson"
 BCA = "BCa bootstrap"
 PERCENTILE = "percentile bootstrap"
 ONE_CLASS = "undefined: one class only"
+TOO_FEW = "undefined: fewer than two images"
 BATCH = 250  # resamples per vectorised batch: bounds memory to BATCH × n values
 
 Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (m, n) labels, probabilities → (m,)
@@ -84,8 +88,9 @@ def metric_intervals(labels: np.ndarray, probabilities: np.ndarray, *,
         accuracy=wilson(int(np.trace(cm)), len(y), confidence),
         precision=precision, recall=recall, f1=f1,
         balanced_accuracy=boot(balanced_statistic(threshold), mean_bounds(recall)),
-        roc_auc=boot(metrics.rank_auc),
-        average_precision=boot(metrics.average_precision_rows),
+        roc_auc=boot(metrics.rank_auc, pairs_bounds(y, metrics.roc_auc(y, p), confidence)),
+        average_precision=boot(metrics.average_precision_rows,
+                               pairs_bounds(y, metrics.average_precision(y, p), confidence)),
         brier=boot(metrics.brier_rows),
         samples=samples, confidence=confidence,
     )
@@ -100,6 +105,8 @@ def bca(labels: np.ndarray, probabilities: np.ndarray, statistic: Statistic, *, 
     from scipy.stats import bootstrap
 
     y = labels.astype(np.int64)
+    if len(y) < 2:
+        return Interval(float("nan"), float("nan"), TOO_FEW)
     point = statistic(y[np.newaxis, :], probabilities[np.newaxis, :])[0]
     if np.isnan(point):
         return Interval(float("nan"), float("nan"), ONE_CLASS)
@@ -116,7 +123,7 @@ def bca(labels: np.ndarray, probabilities: np.ndarray, statistic: Statistic, *, 
                            rng=np.random.default_rng(seed))
     values = result.bootstrap_distribution  # (samples,)
     defined = values[~np.isnan(values)]
-    if len(defined) and np.ptp(defined) == 0:
+    if len(defined) and np.ptp(defined) <= 1e-12 * max(1.0, float(np.abs(defined).max())):
         return fallback or percentile(defined, confidence, f"{PERCENTILE} (BCa undefined: every "
                                                            "resample gives the same value)")
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -159,6 +166,17 @@ def f1_bounds(precision: Interval, recall: Interval) -> Interval:
     return Interval(low, high,
                     f"F1 of the {WILSON} bounds of precision and recall (BCa undefined: every "
                     "resample gives the same value)")
+
+
+def pairs_bounds(labels: np.ndarray, value: float, confidence: float) -> Interval | None:
+    """Wilson's interval of `value` as a share of m = min(positives, negatives) disjoint pairs:
+    a stated, conservative stand-in where every resample gives the same AUC or AP."""
+    m = int(min(labels.sum(), len(labels) - labels.sum()))
+    if m == 0 or value != value:
+        return None
+    bounds = wilson_interval(round(value * m), m, confidence)
+    return Interval(bounds.low, bounds.high, f"{WILSON} over min(positives, negatives) = {m} pairs (BCa "
+                                             "undefined: every resample gives the same value)")
 
 
 def mean_bounds(recall: list[Interval]) -> Interval:
