@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from chimuf.core.config import ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
+from chimuf.core import folders
+from chimuf.core.config import (
+    PROFILES,
+    REPORT_ENGINES,
+    REPORT_FORMATS,
+    ReportConfig,
+    StudyConfig,
+    TrackingConfig,
+    load_config,
+    to_toml,
+)
 from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json
@@ -25,8 +34,6 @@ from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
 from chimuf.version import __version__
-
-PROJECT_DIR = Path.cwd()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "figures: Quarto where installed, else pandoc (HTML) and Typst (PDF).",
     )
     report.add_argument("run", metavar="RUN_DIR", type=Path)
-    report.add_argument("--format", dest="formats", action="append", choices=("html", "pdf"),
+    report.add_argument("--format", dest="formats", action="append", choices=REPORT_FORMATS,
                         help="render only this format (repeatable; default: both)")
-    report.add_argument("--engine", choices=("auto", "quarto", "pandoc"), default="auto")
+    report.add_argument("--engine", choices=REPORT_ENGINES, default="auto")
     report.add_argument("--project", metavar="DIR", type=Path,
                         help="also publish the Quarto project (index.qmd, figures, HTML, PDF) into DIR, "
                         "replacing the run there ('none': nowhere; default: ./report when it is chimuf's "
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="TOML", type=Path, help="study config file")
-    parser.add_argument("--profile", choices=("paper", "quick", "smoke"),
+    parser.add_argument("--profile", choices=tuple(PROFILES),
                         help="preset to start from (default: the file's `profile`, else paper)")
 
 
@@ -241,7 +248,7 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 
 
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.study import StudyPaths, resolve_data_dir, run_study
+    from chimuf.study import run_study
 
     tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
     overrides: dict[str, object] = {"seed": args.seed} if args.seed is not None else {}
@@ -254,15 +261,13 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
         # --weights alone means "the default backbone"; one set in the config file wins
         overrides["pretrained"] = {**overrides["pretrained"], "backbone": "mobilenet_v3_small"}  # type: ignore[dict-item]
         config = load(args, **overrides)
-    data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
-    run_dir = run_folder(args.out, config)
-    cache_dir = cache_folder(config)
+    paths = folders.study_paths(config, args.data, args.out)
     project = report_project(args.project)
-    console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
-    console.info(f"run folder {run_dir}")
+    console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {paths.data_dir}")
+    console.info(f"run folder {paths.run_dir}")
     start_tensorflow()
-    run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
-              stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan, project=project)
+    run_study(config, paths, console, stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan,
+              project=project)
     return 0
 
 
@@ -270,12 +275,11 @@ def report_project(flag: Path | None) -> Path | None:
     """The Quarto project folder to publish into (chimuf.report.project), checked now."""
     from chimuf.report.project import check_project_dir, project_dir
 
-    folder = project_dir(flag, PROJECT_DIR)
+    folder = project_dir(flag, Path.cwd())
     return check_project_dir(folder) if folder is not None else None
 
 
 def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.study import resolve_data_dir
     from chimuf.tools.tune_worker import WorkerSetup, run_worker
 
     chief = parse_address(args.chief, "--chief")
@@ -284,26 +288,15 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"`--chief-timeout` must be a positive number of seconds, got {args.chief_timeout}")
     overrides = {"seed": args.seed} if args.seed is not None else {}
     config = load(args, **overrides)
-    run_dir = run_folder(args.out, config)
+    run_dir = folders.run_folder(args.out, config)
     console.info(f"chimuf tune-worker {worker_id}: chief {chief}, profile {config.profile}, "
                  f"seed {config.seed}, run folder {run_dir}")
-    setup = WorkerSetup(chief, worker_id, run_dir.resolve(), cache_folder(config).resolve(),
-                        lambda: resolve_data_dir(args.data, config, PROJECT_DIR), args.chief_timeout)
+    cwd = Path.cwd()
+    setup = WorkerSetup(chief, worker_id, run_dir.resolve(), folders.cache_folder(config, cwd).resolve(),
+                        lambda: folders.resolve_data_dir(args.data, config, cwd), args.chief_timeout)
     start_tensorflow()
     run_worker(config, setup, console)
     return 0
-
-
-def run_folder(out: str | None, config: StudyConfig) -> Path:
-    path = Path(out) if out else PROJECT_DIR / "runs" / config.profile
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"run folder `{path}` (--out) exists and is not a folder; a run folder holds "
-                          "run.json, results.json and the stages' files. Pass a new or existing folder")
-    return path
-
-
-def cache_folder(config: StudyConfig) -> Path:
-    return Path(config.data.cache_dir or os.environ.get("CHIMUF_CACHE_DIR") or PROJECT_DIR / "runs" / "cache")
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:

@@ -74,6 +74,9 @@ def test_class_weights_come_from_the_training_labels():
 
 def test_class_weight_none_keeps_the_checkpoint_fingerprint_of_older_runs():
     model = fixed_model()
-    usual = fitting.fingerprint(model, TrainConfig(), None, 0, 12, 12)
-    assert usual == fitting.fingerprint(model, TrainConfig(class_weight="none"), None, 0, 12, 12)
-    assert usual != fitting.fingerprint(model, TrainConfig(class_weight="balanced"), None, 0, 12, 12)
+
+    def of(cfg: TrainConfig) -> str:
+        return fitting.fingerprint(model, cfg, None, 0, 12, 12, fitting.Stopping.of(cfg))
+
+    assert of(TrainConfig()) == of(TrainConfig(class_weight="none"))
+    assert of(TrainConfig()) != of(TrainConfig(class_weight="balanced"))

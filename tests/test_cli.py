@@ -12,8 +12,8 @@ import pytest
 from chimuf.cli import main
 from chimuf.core.config import load_config
 from chimuf.core.errors import DataError
+from chimuf.core.folders import resolve_data_dir
 from chimuf.ml.tfstart import drop_noise
-from chimuf.study import resolve_data_dir
 
 
 def test_importing_the_cli_and_report_loads_no_tensorflow_or_matplotlib():

@@ -100,12 +100,25 @@ def seed_range() -> Check:
     return Check(lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295 (2**32 - 1)")
 
 
-def opt(default: Any, help: str, check: Check | None = None) -> Any:
+def opt(default: Any, help: str, check: Check | None = None, *, changes_results: bool = True) -> Any:
     """A config field with its one-line explanation (shown by `chimuf config`) and what its
-    value must be (checked by `check_config`; the type is checked as the value is read)."""
+    value must be (checked by `check_config`; the type is checked as the value is read).
+
+    `changes_results=False` marks a setting that changes no number (how long to wait, where to
+    report): a stage's fingerprint leaves it out (chimuf.core.engine), so changing it redoes nothing.
+    """
     if isinstance(default, list):
         default = tuple(default)
-    return field(default=default, metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check, "fingerprinted": changes_results})
+
+
+# --- the allowed values of the settings that name a choice (the CLI's choices come from here) ---
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+REPORT_FORMATS = ("html", "pdf")
+REPORT_ENGINES = ("auto", "quarto", "pandoc")
+SCHEDULES = ("cosine", "constant")
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
@@ -191,7 +204,7 @@ class TrainConfig:
                                 non_negative())
     precision: str = opt(
         "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'",
-        one_of("auto", "float32", "mixed_bfloat16"),
+        one_of(*PRECISIONS),
     )
     deterministic: bool = opt(
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
@@ -231,7 +244,7 @@ class TuneConfig:
     worker_timeout_s: float = opt(
         3600.0, "distributed search: a worker silent this long (no epoch reported) has its trial marked "
         "failed; must exceed one epoch plus building a model",
-        positive("a positive number of seconds"),
+        positive("a positive number of seconds"), changes_results=False,
     )
 
     def range_of(self, name: str) -> tuple[float, float, float]:
@@ -255,7 +268,7 @@ class ModernConfig:
     learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", positive())
     weight_decay: float = opt(0.05, "AdamW decoupled weight decay", non_negative())
     schedule: str = opt("cosine", "learning rate after the warm-up: 'cosine' (decay to 0 over the training) "
-                        "or 'constant'", one_of("cosine", "constant"))
+                        "or 'constant'", one_of(*SCHEDULES))
     warmup_epochs: int = opt(3, "epochs of linear warm-up before the cosine decay", non_negative())
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy",
                                  between(0, 0.5, high_inclusive=False))
@@ -271,7 +284,7 @@ class PretrainedConfig:
     images would pick instead, set beside the from-scratch models in "beyond the paper"."""
 
     backbone: str = opt("", "'' (off), 'mobilenet_v3_small', 'mobilenet_v3_large' or 'efficientnet_b0'",
-                        one_of("", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"))
+                        one_of("", *BACKBONES))
     weights: str = opt("", "the backbone's no-top weights file (.h5 or .weights.h5); '' = Keras' download "
                        "('imagenet'), which needs internet")
     epochs: int = opt(8, "epochs of the new head, the backbone frozen", at_least(1))
@@ -347,10 +360,11 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'",
-                                   non_empty_subset("html", "pdf"))
+                                   non_empty_subset(*REPORT_FORMATS))
     engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'",
-                      one_of("auto", "quarto", "pandoc"))
-    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1))
+                      one_of(*REPORT_ENGINES))
+    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1),
+                         changes_results=False)
 
 
 @dataclass(frozen=True)

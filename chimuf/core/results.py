@@ -190,11 +190,27 @@ class TrainOutcome:
     trainings: list[TrainingOutcome]
     comparison_figures: list[Figure]  # per model: with vs without augmentation
 
+    def augmentation_pairs(self) -> list[Pair]:
+        """(architecture, without, with) for every architecture trained both ways (paper 5.4)."""
+        return augmentation_pairs(self.trainings)
+
     def best(self) -> TrainingOutcome | None:
         """The training with the highest best validation accuracy (the paper's 5.5); the first of
         equals. None when no training has a validation accuracy."""
         scored = [t for t in self.trainings if t.best_val_accuracy == t.best_val_accuracy]  # not NaN
         return max(scored, key=lambda t: t.best_val_accuracy, default=None)
+
+
+Pair = tuple[str, "TrainingOutcome", "TrainingOutcome"]  # (architecture, without, with augmentation)
+
+
+def augmentation_pairs(trainings: list[TrainingOutcome]) -> list[Pair]:
+    """(architecture, without, with) for every architecture among `trainings` trained both ways, in
+    architecture order: the one pairing the report, the evidence and the McNemar tests share."""
+    by_key = {(t.architecture, t.augmented): t for t in trainings}
+    return [(architecture, by_key[(architecture, False)], by_key[(architecture, True)])
+            for architecture in sorted({a for a, _ in by_key})
+            if (architecture, False) in by_key and (architecture, True) in by_key]
 
 
 # --- tuning ------------------------------------------------------------------------------------
@@ -295,9 +311,6 @@ class Predictions:
     def mistakes(self) -> list[Prediction]:
         """Every misclassified image, most confident mistake first."""
         return sorted_mistakes(self.items())
-
-    def most_confident_mistakes(self, k: int) -> list[Prediction]:
-        return self.mistakes()[:k]
 
 
 # --- evidence: what the data can and cannot tell apart ------------------------------------------
@@ -443,8 +456,8 @@ class EvaluateOutcome:
         return [c for c in self.comparisons if c.topic == topic and (not split or c.split == split)]
 
     def imbalance_summary(self) -> str:
-        """"balanced accuracy 0.912 [0.890, 0.931], average precision …, Brier score …": one
-        line for the stage's console and the study's headline alike."""
+        """"balanced accuracy 0.912 [0.890, 0.931], average precision …, Brier score …": the
+        evaluate stage's console line (the study's summary reads chimuf.core.headline)."""
         named = (("balanced accuracy", self.balanced_accuracy, self.balanced_accuracy_interval),
                  ("average precision", self.average_precision, self.average_precision_interval),
                  ("Brier score", self.brier_score, self.brier_interval))
@@ -681,6 +694,13 @@ class RunInfo:
     chimuf_version: str = ""
     error: str = ""
     environment: EnvironmentInfo | None = None  # versions, lock, CPU, GPU, determinism; None in older runs
+    commit: str = ""  # the git commit chimuf ran from; "" for an installed chimuf
+    dirty: bool = False  # that checkout had changes not committed
+
+    @classmethod
+    def unnamed(cls) -> RunInfo:
+        """No run's facts: for outcomes gathered outside a study (a tuning worker's)."""
+        return cls("", "", "", 0, {}, [], "", "", {}, "", "", "", [])
 
 
 @dataclass

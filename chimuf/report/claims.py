@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chimuf.core.headline import Number, headline_numbers, number_of
 from chimuf.core.results import (
     ChanceTest,
     Comparison,
@@ -290,9 +291,10 @@ def headline_lines(r: Results) -> list[str]:
     the small-data warning, then the numbers and every comparison with its verdict."""
     e = r.evaluate
     lines = []
+    headline = [n for n in headline_numbers(r) if n.first_page]  # chimuf.core.headline
     if e is not None:
-        numbers = (f"test accuracy {fmt(e.accuracy)} [{fmt(e.accuracy_interval.low)}, "
-                   f"{fmt(e.accuracy_interval.high)}], ROC AUC {fmt(e.roc_auc)} on {e.n_images} images")
+        numbers = ", ".join(number_text(n) for n in headline if n.key.startswith("test_")
+                            and (n.value is not None or n.key in ALWAYS_SAID)) + f" on {e.n_images} images"
         c = e.chance
         if c is not None and not c.better_than_chance:
             shouted = c.verdict.replace("not ", "NOT ", 1)  # the same words, loud where it matters
@@ -301,16 +303,14 @@ def headline_lines(r: Results) -> list[str]:
         else:
             lines.append(numbers + ("" if c is None else f"; {c.verdict} ({c.majority_label} "
                                     f"always: {fmt(c.majority_rate)}, {p_text(c.p_value)})"))
-        if e.balanced_accuracy == e.balanced_accuracy:  # measured (runs of chimuf 0.2 on)
-            lines.append(e.imbalance_summary())
     small = small_splits(r.split)
     if small:
         lines.append("small data: " + ", ".join(f"{p.split} {p.n} images (±{p.half_width * 100:.1f} "
                                                 "points)" for p in small)
                      + "; differences below that are noise, the k-fold mean is the better estimate")
-    if r.kfold is not None:
-        lines.append(f"{len(r.kfold.folds)}-fold accuracy {fmt(r.kfold.mean_accuracy)} ± "
-                     f"{fmt(r.kfold.std_accuracy)}")
+    folds = number_of(headline, "kfold_mean_accuracy")
+    if r.kfold is not None and folds is not None:
+        lines.append(f"{len(r.kfold.folds)}-fold accuracy {fmt(folds.value)} ± {fmt(folds.sd)}")
     if e is not None:
         lines += best_line(e)
         lines += [pair_line(group) for group in paired(e.comparisons) if group[0].topic != "best_training"]
@@ -318,6 +318,15 @@ def headline_lines(r: Results) -> list[str]:
         lines.append(f"{len(r.labels.suspects):,} suspect labels of {r.labels.n_checked:,} "
                      f"(out-of-fold, confident learning): {r.labels.suspects_csv}")
     return lines
+
+
+ALWAYS_SAID = ("test_accuracy", "test_roc_auc")  # said "n/a" when undefined; the others left out
+
+
+def number_text(n: Number) -> str:
+    """"test accuracy 0.917 [0.899, 0.935]": a headline number as the console says it."""
+    interval = f" [{fmt(n.interval.low)}, {fmt(n.interval.high)}]" if n.interval and n.sd is None else ""
+    return f"{n.label} {fmt(n.value)}{interval}"
 
 
 TOPIC = {"augmentation": "with vs without augmentation", "final_vs_model3_aug": "final vs model3_aug",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from chimuf.core.headline import headline_numbers, number_of
 from chimuf.core.paper import PAPER, same_data
 from chimuf.core.results import Results
 from chimuf.report.blocks import count, num, seconds, strong, with_interval
@@ -38,30 +39,32 @@ def glance_rows(r: Results) -> list[list[object]]:
         return value if paper else OTHER_DATA
 
     e, k, labels = r.evaluate, r.kfold, r.labels
-    rows: list[list[object]] = [
-        ["Test images", count(e.n_images if e else None), of_paper(PAPER.test_images)],
-        ["Test accuracy", with_interval(e.accuracy, e.accuracy_interval) if e else num(None),
-         of_paper(PAPER.accuracy)],
-        ["ROC AUC", with_interval(e.roc_auc, e.roc_auc_interval) if e else num(None),
-         of_paper(PAPER.roc_auc)],
-    ]
+    numbers = headline_numbers(r)  # the one list of headline numbers (chimuf.core.headline)
+    rows: list[list[object]] = [["Test images", count(e.n_images if e else None),
+                                 of_paper(PAPER.test_images)]]
+    for key, words, theirs in (("test_accuracy", "Test accuracy", PAPER.accuracy),
+                               ("test_roc_auc", "ROC AUC", PAPER.roc_auc)):
+        n = number_of(numbers, key)
+        rows.append([words, with_interval(n.value, n.interval) if n else num(None), of_paper(theirs)])
     if e is not None and e.chance is not None:
         c = e.chance
         verdict = c.verdict
         detail = markdown_text(f"({fmt(c.majority_rate)} alone; {p_text(c.p_value)})")
         rows.append(["Against always answering " + c.majority_label,
                      Trusted(f"{strong(verdict)} {detail}"), ""])
-    if e is not None and e.balanced_accuracy == e.balanced_accuracy:
-        rows += [["Balanced accuracy", with_interval(e.balanced_accuracy, e.balanced_accuracy_interval), ""],
-                 ["Average precision", with_interval(e.average_precision, e.average_precision_interval), ""],
-                 ["Brier score", with_interval(e.brier_score, e.brier_interval), ""]]
+    for key, words in (("test_balanced_accuracy", "Balanced accuracy"),
+                       ("test_average_precision", "Average precision"), ("test_brier_score", "Brier score")):
+        n = number_of(numbers, key)
+        if n is not None and n.value is not None:  # measured (runs of chimuf 0.2 on)
+            rows.append([words, with_interval(n.value, n.interval), ""])
     for c in (e.compared("paper") if e else []):
         side = "higher" if c.difference > 0 else "lower"
         rows.append(["Against the paper's accuracy",
                      strong(f"{side}, {c.verdict}") if c.distinguishable else Trusted(c.verdict), ""])
-    if k is not None:
+    folds = number_of(numbers, "kfold_mean_accuracy")
+    if k is not None and folds is not None:
         rows.append([f"{len(k.folds)}-fold accuracy, mean ± sd",
-                     Trusted(f"{num(k.mean_accuracy)} ± {num(k.std_accuracy)}"), ""])
+                     Trusted(f"{num(folds.value)} ± {num(folds.sd)}"), ""])
     if labels is not None:
         rows.append(["Suspect labels", Trusted(f"{count(len(labels.suspects))} of {count(labels.n_checked)}"),
                      ""])

@@ -84,13 +84,7 @@ def best_training(train: TrainOutcome) -> TrainingOutcome | None:
 
 def augmentation_pairs(train: TrainOutcome) -> list[tuple[str, TrainingOutcome, TrainingOutcome]]:
     """(architecture, without, with) for every architecture trained both ways (paper 5.4)."""
-    pairs = []
-    for arch in sorted({t.architecture for t in train.trainings}):
-        plain_run = next((t for t in train.trainings if t.architecture == arch and not t.augmented), None)
-        augmented = next((t for t in train.trainings if t.architecture == arch and t.augmented), None)
-        if plain_run is not None and augmented is not None:
-            pairs.append((arch, plain_run, augmented))
-    return pairs
+    return train.augmentation_pairs()
 
 
 # --- the paper's own figures (chimuf.core.paper) beside the run's -------------------------------

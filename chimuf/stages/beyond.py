@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chimuf.core.config import EvaluateConfig
+from chimuf.core.config import EvaluateConfig, ModelFilesConfig
 from chimuf.core.results import BeyondOutcome, BeyondRow
 from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
@@ -34,6 +34,8 @@ from chimuf.ml.predictor import averaged_probabilities
 from chimuf.stats import evidence, intervals, metrics
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import keras
 
     from chimuf.core.engine import StageContext
@@ -57,9 +59,10 @@ class Candidate:
 
 def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
                    evaluation: EvaluateOutcome, kfold: KFoldOutcome | None, modern: TrainingOutcome | None,
-                   cfg: EvaluateConfig, seed: int,
-                   pretrained: TrainingOutcome | None = None) -> BeyondOutcome:
-    """Every candidate's test metrics, with and without flips, against the final model's."""
+                   cfg: EvaluateConfig, seed: int, pretrained: TrainingOutcome | None = None,
+                   limits: ModelFilesConfig | None = None) -> BeyondOutcome:
+    """Every candidate's test metrics, with and without flips, against the final model's; the
+    saved models are opened within `limits` (the study's model_files, as every stage opens them)."""
     images = load_images(cache)
     pixels = np.asarray(images.images[images.rows(split.test)], dtype=np.uint8)  # (N, S, S, 3)
     labels = np.asarray(images.labels)[images.rows(split.test)]
@@ -70,7 +73,7 @@ def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
                    labels, np.asarray(evaluation.predictions.probabilities), None, classes, cfg, seed)]
     # (name, description, models, flips) of every row after the reference: the final model with
     # flips, then each other candidate without and with them
-    candidates = candidates_of(ctx, final, kfold, modern, pretrained)
+    candidates = candidates_of(ctx, final, kfold, modern, pretrained, limits)
     runs = [(c, flips) for c in candidates for flips in (False, True)
             if not (c.name == FINAL and not flips)]
     with ctx.console.progress("beyond", total=len(runs), unit="comparisons") as progress:
@@ -111,10 +114,12 @@ def row_line(row: BeyondRow) -> str:
 
 def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome | None,
                   modern: TrainingOutcome | None,
-                  pretrained: TrainingOutcome | None = None) -> list[Candidate]:
+                  pretrained: TrainingOutcome | None = None,
+                  limits: ModelFilesConfig | None = None) -> list[Candidate]:
     """The models to set beside the final model: itself (for its flips), the modern recipe, the
     fold ensemble alone and with the final model; those that were not trained are left out."""
-    load = modelfile.load_model
+    def load(path: Path) -> keras.Model:
+        return modelfile.load_model(path, limits, ctx.console)
     final_model = load(ctx.run_dir / final.model_path)
     out = [Candidate(FINAL, "the final model", [final_model])]
     if modern is not None:

@@ -39,6 +39,7 @@ from chimuf.core.results import (
     Figure,
     McNemarTest,
     Predictions,
+    augmentation_pairs,
 )
 from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
@@ -226,14 +227,10 @@ def predict_trainings(ctx: StageContext, train: TrainOutcome, images: ImageSet, 
 def comparison_pairs(trainings: list[TrainingOutcome], final_name: str) -> list[tuple[str, str]]:
     """(model A, model B) pairs to compare: final vs model 3 with augmentation, then each
     architecture with augmentation vs without."""
-    by_key = {(t.architecture, t.augmented): t.name for t in trainings if t.model_path}
-    pairs = []
-    if ("model3", True) in by_key:
-        pairs.append((final_name, by_key[("model3", True)]))
-    for architecture in sorted({a for a, _ in by_key}):
-        if (architecture, True) in by_key and (architecture, False) in by_key:
-            pairs.append((by_key[(architecture, True)], by_key[(architecture, False)]))
-    return pairs
+    saved = [t for t in trainings if t.model_path]
+    model3_aug = next((t.name for t in saved if (t.architecture, t.augmented) == ("model3", True)), None)
+    pairs = [(final_name, model3_aug)] if model3_aug else []
+    return pairs + [(augmented.name, plain.name) for _, plain, augmented in augmentation_pairs(saved)]
 
 
 def paired_tests(labels: np.ndarray, p_final: np.ndarray, others: dict[str, np.ndarray],

@@ -22,14 +22,16 @@ from chimuf.ml import modelfile
 from chimuf.ml.export import export_model
 
 if TYPE_CHECKING:
-    from chimuf.core.config import ExportConfig
+    from chimuf.core.config import ExportConfig, ModelFilesConfig
     from chimuf.core.engine import StageContext
     from chimuf.core.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
 
 
 def export_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
-                 evaluation: EvaluateOutcome, cfg: ExportConfig) -> ExportOutcome:
-    """Copy the final model with its chosen threshold, export it as `cfg.formats`, check each."""
+                 evaluation: EvaluateOutcome, cfg: ExportConfig,
+                 limits: ModelFilesConfig | None = None) -> ExportOutcome:
+    """Copy the final model with its chosen threshold, export it as `cfg.formats`, check each; the
+    model is opened within `limits` (the study's model_files)."""
     chosen = evaluation.at_validation_threshold
     model_path = ctx.dir / "final.keras"
     shutil.copyfile(ctx.run_dir / final.model_path, model_path)
@@ -40,7 +42,7 @@ def export_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, fi
     samples = np.asarray(images.images[rows], dtype=np.uint8)  # (N, S, S, 3)
     exports = []
     for fmt in cfg.formats:
-        check = export_model(model_path, fmt, ctx.dir, samples)
+        check = export_model(model_path, fmt, ctx.dir, samples, limits)
         ctx.console.info(f"  {fmt}: {ctx.rel(check.path)}, {check.size_bytes / 2**20:.1f} MiB; largest "
                          f"difference from the Keras model on {check.images_checked} test images "
                          f"{check.max_abs_difference:.1e}")

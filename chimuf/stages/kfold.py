@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from chimuf.core.results import DEFAULT_THRESHOLD, Figure, FoldOutcome, KFoldOut
 from chimuf.data.cache import load_images
 from chimuf.data.split import fold_assignments
 from chimuf.ml import fit as fitting
-from chimuf.ml.fit import UNMONITORED, Monitoring
+from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping
 from chimuf.ml.models import resolve_precision, save_model, seeded_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
@@ -83,16 +83,15 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
     if cfg.early_stopping:
-        epochs = cfg.epochs or train_cfg.epochs
+        epochs, stopping = cfg.epochs or train_cfg.epochs, Stopping.of(train_cfg)
     else:
-        epochs = cfg.epochs or max(1, final_epoch)
-        train_cfg = replace(train_cfg, start_from_epoch=epochs)  # no epoch watched: no stop, last kept
+        epochs, stopping = cfg.epochs or max(1, final_epoch), Stopping.fixed()
         ctx.console.info(f"  every fold trains {epochs} epochs (no early stopping on the scored fold)")
     runs = []
     for number, paths in enumerate(held_out, start=1):
         others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
         work = functools.partial(train_fold, ctx, number, images, others, paths, hyperparameters,
-                                 train_cfg, augment, seed, epochs, monitor)
+                                 train_cfg, augment, seed, epochs, monitor, stopping)
         runs.append(run_fold(ctx, number, work, len(others), len(paths)))
         ctx.console.info(fold_line(runs[-1].outcome, cfg.folds))
 
@@ -165,7 +164,7 @@ def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validati
 def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],
                held_out_paths: list[str], hyperparameters: Hyperparameters, train_cfg: TrainConfig,
                augment: AugmentConfig, seed: int, epochs: int,
-               monitor: Monitoring = UNMONITORED) -> FoldRun:
+               monitor: Monitoring = UNMONITORED, stopping: Stopping | None = None) -> FoldRun:
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
     # 1. The final model's architecture and starting weights (the trainings' seed).
     model = seeded_model("tuned", images.images.shape[1], hyperparameters,
@@ -178,7 +177,7 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
                          (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
                          ctx.dir / name, ctx.console, name, max_epochs=epochs,
                          log=monitor.log(ctx.name, name), callbacks=monitor.callbacks,
-                         eta=monitor.eta(ctx.name, name))
+                         eta=monitor.eta(ctx.name, name), stopping=stopping)
 
     # 3. Score the kept (best) weights on the held-out fold as it is, not augmented.
     held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,

@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 from chimuf.core.console import format_seconds
 from chimuf.core.errors import Interrupted, StageError
-from chimuf.core.results import EpochRecord, Figure, Trial, TuneOutcome, to_jsonable
+from chimuf.core.results import EpochRecord, Figure, Trial, TuneOutcome
 from chimuf.data.cache import load_images
 from chimuf.ml.fit import (
     UNMONITORED,
     Monitoring,
+    Stopping,
     class_weights,
     describe,
     epoch_datasets,
@@ -139,14 +140,6 @@ def save_tuning_figures(ctx: StageContext, trials: list[Trial]) -> tuple[Figure,
                                      "hyperparameters; the best trial ringed."))
 
 
-def tune_inputs(cfg: TuneConfig) -> dict[str, Any]:
-    """The settings the search's results depend on, for the stage's fingerprint: all of them but
-    `worker_timeout_s`, which only says how long a chief waits (changing it keeps finished trials)."""
-    inputs = to_jsonable(cfg)
-    inputs.pop("worker_timeout_s")
-    return inputs
-
-
 def start_board(board: Path | None, oracle: Any, cfg: TuneConfig) -> None:
     """The HParams view's columns; a search that starts afresh starts its logs afresh."""
     if board is None:
@@ -239,7 +232,7 @@ def search_data(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train_cf
     return SearchData(train, validation, steps=math.ceil(len(split.train) / train_cfg.batch_size),
                       validation_steps=math.ceil(len(split.validation) / train_cfg.batch_size),
                       epochs=cfg.epochs,
-                      callbacks=[EarlyStoppingRule(train_cfg.patience, train_cfg.start_from_epoch)],
+                      callbacks=[EarlyStoppingRule(Stopping.of(train_cfg))],
                       class_weight=class_weights(images.labels[train_part[2]], train_cfg.class_weight))
 
 

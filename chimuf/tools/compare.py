@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chimuf.core.config import flatten
+from chimuf.core.headline import headline_numbers, number_of
 from chimuf.core.results import EnvironmentInfo, Interval, Results, dumps
 from chimuf.report import read_results
 
@@ -88,7 +89,7 @@ def differ(pairs: list[tuple[str, Any, Any]]) -> list[Difference]:
 def run_rows(a: Results, b: Results) -> list[Difference]:
     """The runs' own facts, shown whether or not they differ."""
     return [Difference(key, getattr(a.run, key), getattr(b.run, key))
-            for key in ("run_id", "status", "profile", "seed", "chimuf_version", "started_at")]
+            for key in ("run_id", "status", "profile", "seed", "chimuf_version", "commit", "started_at")]
 
 
 def config_section(a: Results, b: Results) -> Section:
@@ -190,55 +191,15 @@ def short(digest: str) -> str:
 
 
 def number_rows(a: Results, b: Results) -> list[NumberRow]:
-    """Every headline number of the two runs, in the report's order."""
+    """Every headline number of the two runs (chimuf.core.headline), in the report's order."""
+    na, nb = headline_numbers(a), headline_numbers(b)
+    keys = [n.key for n in na] + [n.key for n in nb if number_of(na, n.key) is None]
     rows: list[NumberRow] = []
-    ea, eb = a.evaluate, b.evaluate
-    if ea or eb:
-        percent = f"{round(100 * (ea or eb).confidence)}%"
-
-        def level(ia: Interval | None, ib: Interval | None) -> str:
-            """"95% Wilson" (the method the intervals record), "95% bootstrap" for older runs."""
-            methods = list(dict.fromkeys(i.method for i in (ia, ib) if i is not None and i.method))
-            return f"{percent} {' / '.join(methods) or 'bootstrap'}"
-
-        def measured(name: str, value: str, interval: str) -> NumberRow:
-            ia, ib = ea and getattr(ea, interval), eb and getattr(eb, interval)
-            return row(name, ea and getattr(ea, value), eb and getattr(eb, value), ia, ib, level(ia, ib))
-
-        rows.append(measured("test accuracy", "accuracy", "accuracy_interval"))
-        rows.append(measured("ROC AUC", "roc_auc", "roc_auc_interval"))
-        rows.append(measured("balanced accuracy", "balanced_accuracy", "balanced_accuracy_interval"))
-        rows.append(measured("average precision", "average_precision", "average_precision_interval"))
-        rows.append(measured("Brier score", "brier_score", "brier_interval"))
-        rows.append(row("macro F1", ea and ea.macro_f1, eb and eb.macro_f1))
-        labels = [m.label for m in (ea or eb).per_class]
-        for label in labels:
-            ma, mb = class_of(ea, label), class_of(eb, label)
-            for value in ("f1", "precision", "recall"):
-                ia, ib = ma and getattr(ma, f"{value}_interval"), mb and getattr(mb, f"{value}_interval")
-                rows.append(row(f"{value.upper() if value == 'f1' else value} {label}",
-                                ma and getattr(ma, value), mb and getattr(mb, value), ia, ib, level(ia, ib)))
-        rows.append(row("calibration error (ECE)", ea and ea.expected_calibration_error,
-                        eb and eb.expected_calibration_error))
-    ka, kb = a.kfold, b.kfold
-    if ka or kb:
-        rows.append(row("k-fold mean accuracy", ka and ka.mean_accuracy, kb and kb.mean_accuracy,
-                        ka and spread(ka.mean_accuracy, ka.std_accuracy),
-                        kb and spread(kb.mean_accuracy, kb.std_accuracy), "± 1 sd over folds"))
-        rows.append(row("k-fold mean loss", ka and ka.mean_loss, kb and kb.mean_loss,
-                        ka and spread(ka.mean_loss, ka.std_loss), kb and spread(kb.mean_loss, kb.std_loss),
-                        "± 1 sd over folds"))
-        ia, ib = ka and ka.oof_accuracy_interval, kb and kb.oof_accuracy_interval
-        methods = " / ".join(dict.fromkeys(i.method for i in (ia, ib) if i is not None and i.method))
-        rows.append(row("k-fold out-of-fold accuracy", ka and ka.oof_accuracy, kb and kb.oof_accuracy, ia, ib,
-                        f"{round(100 * a.evaluate.confidence) if a.evaluate else 95}% {methods}"))
-    if a.tune or b.tune:
-        rows.append(row("tuning best val_accuracy", a.tune and a.tune.best_score,
-                        b.tune and b.tune.best_score))
-    for name in training_names(a, b):
-        ta, tb = training(a, name), training(b, name)
-        rows.append(row(f"{name} best val_accuracy", ta and ta.best_val_accuracy,
-                        tb and tb.best_val_accuracy))
+    for key in keys:
+        x, y = number_of(na, key), number_of(nb, key)
+        shown = x or y
+        rows.append(row(shown.label, x and x.value, y and y.value, x and x.interval, y and y.interval,
+                        shown.interval_kind))
     return [r for r in rows if r.a is not None or r.b is not None]  # neither run measured it: no row
 
 
@@ -297,28 +258,6 @@ def number(value: Any) -> float | None:
         return None
     value = float(value)
     return None if value != value else value
-
-
-def spread(mean: float, std: float) -> Interval:
-    return Interval(mean - std, mean + std)
-
-
-def class_of(e: Any, label: str) -> Any:
-    return next((m for m in e.per_class if m.label == label), None) if e else None
-
-
-def training_names(a: Results, b: Results) -> list[str]:
-    names: list[str] = []
-    for r in (a, b):
-        for t in (r.train.trainings if r.train else []) + ([r.final] if r.final else []):
-            if t.name not in names:
-                names.append(t.name)
-    return names
-
-
-def training(r: Results, name: str) -> Any:
-    trainings = (r.train.trainings if r.train else []) + ([r.final] if r.final else [])
-    return next((t for t in trainings if t.name == name), None)
 
 
 # --- showing -----------------------------------------------------------------------------------
