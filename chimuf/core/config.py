@@ -119,14 +119,11 @@ BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 REPORT_FORMATS = ("html", "pdf")
 REPORT_ENGINES = ("auto", "quarto", "pandoc")
 SCHEDULES = ("cosine", "constant")
+THRESHOLD_RULES = ("accuracy", "balanced_accuracy", "f1", "youden")  # chimuf.stats.metrics reads it
+CLASS_WEIGHTS = ("none", "balanced")  # chimuf.ml.fit reads it
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
-
-# The allowed values of the settings that name a method, one owner each (chimuf.stats.metrics
-# and chimuf.ml.fit read them).
-THRESHOLD_RULES = ("accuracy", "balanced_accuracy", "f1", "youden")
-CLASS_WEIGHTS = ("none", "balanced")
 
 
 # The largest image side a study may use. The paper uses 128; 512 keeps the decoded cache of the
