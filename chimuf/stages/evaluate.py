@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     )
     from chimuf.data.cache import ImageSet
 
+
 def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
                    final: TrainingOutcome, train: TrainOutcome, cfg: EvaluateConfig,
                    train_cfg: TrainConfig, seed: int,
