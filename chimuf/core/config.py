@@ -119,6 +119,8 @@ BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 REPORT_FORMATS = ("html", "pdf")
 REPORT_ENGINES = ("auto", "quarto", "pandoc")
 SCHEDULES = ("cosine", "constant")
+THRESHOLD_RULES = ("accuracy", "balanced_accuracy", "f1", "youden")  # chimuf.stats.metrics reads it
+CLASS_WEIGHTS = ("none", "balanced")  # chimuf.ml.fit reads it
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
@@ -214,6 +216,11 @@ class TrainConfig:
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
         "deterministic kernel fails instead of varying; matters on GPUs, CPU runs repeat without it",
     )
+    class_weight: str = opt(
+        "none", "'none' (the paper's) or 'balanced': each image's loss weighted by n / (2 x its class's "
+        "count in the training split), so an imbalanced folder's minority class counts as much as "
+        "the majority", one_of(*CLASS_WEIGHTS),
+    )
 
 
 @dataclass(frozen=True)
@@ -301,6 +308,11 @@ class EvaluateConfig:
     bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
     confidence: float = opt(0.95, "confidence level of the intervals", between(0.5, 1, high_inclusive=False))
     calibration_bins: int = opt(10, "bins of the reliability diagram and ECE", at_least(2))
+    threshold_rule: str = opt(
+        "accuracy", "how the decision threshold is chosen on the validation split: 'accuracy' (the "
+        "paper's), 'balanced_accuracy', 'f1' (of the positive class) or 'youden' (TPR - FPR; the "
+        "same threshold as balanced_accuracy)", one_of(*THRESHOLD_RULES),
+    )
 
 
 @dataclass(frozen=True)

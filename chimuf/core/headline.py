@@ -39,6 +39,9 @@ def headline_numbers(r: Results) -> list[Number]:
                               first_page=True))
         numbers.append(Number("kfold_mean_loss", "k-fold mean loss", value(k.mean_loss),
                               spread(k.mean_loss, k.std_loss), SD_OVER_FOLDS, value(k.std_loss)))
+        confidence = r.evaluate.confidence if r.evaluate else 0.95
+        numbers.append(Number("kfold_oof_accuracy", "k-fold out-of-fold accuracy", value(k.oof_accuracy),
+                              k.oof_accuracy_interval, kind_of(k.oof_accuracy_interval, confidence)))
     if r.tune is not None:
         numbers.append(Number("tune_best_score", "tuning best val_accuracy", value(r.tune.best_score)))
     for training in trainings(r):
@@ -48,19 +51,32 @@ def headline_numbers(r: Results) -> list[Number]:
 
 
 def test_numbers(e: EvaluateOutcome) -> list[Number]:
-    """The final model on the test split: accuracy and AUC with their intervals, then the rest."""
-    kind = f"{round(100 * e.confidence)}% bootstrap"
+    """The final model on the test split: accuracy and AUC with their intervals, the numbers
+    that do not reward guessing the larger class (balanced accuracy, average precision, Brier),
+    then the rest."""
+    def kind(interval: Interval | None) -> str:
+        return kind_of(interval, e.confidence)
+
     numbers = [
-        Number("test_accuracy", "test accuracy", value(e.accuracy), e.accuracy_interval, kind,
+        Number("test_accuracy", "test accuracy", value(e.accuracy), e.accuracy_interval,
+               kind(e.accuracy_interval), first_page=True),
+        Number("test_roc_auc", "ROC AUC", value(e.roc_auc), e.roc_auc_interval, kind(e.roc_auc_interval),
                first_page=True),
-        Number("test_roc_auc", "ROC AUC", value(e.roc_auc), e.roc_auc_interval, kind, first_page=True),
+        Number("test_balanced_accuracy", "balanced accuracy", value(e.balanced_accuracy),
+               e.balanced_accuracy_interval, kind(e.balanced_accuracy_interval), first_page=True),
+        Number("test_average_precision", "average precision", value(e.average_precision),
+               e.average_precision_interval, kind(e.average_precision_interval), first_page=True),
+        Number("test_brier_score", "Brier score", value(e.brier_score), e.brier_interval,
+               kind(e.brier_interval), first_page=True),
         Number("test_macro_f1", "macro F1", value(e.macro_f1)),
     ]
     for m in e.per_class:
         numbers += [Number(f"test_f1.{m.label}", f"F1 {m.label}", value(m.f1), m.f1_interval,
-                           kind if m.f1_interval else ""),
-                    Number(f"test_precision.{m.label}", f"precision {m.label}", value(m.precision)),
-                    Number(f"test_recall.{m.label}", f"recall {m.label}", value(m.recall))]
+                           kind(m.f1_interval)),
+                    Number(f"test_precision.{m.label}", f"precision {m.label}", value(m.precision),
+                           m.precision_interval, kind(m.precision_interval)),
+                    Number(f"test_recall.{m.label}", f"recall {m.label}", value(m.recall), m.recall_interval,
+                           kind(m.recall_interval))]
     numbers += [
         Number("test_expected_calibration_error", "calibration error (ECE)",
                value(e.expected_calibration_error)),
@@ -68,6 +84,14 @@ def test_numbers(e: EvaluateOutcome) -> list[Number]:
                value(e.at_validation_threshold.accuracy)),
     ]
     return numbers
+
+
+def kind_of(interval: Interval | None, confidence: float) -> str:
+    """"95% Wilson", "95% BCa bootstrap" (the method the interval records); "95% bootstrap" for
+    runs made before intervals recorded their method; "" without an interval."""
+    if interval is None:
+        return ""
+    return f"{round(100 * confidence)}% {interval.method or 'bootstrap'}"
 
 
 def trainings(r: Results) -> list[TrainingOutcome]:

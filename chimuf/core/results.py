@@ -342,6 +342,15 @@ class ChanceTest:
     better_than_chance: bool  # p_value < alpha
     method: str = "exact binomial, one-sided"
 
+    @property
+    def verdict(self) -> str:
+        """The words every reader of this test prints (console, report, beyond table, compare)."""
+        return CHANCE_VERDICTS[self.better_than_chance]
+
+
+CHANCE_VERDICTS = {True: "better than chance", False: "not distinguishable from chance"}
+COMPARISON_VERDICTS = {True: "distinguishable", False: "not distinguishable"}
+
 
 @dataclass
 class Comparison:
@@ -361,8 +370,16 @@ class Comparison:
     interval: Interval | None  # of the difference (Newcombe); None for McNemar's test
     p_value: float | None  # McNemar's; None when judged by the interval
     method: str  # "McNemar, exact binomial" | "Newcombe hybrid score interval" | ...
-    distinguishable: bool  # p < alpha, or the interval excludes 0
+    distinguishable: bool  # p_adjusted < alpha (alpha = 1 − confidence)
     confidence: float = 0.95
+    # Holm's adjustment over the comparisons of one family (same topic and split): p_value
+    # multiplied step-down; None in runs made before it (their verdict is the unadjusted one)
+    p_adjusted: float | None = None
+    family_size: int = 1  # comparisons in the family
+
+    @property
+    def verdict(self) -> str:
+        return COMPARISON_VERDICTS[self.distinguishable]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -372,6 +389,7 @@ class Comparison:
 class Interval:
     low: float
     high: float
+    method: str = ""  # "Wilson" | "BCa bootstrap" | "percentile bootstrap" | ...; "" = not recorded
 
 
 @dataclass
@@ -382,6 +400,8 @@ class ClassMetrics:
     f1: float
     support: int
     f1_interval: Interval | None = None
+    precision_interval: Interval | None = None  # Wilson, of TP out of everything predicted as the class
+    recall_interval: Interval | None = None  # Wilson, of TP out of everything that is the class
 
 
 @dataclass
@@ -432,17 +452,35 @@ class EvaluateOutcome:
     validation_predictions_csv: str = ""  # the same for the validation split (threshold choice)
     threshold: float = DEFAULT_THRESHOLD  # the paper's metrics above are decided at this threshold
     chance: ChanceTest | None = None  # test accuracy against always answering the majority class
-    # every comparison the report and the console make, with its evidence (chimuf.ml.evidence)
+    # every comparison the report and the console make, with its evidence (chimuf.stats.evidence)
     comparisons: list[Comparison] = field(default_factory=list)
+    # imbalance: numbers that do not reward always answering the larger class (NaN in older runs)
+    balanced_accuracy: float = float("nan")  # mean of the two recalls, at `threshold`
+    balanced_accuracy_interval: Interval | None = None
+    average_precision: float = float("nan")  # area under the precision-recall curve of classes[1]
+    average_precision_interval: Interval | None = None
+    brier_score: float = float("nan")  # mean (P(classes[1]) − label)², 0 is perfect
+    brier_interval: Interval | None = None
+    pr_figure: Figure | None = None  # precision-recall curve
 
     def compared(self, topic: str, split: str = "") -> list[Comparison]:
         """The comparisons of one topic ("augmentation", ...), of one split when given."""
         return [c for c in self.comparisons if c.topic == topic and (not split or c.split == split)]
 
+    def imbalance_summary(self) -> str:
+        """"balanced accuracy 0.912 [0.890, 0.931], average precision …, Brier score …": the
+        evaluate stage's console line (the study's summary reads chimuf.core.headline)."""
+        named = (("balanced accuracy", self.balanced_accuracy, self.balanced_accuracy_interval),
+                 ("average precision", self.average_precision, self.average_precision_interval),
+                 ("Brier score", self.brier_score, self.brier_interval))
+        return ", ".join(f"{name} {value:.3f}" + (f" [{i.low:.3f}, {i.high:.3f}]" if i else "")
+                         for name, value, i in named)
+
     @property
     def figures(self) -> list[Figure]:
         """The evaluation's figures in the report's order."""
-        return [self.confusion_figure, self.roc_figure, self.reliability_figure]
+        return [self.confusion_figure, self.roc_figure,
+                *([self.pr_figure] if self.pr_figure else []), self.reliability_figure]
 
 
 @dataclass
@@ -474,6 +512,9 @@ class KFoldOutcome:
     predictions: Predictions | None = None
     predictions_csv: str = ""  # the same for people, with each image's fold
     fold_of: list[int] = field(default_factory=list)  # 1-based fold of predictions.paths[i]
+    # every held-out image's prediction at DEFAULT_THRESHOLD, pooled: right / images (NaN in older runs)
+    oof_accuracy: float = float("nan")
+    oof_accuracy_interval: Interval | None = None  # Wilson, at evaluate.confidence
 
 
 # --- suspect labels ----------------------------------------------------------------------------
@@ -559,6 +600,9 @@ class BeyondRow:
     roc_auc_interval: Interval
     chance_p_value: float  # exact binomial test: accuracy above the majority-class rate?
     vs_final: McNemarTest | None  # against the paper-protocol final model (None for that model)
+    chance: ChanceTest | None = None  # the same test with its verdict (None in older runs)
+    # vs_final with its verdict, Holm-adjusted over the rows (None for the reference, older runs)
+    versus_final: Comparison | None = None
 
 
 @dataclass
@@ -566,6 +610,7 @@ class BeyondOutcome:
     n_images: int  # test images
     majority_rate: float  # accuracy of always answering the larger class of the test split
     rows: list[BeyondRow]  # the final model first, as the reference
+    confidence: float = 0.95  # every verdict of the rows is decided at 1 − this
 
 
 # --- the model to take home --------------------------------------------------------------------

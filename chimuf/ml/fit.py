@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf.core.config import AugmentConfig, TrainConfig
+from chimuf.core.config import CLASS_WEIGHTS, AugmentConfig, TrainConfig
 from chimuf.core.console import Console, format_seconds
-from chimuf.core.errors import StageError
+from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.plan import StudyClock
 from chimuf.core.results import EpochRecord, digest, from_jsonable
@@ -175,6 +175,8 @@ def fingerprint(model: keras.Model, cfg: TrainConfig, augment: AugmentConfig | N
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "models", "patience",
                                                                   "start_from_epoch")}
     settings["stopping"] = asdict(stopping)
+    if settings.get("class_weight") == "none":
+        del settings["class_weight"]  # the default: checkpoints made before the setting still match
     architecture = json.loads(model.to_json())
     architecture.pop("compile_config", None)  # names its optimizer "adam_1", "adam_2", ... per process
     return digest({"model": architecture, "train": settings, "augment": augment,
@@ -348,6 +350,7 @@ def run_epoch(
         )
         logs = model.fit(train_data, validation_data=validation_data, initial_epoch=epoch - 1,
                          epochs=epoch, verbose=0, shuffle=False,  # shuffled by make_dataset
+                         class_weight=class_weights(train[1], cfg.class_weight),
                          callbacks=[callback, *callbacks]).history
     value = {key: float(values[-1]) for key, values in logs.items()}
     record = EpochRecord(
@@ -414,6 +417,20 @@ def check_finite(record: EpochRecord, name: str) -> None:
 # --- each epoch's data -------------------------------------------------------------------------
 
 Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # (uint8 images (N, S, S, 3), labels (N,), rows to use)
+
+
+def class_weights(labels: np.ndarray, rule: str) -> dict[int, float] | None:
+    """Keras' `class_weight` for `train.class_weight` (None for "none", the paper's).
+
+    "balanced" weighs each image's loss by n / (2 · n_class), scikit-learn's "balanced": the two
+    classes then weigh the same in the loss, however imbalanced the training split. Only the
+    training loss is weighted; validation loss and every metric stay unweighted."""
+    if rule == "none":
+        return None
+    if rule not in CLASS_WEIGHTS:
+        raise ConfigError(f"`train.class_weight` must be one of {', '.join(CLASS_WEIGHTS)}; got {rule!r}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)  # (2,)
+    return {k: float(len(labels) / (2 * counts[k])) if counts[k] else 1.0 for k in (0, 1)}
 
 
 def validation_augmentation(augment: AugmentConfig | None) -> AugmentConfig | None:

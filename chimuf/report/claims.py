@@ -1,6 +1,6 @@
 """What the data support, in words: the conclusion, the verdicts of the report, the headline.
 
-Every sentence here is written from facts a stage stored (chimuf.ml.evidence: the chance test,
+Every sentence here is written from facts a stage stored (chimuf.stats.evidence: the chance test,
 the comparisons with their intervals and p-values; chimuf.data.split: how finely each split can
 measure), never from a fixed list: "best", "helped" and "improved" appear only when the evidence
 says the difference is more than noise, and when the final model is not better than guessing,
@@ -64,15 +64,18 @@ def signed(x: float) -> str:
 
 
 def evidence(c: Comparison) -> str:
-    """"difference +0.112 [0.051, 0.170]" (an interval) or "McNemar p = 0.004" (a test)."""
+    """"difference +0.112 [0.051, 0.170]" (an interval) or "McNemar p = 0.004" (a test), then
+    the Holm-adjusted p the verdict was decided on when the comparison is one of a family."""
+    family = (f", Holm-adjusted {p_text(c.p_adjusted)} over {c.family_size}"
+              if c.family_size > 1 and c.p_adjusted is not None else "")
     if c.interval is not None:
         return (f"difference {signed(c.difference)} [{signed(c.interval.low)}, "
-                f"{signed(c.interval.high)}]")
-    return f"McNemar {p_text(c.p_value)}"
+                f"{signed(c.interval.high)}]{family}")
+    return f"McNemar {p_text(c.p_value)}{family}"
 
 
 def verdict(c: Comparison) -> str:
-    return "distinguishable" if c.distinguishable else "not distinguishable"
+    return c.verdict
 
 
 def level(confidence: float) -> str:
@@ -89,8 +92,8 @@ def chance_claim(chance: ChanceTest, e: EvaluateOutcome) -> Claim:
               f"always answering {chance.majority_label} would score {fmt(chance.majority_rate)} on the "
               f"same images, and an exact binomial test gives {p_text(chance.p_value)}")
     if chance.better_than_chance:
-        return Claim("The final model is better than chance.", detail + ".")
-    return Claim("The final model is not distinguishable from chance.",
+        return Claim(f"The final model is {chance.verdict}.", detail + ".")
+    return Claim(f"The final model is {chance.verdict}.",
                  detail + f" (above the {chance.alpha:g} level): every other number of this run "
                  "should be read with that in mind.")
 
@@ -290,14 +293,15 @@ def headline_lines(r: Results) -> list[str]:
     lines = []
     headline = [n for n in headline_numbers(r) if n.first_page]  # chimuf.core.headline
     if e is not None:
-        numbers = ", ".join(number_text(n) for n in headline if n.key.startswith("test_")) + \
-            f" on {e.n_images} images"
+        numbers = ", ".join(number_text(n) for n in headline if n.key.startswith("test_")
+                            and (n.value is not None or n.key in ALWAYS_SAID)) + f" on {e.n_images} images"
         c = e.chance
         if c is not None and not c.better_than_chance:
-            lines.append(f"NOT distinguishable from chance: {numbers}; always answering "
+            shouted = c.verdict.replace("not ", "NOT ", 1)  # the same words, loud where it matters
+            lines.append(f"{shouted}: {numbers}; always answering "
                          f"{c.majority_label} scores {fmt(c.majority_rate)} ({p_text(c.p_value)})")
         else:
-            lines.append(numbers + ("" if c is None else f"; better than chance ({c.majority_label} "
+            lines.append(numbers + ("" if c is None else f"; {c.verdict} ({c.majority_label} "
                                     f"always: {fmt(c.majority_rate)}, {p_text(c.p_value)})"))
     small = small_splits(r.split)
     if small:
@@ -314,6 +318,9 @@ def headline_lines(r: Results) -> list[str]:
         lines.append(f"{len(r.labels.suspects):,} suspect labels of {r.labels.n_checked:,} "
                      f"(out-of-fold, confident learning): {r.labels.suspects_csv}")
     return lines
+
+
+ALWAYS_SAID = ("test_accuracy", "test_roc_auc")  # said "n/a" when undefined; the others left out
 
 
 def number_text(n: Number) -> str:

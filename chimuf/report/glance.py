@@ -3,7 +3,7 @@
 Status, the headline numbers with their intervals beside the paper's, the verdicts on chance and
 on the paper, the k-fold estimate, the suspect labels and the time the stages took: what a reader
 needs before deciding to read on. The rows only arrange stored facts (the verdicts are the
-evaluation's, chimuf.ml.evidence); the page is the report's abstract, so pandoc and Quarto set it
+evaluation's, chimuf.stats.evidence); the page is the report's abstract, so pandoc and Quarto set it
 under the title, before the table of contents.
 """
 
@@ -48,15 +48,19 @@ def glance_rows(r: Results) -> list[list[object]]:
         rows.append([words, with_interval(n.value, n.interval) if n else num(None), of_paper(theirs)])
     if e is not None and e.chance is not None:
         c = e.chance
-        verdict = "better than chance" if c.better_than_chance else "not distinguishable from chance"
+        verdict = c.verdict
         detail = markdown_text(f"({fmt(c.majority_rate)} alone; {p_text(c.p_value)})")
         rows.append(["Against always answering " + c.majority_label,
                      Trusted(f"{strong(verdict)} {detail}"), ""])
+    for key, words in (("test_balanced_accuracy", "Balanced accuracy"),
+                       ("test_average_precision", "Average precision"), ("test_brier_score", "Brier score")):
+        n = number_of(numbers, key)
+        if n is not None and n.value is not None:  # measured (runs of chimuf 0.2 on)
+            rows.append([words, with_interval(n.value, n.interval), ""])
     for c in (e.compared("paper") if e else []):
         side = "higher" if c.difference > 0 else "lower"
         rows.append(["Against the paper's accuracy",
-                     strong(f"{side}, distinguishable") if c.distinguishable else
-                     Trusted("not distinguishable"), ""])
+                     strong(f"{side}, {c.verdict}") if c.distinguishable else Trusted(c.verdict), ""])
     folds = number_of(numbers, "kfold_mean_accuracy")
     if k is not None and folds is not None:
         rows.append([f"{len(k.folds)}-fold accuracy, mean ± sd",

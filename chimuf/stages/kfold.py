@@ -10,6 +10,8 @@ folds are made from train+validation only, so the test split stays untouched by 
         on fold i without augmentation → FoldOutcome
         and its held-out images scored by that model: their out-of-fold probabilities
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
+      → the out-of-fold accuracy over every held-out image, with its Wilson interval (a
+        proportion of all train+validation images: far tighter than one test split's)
       → every train+validation image's out-of-fold prediction (Predictions, and
         kfold/oof_predictions.csv for people): one honest probability per image, from a model
         that never saw it, which the labels stage reads to find suspect labels
@@ -48,6 +50,7 @@ from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
 from chimuf.ml.predictor import predict_rows
 from chimuf.ml.training_plots import draw_folds
+from chimuf.stats import intervals
 
 if TYPE_CHECKING:
     from chimuf.core.config import AugmentConfig, KFoldConfig, TrainConfig
@@ -69,12 +72,13 @@ class FoldRun:
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
               hyperparameters: Hyperparameters, cfg: KFoldConfig, train_cfg: TrainConfig,
               augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED,
-              final_epoch: int = 0) -> KFoldOutcome:
+              final_epoch: int = 0, confidence: float = 0.95) -> KFoldOutcome:
     """Train and score the tuned architecture on each fold of train+validation.
 
     Without `cfg.early_stopping`, every fold trains for `cfg.epochs`, else for `final_epoch` (the
     epoch the final model's early stopping kept), and is scored on its held-out fold with the
     weights of its last epoch: the fold that scores a model has not also chosen its epoch.
+    `confidence` is the level of the out-of-fold accuracy's interval (`evaluate.confidence`).
     """
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
@@ -101,6 +105,7 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
     predictions, fold_of = out_of_fold(runs, images, list(split.classes))
     predictions_csv = ctx.dir / "oof_predictions.csv"
     atomic_write_text(predictions_csv, oof_table(predictions, fold_of))
+    right = sum(item.true_id == item.predicted_id for item in predictions.items())
     return KFoldOutcome(
         folds=folds,
         mean_accuracy=float(accuracies.mean()),
@@ -113,6 +118,8 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
         predictions=predictions,
         predictions_csv=ctx.rel(predictions_csv),
         fold_of=fold_of,
+        oof_accuracy=right / len(predictions) if len(predictions) else math.nan,
+        oof_accuracy_interval=intervals.wilson(right, len(predictions), confidence),
     )
 
 

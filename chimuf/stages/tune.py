@@ -46,6 +46,7 @@ from chimuf.ml.fit import (
     UNMONITORED,
     Monitoring,
     Stopping,
+    class_weights,
     describe,
     epoch_datasets,
     validation_augmentation,
@@ -208,6 +209,7 @@ class SearchData:
     validation_steps: int
     epochs: int
     callbacks: list[Any]
+    class_weight: dict[int, float] | None = None  # train.class_weight, as the fit loop applies it
 
 
 def search_data(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train_cfg: TrainConfig,
@@ -230,7 +232,8 @@ def search_data(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train_cf
     return SearchData(train, validation, steps=math.ceil(len(split.train) / train_cfg.batch_size),
                       validation_steps=math.ceil(len(split.validation) / train_cfg.batch_size),
                       epochs=cfg.epochs,
-                      callbacks=[EarlyStoppingRule(Stopping.of(train_cfg))])
+                      callbacks=[EarlyStoppingRule(Stopping.of(train_cfg))],
+                      class_weight=class_weights(images.labels[train_part[2]], train_cfg.class_weight))
 
 
 # --- the search, locally or on a worker --------------------------------------------------------
@@ -248,7 +251,8 @@ def run_search(tuner: SearchTuner, data: SearchData) -> None:
     try:
         tuner.search(data.train, validation_data=data.validation, epochs=data.epochs,
                      steps_per_epoch=data.steps, validation_steps=data.validation_steps,
-                     callbacks=data.callbacks, shuffle=False, verbose=0)  # shuffled already, by (seed, epoch)
+                     callbacks=data.callbacks, class_weight=data.class_weight,
+                     shuffle=False, verbose=0)  # shuffled already, by (seed, epoch)
     except kt.errors.FatalError as exc:
         if isinstance(exc.__cause__, (Interrupted, ChiefLost)):
             raise exc.__cause__ from None

@@ -3,8 +3,9 @@
 What a user reaches for when their numbers do not match a colleague's: first every input a
 number depends on (config, data, installed versions and lock, hardware and determinism), then
 every headline number side by side with its interval, and whether the two values lie within
-each other's intervals. It reads the two results.json files only, like the report: no
-TensorFlow, no recomputation.
+each other's intervals, then each run's verdicts (against chance, against the paper, the beyond
+rows) as the run stored them, decided at its own confidence. It reads the two results.json files
+only, like the report: no TensorFlow, no recomputation, no verdict decided again.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Comparison:
     sections: list[Section]
     numbers: list[NumberRow]
     identical: bool = False  # every input and every number the same
+    verdicts: list[Difference] = field(default_factory=list)  # each run's stored verdict, by question
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,9 +67,12 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     a, b = read_results(run_folder(run_a)), read_results(run_folder(run_b))
     sections = [config_section(a, b), data_section(a, b), software_section(a, b), hardware_section(a, b)]
     numbers = number_rows(a, b)
+    verdicts = verdict_rows(a, b)
     identical = (all(not s.differences for s in sections)
-                 and all(row.verdict == "identical" for row in numbers))
-    return Comparison(str(run_a), str(run_b), run_rows(a, b), sections, numbers, identical)
+                 and all(row.verdict == "identical" for row in numbers)
+                 and all(d.a == d.b for d in verdicts))
+    return Comparison(str(run_a), str(run_b), run_rows(a, b), sections, numbers, identical,
+                      verdicts=verdicts)
 
 
 def run_folder(path: Path) -> Path:
@@ -195,7 +200,36 @@ def number_rows(a: Results, b: Results) -> list[NumberRow]:
         shown = x or y
         rows.append(row(shown.label, x and x.value, y and y.value, x and x.interval, y and y.interval,
                         shown.interval_kind))
-    return rows
+    return [r for r in rows if r.a is not None or r.b is not None]  # neither run measured it: no row
+
+
+def verdict_rows(a: Results, b: Results) -> list[Difference]:
+    """Each question a run answered with a verdict, and the two runs' stored words (each decided
+    at its own run's confidence, which the first row shows)."""
+    def confidence(r: Results) -> str:
+        return f"{r.evaluate.confidence:g}" if r.evaluate else MISSING
+
+    questions: dict[str, list[str]] = {"confidence": [confidence(a), confidence(b)]}
+    for i, r in enumerate((a, b)):
+        for question, words in stored_verdicts(r).items():
+            questions.setdefault(question, [MISSING, MISSING])[i] = words
+    return [Difference(question, words[0], words[1]) for question, words in questions.items()]
+
+
+def stored_verdicts(r: Results) -> dict[str, str]:
+    """The verdicts one run stored, by the question they answer."""
+    out: dict[str, str] = {}
+    e = r.evaluate
+    if e is not None and e.chance is not None:
+        out["test accuracy against chance"] = e.chance.verdict
+    for c in (e.comparisons if e else []):
+        out[f"{c.topic} on {c.split}: {c.model_a} vs {c.model_b}"] = c.verdict
+    for beyond in (r.beyond.rows if r.beyond else []):
+        if beyond.chance is not None:
+            out[f"beyond {beyond.name} against chance"] = beyond.chance.verdict
+        if beyond.versus_final is not None:
+            out[f"beyond {beyond.name} vs final"] = beyond.versus_final.verdict
+    return out
 
 
 def row(name: str, a: float | None, b: float | None, ia: Interval | None = None,
@@ -248,6 +282,10 @@ def format_comparison(comparison: Comparison, as_json: bool = False) -> str:
     lines += table(header, [[r.name, shown(r.a, r.a_interval), shown(r.b, r.b_interval),
                              f"{r.difference:+.4f}" if r.difference is not None else "",
                              r.verdict] for r in comparison.numbers])
+    if comparison.verdicts:
+        lines.append("")
+        lines += table(["verdict (as each run decided it)", "A", "B"],
+                       [[d.key, text(d.a), text(d.b)] for d in comparison.verdicts])
     kinds = sorted({r.interval_kind for r in comparison.numbers if r.interval_kind})
     lines.append("")
     lines.append(f"Intervals: {'; '.join(kinds) or 'none recorded'}. \"within the intervals\": each run's "
