@@ -176,7 +176,8 @@ def run_evaluate(ctx: StageContext, setting: Setting, got: Inputs) -> EvaluateOu
 
 def run_kfold(ctx: StageContext, setting: Setting, got: Inputs) -> KFoldOutcome:
     return kfold.run_kfold(ctx, got.cache, got.split, got.audit, got.hyperparameters, got.kfold, got.train,
-                           got.augment, got.seed, setting.monitor, final_epoch=got.final_epoch)
+                           got.augment, got.seed, setting.monitor, final_epoch=got.final_epoch,
+                           confidence=got.confidence)
 
 
 def run_labels(ctx: StageContext, setting: Setting, got: Inputs) -> LabelsOutcome:
@@ -266,7 +267,7 @@ SPECS: tuple[StageSpec[Any], ...] = (
     StageSpec("kfold", KFoldOutcome,
               lambda c, r, s: {**training_inputs(c, r), "hyperparameters": best_hyperparameters(r),
                                "kfold": c.kfold, "audit": Upstream(r.audit),
-                               "final_epoch": r.final.best_epoch},
+                               "final_epoch": r.final.best_epoch, "confidence": c.evaluate.confidence},
               run_kfold, trains=True),
     StageSpec("labels", LabelsOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "audit", "kfold"), "labels": c.labels,
