@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chimuf import cli
+from chimuf.core import folders
 from chimuf.core.config import AuditConfig, load_config
 from chimuf.core.console import Console
 from chimuf.core.errors import ConfigError
+from chimuf.core.headline import headline_numbers, trainings
 from chimuf.core.results import Results, TrainingOutcome
 from chimuf.report import read_results
 from chimuf.report.project import check_project_dir, project_dir
@@ -60,24 +61,21 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
               modern recipe); they see each epoch under its real number
     """
     from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
-    from chimuf.study import StudyPaths, resolve_data_dir
     from chimuf.study import run_study as study
 
     merged = nested({**dict(overrides or {}), **settings})
     cfg = load_config(Path(config) if config is not None else None, profile, merged or None)
-    data_dir = resolve_data_dir(str(data) if data is not None else None, cfg, Path.cwd())
-    run_dir = cli.run_folder(str(out) if out is not None else None, cfg).resolve()
+    paths = folders.study_paths(cfg, data, out)
     folder = project_dir(Path(project) if project is not None else None, Path.cwd())
     console = Console(quiet=quiet)
     quiet_tensorflow()
     start_tensorflow()
     try:
-        study(cfg, StudyPaths(data_dir, run_dir, cli.cache_folder(cfg).resolve()), console,
-              stop_after=stop_after, callbacks=callbacks,
+        study(cfg, paths, console, stop_after=stop_after, callbacks=callbacks,
               project=check_project_dir(folder) if folder is not None else None)
     finally:
         console.log_to(None)
-    return load_run(run_dir)
+    return load_run(paths.run_dir)
 
 
 def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,7 +177,8 @@ class StudyRun:
     # Tables: one row per item, plain columns; every number as results.json has it.
 
     def trainings(self) -> pd.DataFrame:
-        """The six trainings and the final model: epochs, best epoch, validation scores, speed."""
+        """Every training (the six, the final model, the modern recipe, the pretrained baseline):
+        epochs, best epoch, validation scores, speed."""
         rows = [training_row(t) for t in self.trainings_list()]
         return frame(rows, ["name", "architecture", "augmented", "params", "epochs_run", "best_epoch",
                             "stopped_early", "best_val_loss", "best_val_accuracy", "wall_s",
@@ -224,9 +223,18 @@ class StudyRun:
                 for m in (e.per_class if e else [])]
         return frame(rows, ["class", "precision", "recall", "f1", "f1_low", "f1_high", "support"])
 
+    def headline(self) -> pd.DataFrame:
+        """The run's headline numbers (chimuf.core.headline: the report's, the console's, MLflow's):
+        key, words, value, and the interval where the number has one."""
+        rows = [{"key": n.key, "label": n.label, "value": n.value,
+                 "low": n.interval.low if n.interval else None,
+                 "high": n.interval.high if n.interval else None, "interval": n.interval_kind}
+                for n in headline_numbers(self.results)]
+        return frame(rows, ["key", "label", "value", "low", "high", "interval"])
+
     def trainings_list(self) -> list[TrainingOutcome]:
-        train = self.results.train.trainings if self.results.train else []
-        return [*train, *([self.results.final] if self.results.final else [])]
+        """The six trainings, the final model and the candidates beyond the paper."""
+        return trainings(self.results)
 
 
 def training_row(t: TrainingOutcome) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,16 +16,24 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from chimuf.core.config import ReportConfig, StudyConfig, TrackingConfig, load_config, to_toml
+from chimuf.core import folders
+from chimuf.core.config import (
+    PROFILES,
+    REPORT_ENGINES,
+    REPORT_FORMATS,
+    ReportConfig,
+    StudyConfig,
+    TrackingConfig,
+    load_config,
+    to_toml,
+)
 from chimuf.core.console import Console, printable
 from chimuf.core.errors import ChimufError, ConfigError, Interrupted
-from chimuf.core.files import atomic_write_json
+from chimuf.core.files import atomic_write_json, atomic_write_text
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
 from chimuf.version import __version__, python_refusal
-
-PROJECT_DIR = Path.cwd()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--data", metavar="DIR",
                        help="data folder with one sub-folder per class (default: data.dir from "
                        "the config, else $CHIMUF_DATA, else ./data)")
+    add_data_options(study)
     study.add_argument("--out", metavar="RUN_DIR",
                        help="run folder (default: runs/<profile>); an existing one is resumed")
     study.add_argument("--seed", type=int, help="override the config's seed")
@@ -106,9 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "usable after conversion, or rejected, with the reason; and find exact and near "
         "duplicates.",
     )
-    audit.add_argument("dir", metavar="DIR", type=Path)
+    audit.add_argument("dir", metavar="DIR", type=Path,
+                       help="a folder with one sub-folder per class, or a labels CSV (docs/data.md)")
+    audit.add_argument("--test-dir", metavar="DIR", type=Path,
+                       help="a given test folder: also audited, and its near duplicates in DIR listed")
     audit.add_argument("--json", action="store_true", help="print the manifest as JSON")
     audit.add_argument("--out", metavar="FILE", type=Path, help="also write the manifest here")
+    audit.add_argument("--list-duplicates", action="store_true",
+                       help="print every rejected file and duplicate group (default: a summary, the full "
+                       "list written to a file it names)")
     add_config_options(audit)
 
     report = commands.add_parser(
@@ -117,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "figures: Quarto where installed, else pandoc (HTML) and Typst (PDF).",
     )
     report.add_argument("run", metavar="RUN_DIR", type=Path)
-    report.add_argument("--format", dest="formats", action="append", choices=("html", "pdf"),
+    report.add_argument("--format", dest="formats", action="append", choices=REPORT_FORMATS,
                         help="render only this format (repeatable; default: both)")
-    report.add_argument("--engine", choices=("auto", "quarto", "pandoc"), default="auto")
+    report.add_argument("--engine", choices=REPORT_ENGINES, default="auto")
     report.add_argument("--project", metavar="DIR", type=Path,
                         help="also publish the Quarto project (index.qmd, figures, HTML, PDF) into DIR, "
                         "replacing the run there ('none': nowhere; default: ./report when it is chimuf's "
@@ -144,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reason and the others are still predicted; the exit status is 1 if any file failed.",
     )
     predict.add_argument("model", metavar="MODEL", type=Path)
-    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+")
+    predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+",
+                         help="image files, or folders: every file under a folder (at any depth)")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_const", dest="format", const="json")
     fmt.add_argument("--csv", action="store_const", dest="format", const="csv")
@@ -212,8 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="TOML", type=Path, help="study config file")
-    parser.add_argument("--profile", choices=("paper", "quick", "smoke"),
+    parser.add_argument("--profile", choices=tuple(PROFILES),
                         help="preset to start from (default: the file's `profile`, else paper)")
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--labels, --test-dir, --val-dir: the data as the user has it (the config's data.* keys)."""
+    parser.add_argument("--labels", metavar="CSV",
+                        help="a labels CSV (path,label[,split][,group], paths relative to its folder) "
+                        "instead of class folders, as data.labels_csv does (docs/data.md)")
+    parser.add_argument("--test-dir", metavar="DIR",
+                        help="evaluate on exactly this folder (same class folders) and split only the rest, "
+                        "as data.test_dir does")
+    parser.add_argument("--val-dir", metavar="DIR",
+                        help="validate on exactly this folder (same class folders), as data.val_dir does")
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The data.* keys the flags set, as absolute paths (they name files of this working directory)."""
+    flags = {"labels_csv": args.labels, "test_dir": args.test_dir, "val_dir": args.val_dir}
+    return {key: str(Path(value).expanduser().resolve()) for key, value in flags.items() if value}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -252,7 +285,7 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 
 
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.study import StudyPaths, resolve_data_dir, run_study
+    from chimuf.study import run_study
 
     tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
     overrides: dict[str, object] = {"seed": args.seed} if args.seed is not None else {}
@@ -260,20 +293,20 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
         overrides["tracking"] = {"mlflow_uri": args.mlflow}
     if args.weights:
         overrides["pretrained"] = {"weights": str(Path(args.weights).expanduser().resolve())}
+    if data_overrides(args):
+        overrides["data"] = data_overrides(args)
     config = load(args, **overrides)
     if args.weights and not config.pretrained.backbone:
         # --weights alone means "the default backbone"; one set in the config file wins
         overrides["pretrained"] = {**overrides["pretrained"], "backbone": "mobilenet_v3_small"}  # type: ignore[dict-item]
         config = load(args, **overrides)
-    data_dir = resolve_data_dir(args.data, config, PROJECT_DIR)
-    run_dir = run_folder(args.out, config)
-    cache_dir = cache_folder(config)
+    paths = folders.study_paths(config, args.data, args.out)
     project = report_project(args.project)
-    console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {data_dir}")
-    console.info(f"run folder {run_dir}")
+    console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {paths.data_dir}")
+    console.info(f"run folder {paths.run_dir}")
     start_tensorflow()
-    run_study(config, StudyPaths(data_dir, run_dir.resolve(), cache_dir.resolve()), console,
-              stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan, project=project)
+    run_study(config, paths, console, stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan,
+              project=project)
     return 0
 
 
@@ -281,12 +314,11 @@ def report_project(flag: Path | None) -> Path | None:
     """The Quarto project folder to publish into (chimuf.report.project), checked now."""
     from chimuf.report.project import check_project_dir, project_dir
 
-    folder = project_dir(flag, PROJECT_DIR)
+    folder = project_dir(flag, Path.cwd())
     return check_project_dir(folder) if folder is not None else None
 
 
 def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
-    from chimuf.study import resolve_data_dir
     from chimuf.tools.tune_worker import WorkerSetup, run_worker
 
     chief = parse_address(args.chief, "--chief")
@@ -295,36 +327,34 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"`--chief-timeout` must be a positive number of seconds, got {args.chief_timeout}")
     overrides = {"seed": args.seed} if args.seed is not None else {}
     config = load(args, **overrides)
-    run_dir = run_folder(args.out, config)
+    run_dir = folders.run_folder(args.out, config)
     console.info(f"chimuf tune-worker {worker_id}: chief {chief}, profile {config.profile}, "
                  f"seed {config.seed}, run folder {run_dir}")
-    setup = WorkerSetup(chief, worker_id, run_dir.resolve(), cache_folder(config).resolve(),
-                        lambda: resolve_data_dir(args.data, config, PROJECT_DIR), args.chief_timeout)
+    cwd = Path.cwd()
+    setup = WorkerSetup(chief, worker_id, run_dir.resolve(), folders.cache_folder(config, cwd).resolve(),
+                        lambda: folders.resolve_data_dir(args.data, config, cwd), args.chief_timeout)
     start_tensorflow()
     run_worker(config, setup, console)
     return 0
 
 
-def run_folder(out: str | None, config: StudyConfig) -> Path:
-    path = Path(out) if out else PROJECT_DIR / "runs" / config.profile
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"run folder `{path}` (--out) exists and is not a folder; a run folder holds "
-                          "run.json, results.json and the stages' files. Pass a new or existing folder")
-    return path
-
-
-def cache_folder(config: StudyConfig) -> Path:
-    return Path(config.data.cache_dir or os.environ.get("CHIMUF_CACHE_DIR") or PROJECT_DIR / "runs" / "cache")
-
-
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     from chimuf.data import audit
+    from chimuf.data.sources import Sources
 
     config = load(args)
-    outcome = audit.audit_folder(args.dir, config.audit, console)
+    labels = args.dir if args.dir.is_file() else None  # a labels CSV, audited with the files it names
+    data_dir = args.dir.parent if labels else args.dir
+    outcome = audit.audit_sources(Sources(data_dir, labels, args.test_dir), config.audit, console,
+                                  positive=config.data.positive)
     if args.out:
         atomic_write_json(args.out, outcome)
-    print(dumps(outcome) if args.json else audit.summary(outcome))
+    if args.json or args.list_duplicates:
+        print(dumps(outcome) if args.json else audit.summary(outcome))
+        return 0
+    full_list = folders.cache_folder(config).resolve() / "audit" / f"{outcome.digest[:16]}.txt"
+    atomic_write_text(full_list, audit.summary(outcome) + "\n")
+    print(audit.summary(outcome, full=False, full_list=full_list))
     return 0
 
 
@@ -358,9 +388,11 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from chimuf.data.sources import expand_folders
     from chimuf.tools import predict
 
     config = load(args)  # its [audit] reads the images, its [model_files] limits the model file
+    args.images = expand_folders(args.images)
     start_tensorflow()
     predictions = predict.predict_files(args.model, args.images, config.audit, console,
                                         threshold=args.threshold, ensemble=args.ensemble, flips=args.tta,

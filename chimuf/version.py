@@ -1,11 +1,15 @@
 """chimuf's version, and the Pythons it runs on, in a module of its own so that importing it pulls
-in nothing else (noxfile.py loads it by path, before any environment exists)."""
+in nothing else (noxfile.py loads it by path, before any environment exists).
+
+The one place the version is written: pyproject.toml reads it from here (`dynamic`), and every
+stage of a run records it (chimuf.core.environment.provenance).
+"""
 
 from __future__ import annotations
 
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The Pythons TensorFlow 2.21 ships wheels for (pyproject.toml's requires-python says the same;
 # tests/test_python_version.py checks that they agree).

@@ -265,15 +265,14 @@ def complete_results(run_dir: Path, classes: tuple[str, str] = CLASSES) -> Resul
 
 
 def comparisons(trainings: list[TrainingOutcome], final: TrainingOutcome) -> list[Comparison]:
-    """The evaluation's comparisons, as chimuf.ml.evidence makes them from the fixture's numbers."""
-    from chimuf.ml import evidence
+    """The evaluation's comparisons, as chimuf.stats.evidence makes them from the fixture's numbers."""
+    from chimuf.stats import evidence
 
     mcnemar = [McNemarTest("final", "model3_aug", 41, 19, 7.35, 0.0067, "chi-square, continuity-corrected")]
     accuracies = {"final": ACCURACY, "model3_aug": 0.928}
     best = max(trainings, key=lambda t: t.best_val_accuracy)
-    return [*evidence.validation_comparisons(trainings, best, final, 472, 0.95),
-            *evidence.mcnemar_comparisons(mcnemar, accuracies, 947, "final", 0.95),
-            *evidence.paper_comparison(ACCURACY, 947, CLASSES, 0.95)]
+    return evidence.every_comparison(trainings, best, final, 472, mcnemar, accuracies, 947, CLASSES,
+                                     0.95)
 
 
 def partial_results(run_dir: Path) -> Results:

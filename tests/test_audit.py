@@ -62,13 +62,31 @@ def test_classes_are_the_sorted_subfolders_and_every_file_is_recorded(tiny_datas
     assert outcome.data_dir == str(tiny_dataset.resolve())
 
 
-def test_nested_folder_and_top_level_file_are_reported_not_walked(tiny_dataset):
-    make_image(tiny_dataset / "chihuahua" / "extra" / "deep.png")
+def test_nested_folders_are_walked_and_a_top_level_file_is_reported(tiny_dataset):
+    make_image(tiny_dataset / "chihuahua" / "extra" / "deeper" / "deep.png")
     (tiny_dataset / "README.txt").write_text("about the data")
     outcome = audit(tiny_dataset)
-    assert all("deep.png" not in r.path for r in outcome.files)
-    assert any("nested folder chihuahua/extra/ not walked" in s for s in outcome.skipped)
+    deep = record(outcome, "chihuahua/extra/deeper/deep.png")
+    assert (deep.label, deep.verdict) == ("chihuahua", "usable")
     assert any("file at top level ignored: README.txt" in s for s in outcome.skipped)
+
+
+def test_a_folder_link_back_up_is_a_loop_skipped_with_its_reason(tiny_dataset):
+    (tiny_dataset / "muffin" / "again").symlink_to(tiny_dataset / "muffin", target_is_directory=True)
+    (tiny_dataset / "muffin" / ".cache").mkdir()
+    make_image(tiny_dataset / "muffin" / ".cache" / "thumb.png")
+    outcome = audit(tiny_dataset)
+    assert len(outcome.files) == 24  # nothing walked twice, nothing from the hidden folder
+    assert any("muffin/again/ not walked: it leads back to a folder above it (a loop)" in s
+               for s in outcome.skipped)
+    assert any("hidden folder muffin/.cache/ not walked" in s for s in outcome.skipped)
+
+
+def test_listing_fingerprint_sees_a_file_added_in_a_nested_folder(tiny_dataset):
+    make_image(tiny_dataset / "chihuahua" / "a" / "one.png")
+    before = listing_fingerprint(tiny_dataset)
+    make_image(tiny_dataset / "chihuahua" / "a" / "two.png")
+    assert listing_fingerprint(tiny_dataset) != before
 
 
 def test_hidden_files_are_recorded_as_rejected(tiny_dataset):
@@ -246,12 +264,12 @@ def test_thousands_of_hashes_are_compared_quickly():
 def test_summary_lists_counts_rejections_conversions_and_skips(tiny_dataset):
     (tiny_dataset / "chihuahua" / "notes.jpg").write_text("hello")
     make_image(tiny_dataset / "muffin" / "gray.png", mode="L", seed=9)
-    make_image(tiny_dataset / "muffin" / "inner" / "x.png")
+    (tiny_dataset / "notes.txt").write_text("about")
     text = summary(audit(tiny_dataset))
     assert "chihuahua                      12          0         1" in text
     assert "chihuahua/notes.jpg: not a JPEG, PNG, BMP, GIF or WebP image" in text
     assert "muffin/gray.png: grayscale (L) → RGB" in text
-    assert "nested folder muffin/inner/ not walked" in text
+    assert "file at top level ignored: notes.txt" in text
     assert "Duplicate groups: 0 exact" in text
 
 

@@ -16,8 +16,8 @@ from chimuf.core.proportions import (
 )
 from chimuf.core.results import ChanceTest, Comparison, McNemarTest, Results
 from chimuf.data.split import small_split_warnings, split_precision
-from chimuf.ml import evidence
 from chimuf.report.claims import conclusion, headline_lines
+from chimuf.stats import evidence
 from tests.report_fixture import complete_results
 
 HEDGED = ("helped", "improved", "ahead of", "hurt")

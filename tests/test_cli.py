@@ -12,8 +12,8 @@ import pytest
 from chimuf.cli import main
 from chimuf.core.config import load_config
 from chimuf.core.errors import DataError
+from chimuf.core.folders import resolve_data_dir
 from chimuf.ml.tfstart import drop_noise
-from chimuf.study import resolve_data_dir
 
 
 def test_importing_the_cli_and_report_loads_no_tensorflow_or_matplotlib():
@@ -46,6 +46,38 @@ def test_audit_of_a_folder_with_one_class_says_what_layout_is_expected(tmp_path,
     assert main(["audit", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "sub-folder" in err and str(tmp_path) in err
+
+
+def test_audit_prints_a_short_summary_and_writes_the_full_list(tmp_path, capsys, monkeypatch):
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=12)
+    for label in ("chihuahua", "muffin"):  # 24 exact duplicate groups
+        for source in sorted((data / label).iterdir()):
+            (data / label / f"copy-{source.name}").write_bytes(source.read_bytes())
+    monkeypatch.setenv("CHIMUF_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["audit", str(data), "--config", str(smoke_sides(tmp_path))]) == 0
+    short = capsys.readouterr().out
+    assert len(short.splitlines()) <= 30 and "... 21 more groups" in short
+    full_list = Path(short.rsplit("Every file and group: ", 1)[1].split(" (or run")[0])
+    assert full_list.read_text().count("exact 2 files") == 24
+    assert main(["audit", str(data), "--list-duplicates", "--config", str(smoke_sides(tmp_path))]) == 0
+    assert capsys.readouterr().out.count("exact 2 files") == 24
+
+
+def smoke_sides(tmp_path: Path) -> Path:
+    config = tmp_path / "audit.toml"
+    config.write_text("[audit]\nmin_side = 16\n")
+    return config
+
+
+def test_study_flags_become_the_data_keys_as_absolute_paths(tmp_path, monkeypatch):
+    from chimuf.cli import build_parser, data_overrides
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["study", "--test-dir", "held-out", "--labels", "l.csv"])
+    assert data_overrides(args) == {"test_dir": str(tmp_path / "held-out"),
+                                    "labels_csv": str(tmp_path / "l.csv")}
 
 
 def test_data_folder_comes_from_flag_then_config_then_environment_then_project(tmp_path, monkeypatch):
@@ -181,3 +213,17 @@ def test_a_study_whose_models_would_exceed_the_parameter_cap_is_refused_before_a
     check_model_sizes(load_config())  # the paper's study fits the default cap
     with pytest.raises(ConfigError, match=r"at 512 px, the tuner's largest has 134,588,801 parameters"):
         check_model_sizes(load_config(overrides={"data": {"image_size": 512}}))
+
+
+def test_audit_of_a_labels_csv_audits_the_files_it_names(tmp_path, capsys, monkeypatch):
+    from tests.conftest import make_image
+
+    rows = ["path,label"]
+    for i, label in enumerate(("cat", "cat", "dog", "dog")):
+        make_image(tmp_path / "img" / f"{i}.png", seed=i)
+        rows.append(f"img/{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv("CHIMUF_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["audit", str(tmp_path / "labels.csv"), "--config", str(smoke_sides(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert f"Audit of {tmp_path / 'labels.csv'}" in out and "4 files in 2 classes: 4 usable" in out

@@ -115,11 +115,11 @@ def test_tuner_role_restores_the_variables_when_the_block_raises(monkeypatch):
 
 
 def test_worker_timeout_is_left_out_of_the_tuning_fingerprint():
-    from chimuf.stages import tune
+    from chimuf.core.engine import fingerprinted
 
     short, long = TuneConfig(worker_timeout_s=60.0), TuneConfig(worker_timeout_s=7200.0)
-    assert tune.tune_inputs(short) == tune.tune_inputs(long)
-    assert tune.tune_inputs(TuneConfig(epochs=3)) != tune.tune_inputs(TuneConfig(epochs=4))
+    assert fingerprinted({"tune": short}) == fingerprinted({"tune": long})
+    assert fingerprinted({"tune": TuneConfig(epochs=3)}) != fingerprinted({"tune": TuneConfig(epochs=4)})
 
 
 def test_worker_with_other_settings_than_the_chief_run_is_refused(tmp_path):

@@ -22,8 +22,9 @@ from chimuf.core.results import (
     TrainingOutcome,
     TrainOutcome,
 )
-from chimuf.ml import metrics, modelfile
+from chimuf.ml import modelfile
 from chimuf.stages import evaluate
+from chimuf.stats import metrics
 from chimuf.tools import evaluate_folder
 from tests.conftest import make_dataset, make_image
 
@@ -132,7 +133,7 @@ def test_intervals_cover_the_estimates(evaluated):
 def test_figures_and_csvs_are_files_relative_to_the_run_folder(tiny_study, evaluated):
     run_dir = tiny_study["run_dir"]
     names = [Path(f.path).name for f in evaluated.figures]
-    assert names == ["confusion_matrix.png", "roc_curve.png", "reliability.png"]
+    assert names == ["confusion_matrix.png", "roc_curve.png", "precision_recall.png", "reliability.png"]
     for figure in evaluated.figures:
         assert not Path(figure.path).is_absolute()
         assert (run_dir / figure.path).read_bytes().startswith(b"\x89PNG")
@@ -175,6 +176,32 @@ def test_evaluation_weighs_chance_and_every_comparison_of_the_report(tiny_study,
     n_validation = len(tiny_study["split"].validation)
     assert all(c.n_a == c.n_b == n_validation and c.interval is not None
                for c in evaluated.comparisons if c.split == "validation")
+
+
+def test_imbalance_numbers_can_be_recomputed_from_the_predictions_csv(tiny_study, evaluated):
+    rows = read_csv(tiny_study["run_dir"] / evaluated.predictions_csv)
+    labels = np.array([evaluated.classes.index(r["true_label"]) for r in rows])
+    probabilities = np.array([float(r["probability"]) for r in rows])
+    predicted = (probabilities > 0.5).astype(int)
+    assert evaluated.balanced_accuracy == pytest.approx(sk.balanced_accuracy_score(labels, predicted))
+    assert evaluated.average_precision == pytest.approx(sk.average_precision_score(labels, probabilities))
+    assert evaluated.brier_score == pytest.approx(sk.brier_score_loss(labels, probabilities))
+    assert evaluated.accuracy_interval.method == "Wilson"
+    assert all(i is not None and i.method for i in (evaluated.balanced_accuracy_interval,
+                                                    evaluated.average_precision_interval,
+                                                    evaluated.brier_interval))
+    assert evaluated.pr_figure is not None and evaluated.pr_figure in evaluated.figures
+
+
+def test_threshold_rule_comes_from_the_config(tiny_study):
+    s = tiny_study
+    ctx = StageContext("evaluate", s["run_dir"] / "evaluate-rule", s["run_dir"], quiet())
+    ctx.dir.mkdir(parents=True, exist_ok=True)
+    outcome = evaluate.evaluate_final(ctx, s["cache"], s["split"], s["audit"], s["final"],
+                                      TrainOutcome([], []),
+                                      EvaluateConfig(bootstrap_samples=20, threshold_rule="f1"),
+                                      TrainConfig(batch_size=8), seed=3)
+    assert outcome.at_validation_threshold.rule == metrics.describe_rule("f1")
 
 
 def test_threshold_is_chosen_on_validation_predictions_only(tiny_study, monkeypatch):

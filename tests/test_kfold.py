@@ -16,6 +16,7 @@ from chimuf.core.errors import StageError
 from chimuf.core.results import AuditOutcome, DuplicateGroup, FileRecord, SplitOutcome
 from chimuf.ml import fit as train  # the fit loop the folds train through
 from chimuf.stages import kfold
+from chimuf.stats.intervals import wilson
 from tests.conftest import make_dataset
 
 SIZE = 16
@@ -116,6 +117,9 @@ def test_each_fold_is_trained_scored_and_drawn_and_a_rerun_reuses_them(tiny_stud
         held = [i for i, f in enumerate(outcome.fold_of) if f == fold.fold]
         right = np.mean([item.right for item in np.array(outcome.predictions.items())[held]])
         assert right == pytest.approx(fold.accuracy, abs=1e-6)  # the same weights as evaluate()
+    pooled = sum(item.right for item in outcome.predictions.items())
+    assert outcome.oof_accuracy == pytest.approx(pooled / len(outcome.predictions))
+    assert outcome.oof_accuracy_interval == wilson(pooled, len(outcome.predictions), 0.95)
     rows = (ctx.run_dir / outcome.predictions_csv).read_text().splitlines()
     assert rows[0] == "path,given_label,fold,probability,probability_given"
     assert len(rows) == 1 + len(outcome.predictions)

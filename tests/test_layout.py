@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 import chimuf
+from tests import import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORT_GRAPH = ROOT.parent / "shared" / "tools" / "import_graph.py"
 HEAVY = ("tensorflow", "keras", "keras_tuner", "matplotlib", "tf_keras_vis")
-LIGHT_PACKAGES = ("chimuf.core", "chimuf.data", "chimuf.report")
+LIGHT_PACKAGES = ("chimuf.core", "chimuf.data", "chimuf.stats", "chimuf.report")
 
 
 def modules_of(package: str) -> list[str]:
@@ -53,10 +54,62 @@ def test_every_sub_package_has_a_docstring_that_says_what_it_holds():
             assert (module.__doc__ or "").strip(), f"chimuf.{info.name} has no docstring"
 
 
+def test_no_import_runs_back_up_a_layer_and_none_goes_round_a_loop():
+    edges = import_graph.graph()
+    assert len(edges) > 50  # the walk found the modules
+    assert import_graph.upward_edges(edges) == []
+    assert import_graph.cycles(edges) == []
+
+
+def test_the_graph_check_finds_an_arrow_back_up_and_a_loop(tmp_path):
+    package = tmp_path / "chimuf"
+    (package / "core").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "core" / "__init__.py").write_text("")
+    (package / "core" / "a.py").write_text("def f():\n    from chimuf.stages import b\n")
+    (package / "stages").mkdir()
+    (package / "stages" / "__init__.py").write_text("")
+    (package / "stages" / "b.py").write_text("from chimuf.core import a\n")
+    edges = import_graph.graph(package)
+    assert import_graph.upward_edges(edges) == ["chimuf.core.a -> chimuf.stages.b"]
+    assert import_graph.cycles(edges) == [["chimuf.core.a", "chimuf.stages.b"]]
+
+
+def mapped_files(text: str) -> set[str]:
+    """The files docs/layout.md's tree names, as paths under chimuf/ ("ml/fit.py"): a folder is a
+    word ending in "/", its files are the `.py` words indented under it (two spaces a level)."""
+    tree = text[text.index("```\nchimuf/") + 4:]
+    tree = tree[:tree.index("```")]
+    folders: list[tuple[int, str]] = []
+    found = set()
+    for line in tree.splitlines()[1:]:
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        folders = [(d, name) for d, name in folders if d < depth]
+        first = line.split()[0] if line.split() else ""
+        if first.endswith("/"):
+            folders.append((depth, first.rstrip("/")))
+            continue
+        prefix = "/".join(name for _, name in folders)
+        for word in line.split():
+            if word.endswith(".py"):
+                found.add(f"{prefix}/{word}" if prefix else word)
+    return found
+
+
+def test_every_module_is_in_the_layout_map():
+    """docs/layout.md names every module where it is, so the map cannot fall behind the tree."""
+    mapped = mapped_files((ROOT / "docs" / "layout.md").read_text(encoding="utf-8"))
+    files = {path.relative_to(import_graph.PACKAGE).as_posix()
+             for path in import_graph.module_files().values() if path.name != "__init__.py"}
+    assert sorted(files - mapped) == []
+    assert sorted(mapped - files) == []
+
+
 @pytest.mark.skipif(not IMPORT_GRAPH.is_file(), reason="../shared/tools/import_graph.py is not here")
 def test_import_graph_has_no_cycle_and_no_forbidden_edge():
     forbid = ["chimuf.report:tensorflow", "chimuf.report:keras", "chimuf.core:numpy",
-              "chimuf.core:tensorflow", "chimuf.data:tensorflow", "chimuf.data:keras"]
+              "chimuf.core:tensorflow", "chimuf.data:tensorflow", "chimuf.data:keras",
+              "chimuf.stats:tensorflow", "chimuf.stats:keras"]
     flags = [arg for rule in forbid for arg in ("--forbid", rule)]
     args = [sys.executable, str(IMPORT_GRAPH), "chimuf", *flags]
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, check=False)

@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as sk
 
 from chimuf.core.errors import DataError, ModelError
-from chimuf.ml import metrics
+from chimuf.stats import metrics
 
 CLASSES = ["chihuahua", "muffin"]
 
@@ -64,30 +64,6 @@ def test_roc_auc_matches_scikit_learn_including_ties():
 
 def test_roc_auc_of_a_single_class_is_undefined_not_a_number_that_looks_real():
     assert np.isnan(metrics.roc_auc(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9])))
-
-
-def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_data():
-    small = metrics.bootstrap_intervals(*fixed_predictions(100), samples=500, seed=1)
-    large_labels, large_probabilities = fixed_predictions(2000)
-    large = metrics.bootstrap_intervals(large_labels, large_probabilities, samples=500, seed=1)
-    point = metrics.accuracy(large_labels, metrics.predict_labels(large_probabilities))
-    auc = metrics.roc_auc(large_labels, large_probabilities)
-    assert large.accuracy.low <= point <= large.accuracy.high
-    assert large.roc_auc.low <= auc <= large.roc_auc.high
-    f1 = metrics.per_class_metrics(metrics.confusion_matrix(
-        large_labels, metrics.predict_labels(large_probabilities)), CLASSES)
-    for interval, row in zip(large.f1, f1, strict=True):
-        assert interval.low <= row.f1 <= interval.high
-    width = lambda i: i.high - i.low  # noqa: E731
-    assert width(large.accuracy) < width(small.accuracy) / 2
-    assert width(large.roc_auc) < width(small.roc_auc) / 2
-
-
-def test_bootstrap_is_reproducible_with_the_same_seed():
-    labels, probabilities = fixed_predictions()
-    a = metrics.bootstrap_intervals(labels, probabilities, samples=300, seed=7)
-    b = metrics.bootstrap_intervals(labels, probabilities, samples=300, seed=7)
-    assert a == b
 
 
 def test_mcnemar_chi_square_on_the_textbook_counts():

@@ -142,6 +142,18 @@ def test_class_names_round_trip_beside_the_model(tmp_path):
         modelfile.read_classes(model_path)
 
 
+def test_the_sidecar_names_the_positive_class_and_refuses_one_that_is_not_second(tmp_path):
+    import json
+
+    model_path = tmp_path / "final.keras"
+    written = modelfile.write_classes(model_path, ["muffin", "chihuahua"])
+    assert json.loads(written.read_text())["positive"] == "chihuahua"
+    assert modelfile.read_sidecar(model_path).positive == "chihuahua"
+    written.write_text('{"classes": ["muffin", "chihuahua"], "positive": "muffin"}')
+    with pytest.raises(ModelError, match=r"`positive` must be the second class, 'chihuahua'"):
+        modelfile.read_sidecar(model_path)
+
+
 # --- hostile archives: refused by their inventory, before anything is extracted ----------------
 
 

@@ -623,3 +623,56 @@ def test_browser_check_sees_a_script_and_a_broken_image(tmp_path: Path) -> None:
     page = browse(page_file.as_uri())
     assert page["scripts"] and page["dialogs"] == ["1"]
     assert page["images"] == [[True, 0]]
+
+
+# --- your study's report: title, author, abstract, your own templates ---------------------------
+
+
+def with_report_settings(results, **settings):
+    config = {**results.run.config, "report": {**results.run.config["report"], **settings}}
+    return replace(results, run=replace(results.run, config=config))
+
+
+def test_title_author_and_abstract_replace_the_reproductions_front_matter(tmp_path: Path) -> None:
+    results = with_report_settings(complete_results(tmp_path / "run"), title="Muffins *at* dawn",
+                                   author="A. Student", abstract="We ask whether a CNN tells them apart.")
+    front = render_markdown(results, {}).split("\n---\n")[0]
+    assert 'title: "Muffins \\\\*at\\\\* dawn"' in front and "A reproduction" not in front
+    assert 'author: "A\\\\. Student"' in front and 'abstract-title: "Abstract"' in front
+    assert "We ask whether a CNN tells them apart\\." in front and "**At a glance.**" in front
+    plain = render_markdown(complete_results(tmp_path / "run"), {}).split("\n---\n")[0]
+    assert "A reproduction on" in plain and "author:" not in plain
+
+
+def test_own_templates_replace_the_packaged_ones_of_the_same_name_only(tmp_path: Path) -> None:
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "introduction.md.j2").write_text("# Why we did this {#sec-introduction}\n\nOur own words.\n")
+    results = with_report_settings(complete_results(tmp_path / "run"), templates=str(own))
+    markdown = render_markdown(results, {}, own)
+    assert "# Why we did this" in markdown and "Our own words." in markdown
+    assert "# Dataset {#sec-dataset}" in markdown  # the others are the packaged ones
+    with pytest.raises(ReportError, match=r"report.templates names .*missing.*, which is not a folder"):
+        render_markdown(results, {}, tmp_path / "missing")
+
+
+def test_dataset_section_says_the_positive_class_and_the_given_test_sets_duplicates(tmp_path: Path) -> None:
+    from chimuf.core.results import DuplicateGroup, FileRecord
+
+    results = complete_results(tmp_path / "run")
+    positive = results.audit.classes[-1]
+    given = FileRecord("test:muffin/b.jpg", "muffin", "usable", "", 10, "f" * 64, split="test")
+    leak = DuplicateGroup("near", ["muffin/a.jpg", given.path], ["muffin", "muffin"], False)
+    results.audit = replace(results.audit, positive=positive, test_dir="/data/test", test_duplicates=[leak],
+                            files=[*results.audit.files, given])
+    section = " ".join(render_markdown(results, {}).split("# Dataset")[1].split("# Partitioning")[0].split())
+    assert f"The positive class is **{positive}** (chosen with `data.positive`)" in section
+    assert "The test set is given: the folder \\/data\\/test" in section
+    assert "1 group links a test image with 1 image" in section
+    assert "They were kept (set `data.drop_test_duplicates = true`" in section
+    results.split = replace(results.split, given=["test"], dropped=["muffin/a.jpg"])
+    markdown = " ".join(render_markdown(results, {}).split())
+    assert ("They were left out of training and validation (1 image, `data.drop_test_duplicates`)"
+            in markdown)
+    assert ("The test split was given (a given folder, or the labels CSV's `split` column) and kept"
+            in markdown)

@@ -157,3 +157,25 @@ def test_too_few_images_for_the_folds_is_a_data_error():
     paths, labels = fold_inputs(10, 3)
     with pytest.raises(DataError, match=r"class 1 has 3 image\(s\).*5-fold.*at least 5"):
         fold_assignments(paths, labels, [], 5, seed=0)
+
+
+def test_given_test_and_validation_files_stay_put_and_the_rest_all_trains():
+    audit = fake_audit({"chihuahua": 30, "muffin": 30})
+    for i, record in enumerate(audit.files):
+        record.split = ("test", "validation", "", "", "", "")[i % 6]
+    outcome = split_dataset(audit, CFG, seed=3)
+    fixed = {r.path: r.split for r in audit.files if r.split}
+    assert {p: n for p, n in split_of(outcome).items() if p in fixed} == fixed
+    assert sorted(outcome.train) == sorted(r.path for r in audit.files if not r.split)
+    assert outcome.given == ["test", "validation"]
+
+
+def test_the_split_follows_the_pictures_not_their_names():
+    audit = fake_audit({"chihuahua": 40, "muffin": 40})
+    renamed = fake_audit({"chihuahua": 40, "muffin": 40})
+    for record in renamed.files:
+        record.path = f"{record.label}/z/{999 - int(record.path[-8:-4])}.jpg"  # other names, reversed order
+    sha = {r.path: r.sha256 for r in audit.files}
+    sha_renamed = {r.path: r.sha256 for r in renamed.files}
+    a, b = split_dataset(audit, CFG, seed=5), split_dataset(renamed, CFG, seed=5)
+    assert {sha[p]: n for p, n in split_of(a).items()} == {sha_renamed[p]: n for p, n in split_of(b).items()}

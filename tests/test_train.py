@@ -19,7 +19,7 @@ from chimuf.core.engine import StageContext
 from chimuf.core.errors import StageError
 from chimuf.core.results import CacheOutcome, EpochRecord, SplitOutcome
 from chimuf.ml import fit as fitting
-from chimuf.ml.fit import StopState, fit, watch
+from chimuf.ml.fit import Stopping, StopState, fit, watch
 from chimuf.stages import train
 
 SIZE = 16
@@ -72,7 +72,7 @@ def losses(history: list[EpochRecord]) -> list[tuple[float, ...]]:
 def run_watch(val_losses: list[float], patience: int, start: int) -> StopState:
     state = StopState()
     for epoch, loss in enumerate(val_losses, start=1):
-        state = watch(state, epoch, loss, patience, start)
+        state = watch(state, epoch, loss, Stopping.early(patience, start))
         if state.stopped:
             return replace(state, wait=epoch)  # wait reused to carry the stop epoch
     return replace(state, wait=0)

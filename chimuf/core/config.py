@@ -100,12 +100,27 @@ def seed_range() -> Check:
     return Check(lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295 (2**32 - 1)")
 
 
-def opt(default: Any, help: str, check: Check | None = None) -> Any:
+def opt(default: Any, help: str, check: Check | None = None, *, changes_results: bool = True) -> Any:
     """A config field with its one-line explanation (shown by `chimuf config`) and what its
-    value must be (checked by `check_config`; the type is checked as the value is read)."""
+    value must be (checked by `check_config`; the type is checked as the value is read).
+
+    `changes_results=False` marks a setting that changes no number (how long to wait, where to
+    report): a stage's fingerprint leaves it out (chimuf.core.engine), so changing it redoes nothing.
+    """
     if isinstance(default, list):
         default = tuple(default)
-    return field(default=default, metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check, "fingerprinted": changes_results})
+
+
+# --- the allowed values of the settings that name a choice (the CLI's choices come from here) ---
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+REPORT_FORMATS = ("html", "pdf")
+REPORT_ENGINES = ("auto", "quarto", "pandoc")
+SCHEDULES = ("cosine", "constant")
+THRESHOLD_RULES = ("accuracy", "balanced_accuracy", "f1", "youden")  # chimuf.stats.metrics reads it
+CLASS_WEIGHTS = ("none", "balanced")  # chimuf.ml.fit reads it
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
@@ -125,6 +140,15 @@ class DataConfig:
     max_per_class: int = opt(0, "use at most this many files per class (0 = all); for smoke runs",
                              non_negative("0 (all) or more"))
     cache_dir: str = opt("", "where decoded images are cached; '' means $CHIMUF_CACHE_DIR, else runs/cache")
+    labels_csv: str = opt("", "a labels CSV (path,label[,split][,group], paths relative to its folder) "
+                          "instead of class folders; '' means none (docs/data.md)")
+    test_dir: str = opt("", "a given test folder (same class folders): the study evaluates on exactly it "
+                        "and splits only the rest; '' means split a test off the data")
+    val_dir: str = opt("", "a given validation folder (same class folders); '' means split one off")
+    drop_test_duplicates: bool = opt(False, "leave out of training the near duplicates of the given "
+                                     "test set's images (the audit lists them either way)")
+    positive: str = opt("", "the positive class (the sigmoid gives its probability; ROC, threshold and "
+                        "recall are about it); '' means the second class in name order")
 
 
 @dataclass(frozen=True)
@@ -187,11 +211,16 @@ class TrainConfig:
     precision: str = opt(
         "auto", "'auto' (bf16 where the hardware computes it, float16 with loss scaling on GPUs "
         "of compute capability 7.x, else float32), 'float32', 'mixed_bfloat16' or 'mixed_float16'",
-        one_of("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        one_of(*PRECISIONS),
     )
     deterministic: bool = opt(
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
         "deterministic kernel fails instead of varying; matters on GPUs, CPU runs repeat without it",
+    )
+    class_weight: str = opt(
+        "none", "'none' (the paper's) or 'balanced': each image's loss weighted by n / (2 x its class's "
+        "count in the training split), so an imbalanced folder's minority class counts as much as "
+        "the majority", one_of(*CLASS_WEIGHTS),
     )
 
 
@@ -222,7 +251,7 @@ class TuneConfig:
     worker_timeout_s: float = opt(
         3600.0, "distributed search: a worker silent this long (no epoch reported) has its trial marked "
         "failed; must exceed one epoch plus building a model",
-        positive("a positive number of seconds"),
+        positive("a positive number of seconds"), changes_results=False,
     )
 
     def range_of(self, name: str) -> tuple[float, float, float]:
@@ -246,7 +275,7 @@ class ModernConfig:
     learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", positive())
     weight_decay: float = opt(0.05, "AdamW decoupled weight decay", non_negative())
     schedule: str = opt("cosine", "learning rate after the warm-up: 'cosine' (decay to 0 over the training) "
-                        "or 'constant'", one_of("cosine", "constant"))
+                        "or 'constant'", one_of(*SCHEDULES))
     warmup_epochs: int = opt(3, "epochs of linear warm-up before the cosine decay", non_negative())
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy",
                                  between(0, 0.5, high_inclusive=False))
@@ -262,7 +291,7 @@ class PretrainedConfig:
     images would pick instead, set beside the from-scratch models in "beyond the paper"."""
 
     backbone: str = opt("", "'' (off), 'mobilenet_v3_small', 'mobilenet_v3_large' or 'efficientnet_b0'",
-                        one_of("", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"))
+                        one_of("", *BACKBONES))
     weights: str = opt("", "the backbone's no-top weights file (.h5 or .weights.h5); '' = Keras' download "
                        "('imagenet'), which needs internet")
     epochs: int = opt(8, "epochs of the new head, the backbone frozen", at_least(1))
@@ -280,6 +309,11 @@ class EvaluateConfig:
     bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
     confidence: float = opt(0.95, "confidence level of the intervals", between(0.5, 1, high_inclusive=False))
     calibration_bins: int = opt(10, "bins of the reliability diagram and ECE", at_least(2))
+    threshold_rule: str = opt(
+        "accuracy", "how the decision threshold is chosen on the validation split: 'accuracy' (the "
+        "paper's), 'balanced_accuracy', 'f1' (of the positive class) or 'youden' (TPR - FPR; the "
+        "same threshold as balanced_accuracy)", one_of(*THRESHOLD_RULES),
+    )
 
 
 @dataclass(frozen=True)
@@ -340,10 +374,16 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     formats: tuple[str, ...] = opt(("html", "pdf"), "what to render: 'html', 'pdf'",
-                                   non_empty_subset("html", "pdf"))
+                                   non_empty_subset(*REPORT_FORMATS))
     engine: str = opt("auto", "'auto' (Quarto if installed, else pandoc+Typst), 'quarto' or 'pandoc'",
-                      one_of("auto", "quarto", "pandoc"))
-    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1))
+                      one_of(*REPORT_ENGINES))
+    timeout_s: int = opt(300, "a render running longer is stopped with an error", at_least(1),
+                         changes_results=False)
+    title: str = opt("", "the report's title; '' means the paper's, as a reproduction")
+    author: str = opt("", "the report's author(s); '' means none shown")
+    abstract: str = opt("", "the report's abstract, shown above the run at a glance; '' means none")
+    templates: str = opt("", "a folder of your own .j2 templates, each replacing the packaged one of the "
+                         "same name (e.g. introduction.md.j2); '' means the packaged ones only")
 
 
 @dataclass(frozen=True)

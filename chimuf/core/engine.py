@@ -2,8 +2,11 @@
 atomic results, and an honest run status.
 
 The engine knows stages, not models. A stage is a name, the inputs it depends on (its slice of
-the config, digests of the data and of upstream outcomes) and a function that does the work and
-returns an outcome dataclass. Layout of a run folder:
+the config, upstream outcomes wrapped in `Upstream`, which are fingerprinted by their digest) and a
+function that does the work and returns an outcome dataclass. Every stage's inputs also carry the
+run's provenance (chimuf's version and the installed packages' digest): a stage made by another
+chimuf or other packages is redone, never silently mixed with this one's (docs/layout.md says why).
+Layout of a run folder:
 
     runs/<run-id>/
         run.json             status: running | stopped | finished | failed | interrupted
@@ -29,6 +32,7 @@ other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -51,6 +55,42 @@ RUN_STATES = ("running", "stopped", "finished", "failed", "interrupted")
 LOCK_FILE = ".lock"  # in the run folder, locked by the study using it
 ATTEMPTS_FILE = ".attempts.json"  # in the stage's work folder, while the stage is unfinished
 INPUTS_FILE = ".inputs"  # in the stage's work folder: the fingerprint its partial work was made from
+
+
+# --- what a stage depends on -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An earlier stage's outcome as an input of a later one: fingerprinted by its identity (its
+    `digest` field where it has one, else the digest of the whole outcome), handed over whole."""
+
+    outcome: Any
+
+    def fingerprint(self) -> str:
+        own = getattr(self.outcome, "digest", None)
+        return own if isinstance(own, str) and own else digest(to_jsonable(self.outcome))
+
+
+def fingerprinted(value: Any) -> Any:
+    """`value` as a stage's inputs are fingerprinted and saved: JSON values, upstream outcomes as
+    their digests, and without the config fields marked as changing no result (metadata
+    `fingerprinted: False`, e.g. how long a chief waits for a worker)."""
+    if isinstance(value, Upstream):
+        return value.fingerprint()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: fingerprinted(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("fingerprinted", True)}
+    if isinstance(value, dict):
+        return {str(k): fingerprinted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [fingerprinted(v) for v in value]
+    return to_jsonable(value)
+
+
+def unwrapped(inputs: dict[str, Any]) -> dict[str, Any]:
+    """`inputs` as the stage's work gets them: upstream outcomes whole."""
+    return {k: v.outcome if isinstance(v, Upstream) else v for k, v in inputs.items()}
 
 
 # --- what changed between two sets of inputs ---------------------------------------------------
@@ -115,9 +155,10 @@ class StageContext:
 class Run:
     """A run folder and its status. Stages run through `stage`; status through `activate`."""
 
-    def __init__(self, root: Path, console: Console):
+    def __init__(self, root: Path, console: Console, provenance: dict[str, str] | None = None):
         self.root = root
         self.console = console
+        self.provenance = provenance or {}  # added to every stage's inputs
         self.facts: dict[str, StageFact] = {}
         self.state = self.read_state()
 
@@ -215,7 +256,7 @@ class Run:
 
         What `stage` would reuse, for a reader that must not run the stage (a tuning worker)."""
         saved = read_json(self.outcome_path(name))
-        if saved is None or saved.get("fingerprint") != digest(to_jsonable(inputs)):
+        if saved is None or saved.get("fingerprint") != digest(self.fingerprinted(inputs)):
             return None
         return fitting_outcome(outcome_type, saved.get("outcome"))
 
@@ -232,7 +273,7 @@ class Run:
         `still_valid` checks a saved outcome against the world outside the run folder (a
         shared cache file that may have been deleted); when it says no, the stage runs again.
         """
-        inputs = to_jsonable(inputs)
+        inputs = self.fingerprinted(inputs)
         fingerprint = digest(inputs)
         saved = read_json(self.outcome_path(name))
         reused = fitting_outcome(outcome_type, saved.get("outcome")) if saved is not None else None
@@ -284,6 +325,10 @@ class Run:
         over = f"; {format_seconds(wall_s)} over {attempts} attempts" if earlier_attempts else ""
         self.console.info(f"[{name}] done in {format_seconds(this_attempt_s)}{over}")
         return outcome
+
+    def fingerprinted(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A stage's inputs as saved and compared, the run's provenance included."""
+        return fingerprinted({**inputs, "provenance": self.provenance} if self.provenance else inputs)
 
     def switched_off(self, name: str, why: str) -> None:
         """Record that stage `name` does not run in this study, by the config (`why`)."""

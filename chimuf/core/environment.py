@@ -9,16 +9,19 @@ only TensorFlow can say (GPUs, the kernels oneDNN picked, op determinism) is in 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
 import re
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
 from chimuf.core.results import LockInfo
+from chimuf.version import __version__
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,7 +124,9 @@ def lock_versions(lock: dict) -> dict[str, set[str]]:
 # --- the CPU -----------------------------------------------------------------------------------
 
 
+@functools.cache
 def read_cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none: macOS, Windows)."""
     try:
         return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -147,6 +152,49 @@ def cpu_features(flags: set[str]) -> list[str]:
     """The instruction sets of CPU_FEATURES this CPU has, by their common names."""
     return [label for flag, label in CPU_FEATURES if flag in flags]
 
+
+
+def hardware_summary() -> str:
+    """The CPU, its logical core count and the operating system, in one line."""
+    return (f"{cpu_model(read_cpuinfo())}, {os.cpu_count()} logical CPUs, "
+            f"{platform.system()} {platform.release()}")
+
+
+# --- which chimuf made a run -------------------------------------------------------------------
+
+# The packages a run's summary names (the run facts list every installed dependency).
+HEADLINE_PACKAGES = ("tensorflow", "keras", "keras-tuner", "tf-keras-vis", "numpy", "scikit-learn",
+                     "cleanlab", "pillow", "matplotlib", "pypandoc-binary", "typst")
+
+
+def headline_versions(installed: dict[str, str]) -> dict[str, str]:
+    """Python and HEADLINE_PACKAGES' versions, from `installed` (installed_dependencies)."""
+    return {"python": platform.python_version(),
+            **{name: installed.get(normalize(name), "not installed") for name in HEADLINE_PACKAGES}}
+
+
+def provenance(packages_digest: str) -> dict[str, str]:
+    """What every stage of a run was made by: chimuf's version and the installed packages' digest.
+
+    The engine adds it to each stage's inputs, so a stage made by another chimuf or other packages
+    is redone rather than reused beside this one's (docs/layout.md, "Provenance", says why)."""
+    return {"chimuf": __version__, "packages": packages_digest}
+
+
+def source_commit(timeout_s: float = 5.0) -> tuple[str, bool]:
+    """(commit, dirty) of the git checkout chimuf runs from; ("", False) for an installed chimuf or
+    where git is missing or slow."""
+    checkout = Path(__file__).resolve().parents[2]  # chimuf/core/environment.py → the checkout
+    if not (checkout / ".git").exists() or not (checkout / "pyproject.toml").is_file():
+        return "", False
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                                timeout=timeout_s, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
+                                capture_output=True, text=True, timeout=timeout_s, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+    return commit, bool(status.strip())
 
 
 # --- the process environment, set for a block and restored ------------------------------------

@@ -1,7 +1,7 @@
 """The paper's own results, as it prints them (paper.txt sections 6 and 7).
 
 One owner for them: the evaluation weighs this run's test accuracy against the paper's
-(chimuf.ml.evidence), and the report prints them beside the run's (chimuf.report.views).
+(chimuf.stats.evidence), and the report prints them beside the run's (chimuf.report.views).
 They apply only to the paper's own data: a run on other classes is not compared with them.
 """
 

@@ -7,10 +7,12 @@ and keep their coverage where the textbook "p ± z·SE" does not):
 
 * Wilson's score interval of one proportion (Wilson 1927);
 * Newcombe's hybrid score interval of the difference of two independent proportions, built from
-  the two Wilson intervals (Newcombe 1998, method 10).
+  the two Wilson intervals (Newcombe 1998, method 10), and the p value that interval implies;
+* Holm's step-down adjustment of a family of p values (Holm 1979), so that "distinguishable"
+  said of several comparisons at once keeps its error rate at 1 − confidence.
 
 Plain arithmetic on counts, no numpy, so the split (chimuf.data) can flag a split that is too
-small right after making it, and the evaluation (chimuf.ml.evidence) can weigh differences, with
+small right after making it, and the evaluation (chimuf.stats.evidence) can weigh differences, with
 one definition of each interval.
 """
 
@@ -27,11 +29,21 @@ def z_value(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
+def alpha_of(confidence: float) -> float:
+    """The significance level every verdict is decided at: 1 − confidence, rounded so that
+    1 − 0.95 is 0.05 and not 0.050000000000000044."""
+    return round(1 - confidence, 10)
+
+
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Interval:
     """Wilson's score interval of the proportion k / n; [0, 1] when n is 0 (nothing is known)."""
+    return wilson_at(k, n, z_value(confidence))
+
+
+def wilson_at(k: int, n: int, z: float) -> Interval:
+    """Wilson's interval at the normal quantile z (wilson_interval names it by confidence)."""
     if n <= 0:
         return Interval(0.0, 1.0)
-    z = z_value(confidence)
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
@@ -58,8 +70,13 @@ def newcombe_difference(k1: int, n1: int, k2: int, n2: int, confidence: float = 
     there it ignores that the two are paired, which makes it wider (conservative) when the models
     agree on most images, never narrower.
     """
+    return newcombe_at(k1, n1, k2, n2, z_value(confidence))
+
+
+def newcombe_at(k1: int, n1: int, k2: int, n2: int, z: float) -> Interval:
+    """Newcombe's interval at the normal quantile z."""
     p1, p2 = (k1 / n1 if n1 else 0.5), (k2 / n2 if n2 else 0.5)
-    first, second = wilson_interval(k1, n1, confidence), wilson_interval(k2, n2, confidence)
+    first, second = wilson_at(k1, n1, z), wilson_at(k2, n2, z)
     difference = p1 - p2
     low = difference - math.sqrt((p1 - first.low) ** 2 + (second.high - p2) ** 2)
     high = difference + math.sqrt((first.high - p1) ** 2 + (p2 - second.low) ** 2)
@@ -69,3 +86,41 @@ def newcombe_difference(k1: int, n1: int, k2: int, n2: int, confidence: float = 
 def excludes_zero(interval: Interval) -> bool:
     """True when the interval of a difference lies wholly on one side of zero."""
     return interval.low > 0 or interval.high < 0
+
+
+# Past this quantile the two-sided normal tail is below 1e-300: the p value is 0 in floating point.
+Z_MAX = 37.5
+
+
+def newcombe_p_value(k1: int, n1: int, k2: int, n2: int) -> float:
+    """The p value Newcombe's interval implies: the 1 − confidence at which the interval of
+    k1/n1 − k2/n2 just reaches zero (found by bisection on z; the interval widens with z).
+
+    So "the interval at `confidence` excludes zero" and "p < 1 − confidence" are one verdict,
+    and a family of interval comparisons can be adjusted like one of tests (`holm`)."""
+    if not excludes_zero(newcombe_at(k1, n1, k2, n2, 1e-9)):
+        return 1.0  # no difference at all
+    if excludes_zero(newcombe_at(k1, n1, k2, n2, Z_MAX)):
+        return 0.0
+    low, high = 0.0, Z_MAX  # excludes zero at `low`, reaches it at `high`
+    for _ in range(80):
+        middle = (low + high) / 2
+        low, high = (middle, high) if excludes_zero(newcombe_at(k1, n1, k2, n2, middle)) else (low, middle)
+    return min(1.0, 2 * NormalDist().cdf(-high))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p values, in the order given.
+
+    The i-th smallest of m p values is multiplied by m − i + 1 (i from 1), then made
+    non-decreasing along that order and capped at 1. Deciding "p_adjusted < alpha" keeps the
+    chance of any false "distinguishable" in the family at most alpha, without Bonferroni's cost
+    for the comparisons after the first."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

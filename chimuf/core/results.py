@@ -55,6 +55,8 @@ class FileRecord:
     width: int = 0
     height: int = 0
     phash: str = ""  # 64-bit perceptual hash as 16 hex digits; "" when rejected
+    split: str = ""  # the split the user fixed (given folder, CSV column): train|validation|test; "" free
+    group: str = ""  # the labels CSV's group: kept inside one split; "" none
 
 
 @dataclass
@@ -76,7 +78,8 @@ class ClassCount:
 @dataclass
 class AuditOutcome:
     data_dir: str  # absolute path as audited
-    classes: list[str]  # sorted class names; index = label id (sigmoid output = P(classes[1]))
+    # sorted class names, data.positive last when set; index = label id (sigmoid output = P(classes[1]))
+    classes: list[str]
     files: list[FileRecord]
     counts: list[ClassCount]
     duplicate_groups: list[DuplicateGroup]
@@ -85,6 +88,12 @@ class AuditOutcome:
     wall_s: float = 0.0
     near_duplicate_distance: int = 0  # the threshold (bits) the near groups were found with
     max_per_class: int = 0  # > 0: a seeded sample of this many files per class was audited
+    labels_csv: str = ""  # absolute path of the labels CSV the files came from; "" = the class folders
+    test_dir: str = ""  # absolute path of the given test folder (its files' paths begin "test:")
+    val_dir: str = ""  # absolute path of the given validation folder (paths begin "val:")
+    positive: str = ""  # data.positive as set ("" = classes[1] by name order); classes[1] is positive
+    test_duplicates: list[DuplicateGroup] = field(default_factory=list)  # groups linking the test set
+    # (given or fixed by the CSV) with images outside it: possible leakage into training
 
 
 # --- split and cache ---------------------------------------------------------------------------
@@ -121,6 +130,9 @@ class SplitOutcome:
     groups: list[list[str]]  # near-duplicate groups (paths) kept inside one split
     digest: str
     precision: list[SplitPrecision] = field(default_factory=list)  # validation, then test
+    given: list[str] = field(default_factory=list)  # splits the user fixed (given folder, CSV column)
+    dropped: list[str] = field(default_factory=list)  # left out of training and validation: near
+    # duplicates of a given test image (data.drop_test_duplicates)
 
     def split_names(self) -> dict[str, str]:
         """Path → "train", "validation" or "test"."""
@@ -190,11 +202,27 @@ class TrainOutcome:
     trainings: list[TrainingOutcome]
     comparison_figures: list[Figure]  # per model: with vs without augmentation
 
+    def augmentation_pairs(self) -> list[Pair]:
+        """(architecture, without, with) for every architecture trained both ways (paper 5.4)."""
+        return augmentation_pairs(self.trainings)
+
     def best(self) -> TrainingOutcome | None:
         """The training with the highest best validation accuracy (the paper's 5.5); the first of
         equals. None when no training has a validation accuracy."""
         scored = [t for t in self.trainings if t.best_val_accuracy == t.best_val_accuracy]  # not NaN
         return max(scored, key=lambda t: t.best_val_accuracy, default=None)
+
+
+Pair = tuple[str, "TrainingOutcome", "TrainingOutcome"]  # (architecture, without, with augmentation)
+
+
+def augmentation_pairs(trainings: list[TrainingOutcome]) -> list[Pair]:
+    """(architecture, without, with) for every architecture among `trainings` trained both ways, in
+    architecture order: the one pairing the report, the evidence and the McNemar tests share."""
+    by_key = {(t.architecture, t.augmented): t for t in trainings}
+    return [(architecture, by_key[(architecture, False)], by_key[(architecture, True)])
+            for architecture in sorted({a for a, _ in by_key})
+            if (architecture, False) in by_key and (architecture, True) in by_key]
 
 
 # --- tuning ------------------------------------------------------------------------------------
@@ -296,9 +324,6 @@ class Predictions:
         """Every misclassified image, most confident mistake first."""
         return sorted_mistakes(self.items())
 
-    def most_confident_mistakes(self, k: int) -> list[Prediction]:
-        return self.mistakes()[:k]
-
 
 # --- evidence: what the data can and cannot tell apart ------------------------------------------
 
@@ -316,6 +341,15 @@ class ChanceTest:
     alpha: float  # significance level (1 − the intervals' confidence)
     better_than_chance: bool  # p_value < alpha
     method: str = "exact binomial, one-sided"
+
+    @property
+    def verdict(self) -> str:
+        """The words every reader of this test prints (console, report, beyond table, compare)."""
+        return CHANCE_VERDICTS[self.better_than_chance]
+
+
+CHANCE_VERDICTS = {True: "better than chance", False: "not distinguishable from chance"}
+COMPARISON_VERDICTS = {True: "distinguishable", False: "not distinguishable"}
 
 
 @dataclass
@@ -336,8 +370,16 @@ class Comparison:
     interval: Interval | None  # of the difference (Newcombe); None for McNemar's test
     p_value: float | None  # McNemar's; None when judged by the interval
     method: str  # "McNemar, exact binomial" | "Newcombe hybrid score interval" | ...
-    distinguishable: bool  # p < alpha, or the interval excludes 0
+    distinguishable: bool  # p_adjusted < alpha (alpha = 1 − confidence)
     confidence: float = 0.95
+    # Holm's adjustment over the comparisons of one family (same topic and split): p_value
+    # multiplied step-down; None in runs made before it (their verdict is the unadjusted one)
+    p_adjusted: float | None = None
+    family_size: int = 1  # comparisons in the family
+
+    @property
+    def verdict(self) -> str:
+        return COMPARISON_VERDICTS[self.distinguishable]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -347,6 +389,7 @@ class Comparison:
 class Interval:
     low: float
     high: float
+    method: str = ""  # "Wilson" | "BCa bootstrap" | "percentile bootstrap" | ...; "" = not recorded
 
 
 @dataclass
@@ -357,6 +400,8 @@ class ClassMetrics:
     f1: float
     support: int
     f1_interval: Interval | None = None
+    precision_interval: Interval | None = None  # Wilson, of TP out of everything predicted as the class
+    recall_interval: Interval | None = None  # Wilson, of TP out of everything that is the class
 
 
 @dataclass
@@ -407,17 +452,35 @@ class EvaluateOutcome:
     validation_predictions_csv: str = ""  # the same for the validation split (threshold choice)
     threshold: float = DEFAULT_THRESHOLD  # the paper's metrics above are decided at this threshold
     chance: ChanceTest | None = None  # test accuracy against always answering the majority class
-    # every comparison the report and the console make, with its evidence (chimuf.ml.evidence)
+    # every comparison the report and the console make, with its evidence (chimuf.stats.evidence)
     comparisons: list[Comparison] = field(default_factory=list)
+    # imbalance: numbers that do not reward always answering the larger class (NaN in older runs)
+    balanced_accuracy: float = float("nan")  # mean of the two recalls, at `threshold`
+    balanced_accuracy_interval: Interval | None = None
+    average_precision: float = float("nan")  # area under the precision-recall curve of classes[1]
+    average_precision_interval: Interval | None = None
+    brier_score: float = float("nan")  # mean (P(classes[1]) − label)², 0 is perfect
+    brier_interval: Interval | None = None
+    pr_figure: Figure | None = None  # precision-recall curve
 
     def compared(self, topic: str, split: str = "") -> list[Comparison]:
         """The comparisons of one topic ("augmentation", ...), of one split when given."""
         return [c for c in self.comparisons if c.topic == topic and (not split or c.split == split)]
 
+    def imbalance_summary(self) -> str:
+        """"balanced accuracy 0.912 [0.890, 0.931], average precision …, Brier score …": the
+        evaluate stage's console line (the study's summary reads chimuf.core.headline)."""
+        named = (("balanced accuracy", self.balanced_accuracy, self.balanced_accuracy_interval),
+                 ("average precision", self.average_precision, self.average_precision_interval),
+                 ("Brier score", self.brier_score, self.brier_interval))
+        return ", ".join(f"{name} {value:.3f}" + (f" [{i.low:.3f}, {i.high:.3f}]" if i else "")
+                         for name, value, i in named)
+
     @property
     def figures(self) -> list[Figure]:
         """The evaluation's figures in the report's order."""
-        return [self.confusion_figure, self.roc_figure, self.reliability_figure]
+        return [self.confusion_figure, self.roc_figure,
+                *([self.pr_figure] if self.pr_figure else []), self.reliability_figure]
 
 
 @dataclass
@@ -449,6 +512,9 @@ class KFoldOutcome:
     predictions: Predictions | None = None
     predictions_csv: str = ""  # the same for people, with each image's fold
     fold_of: list[int] = field(default_factory=list)  # 1-based fold of predictions.paths[i]
+    # every held-out image's prediction at DEFAULT_THRESHOLD, pooled: right / images (NaN in older runs)
+    oof_accuracy: float = float("nan")
+    oof_accuracy_interval: Interval | None = None  # Wilson, at evaluate.confidence
 
 
 # --- suspect labels ----------------------------------------------------------------------------
@@ -534,6 +600,9 @@ class BeyondRow:
     roc_auc_interval: Interval
     chance_p_value: float  # exact binomial test: accuracy above the majority-class rate?
     vs_final: McNemarTest | None  # against the paper-protocol final model (None for that model)
+    chance: ChanceTest | None = None  # the same test with its verdict (None in older runs)
+    # vs_final with its verdict, Holm-adjusted over the rows (None for the reference, older runs)
+    versus_final: Comparison | None = None
 
 
 @dataclass
@@ -541,6 +610,7 @@ class BeyondOutcome:
     n_images: int  # test images
     majority_rate: float  # accuracy of always answering the larger class of the test split
     rows: list[BeyondRow]  # the final model first, as the reference
+    confidence: float = 0.95  # every verdict of the rows is decided at 1 − this
 
 
 # --- the model to take home --------------------------------------------------------------------
@@ -645,6 +715,13 @@ class RunInfo:
     chimuf_version: str = ""
     error: str = ""
     environment: EnvironmentInfo | None = None  # versions, lock, CPU, GPU, determinism; None in older runs
+    commit: str = ""  # the git commit chimuf ran from; "" for an installed chimuf
+    dirty: bool = False  # that checkout had changes not committed
+
+    @classmethod
+    def unnamed(cls) -> RunInfo:
+        """No run's facts: for outcomes gathered outside a study (a tuning worker's)."""
+        return cls("", "", "", 0, {}, [], "", "", {}, "", "", "", [])
 
 
 @dataclass

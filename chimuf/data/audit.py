@@ -1,17 +1,21 @@
 """The audit: every file of the data folder, with a verdict and a reason, before anything trains.
 
-A data folder follows the Keras convention: one sub-folder per class, images directly inside.
+A data folder follows the Keras convention: one sub-folder per class, images inside it at any
+depth; or a labels CSV names the files; a given test (and validation) folder may come with either
+(chimuf.data.sources lists them all, and names each file by its key).
 
     data/
         chihuahua/img_0_0.jpg ...
-        muffin/img_0_1.jpg ...
+        muffin/2024/img_0_1.jpg ...
 
 Each file is opened once (chimuf.data.imagefile: format by content, size limits, full decode, mode
 conversion) and gets a SHA-256 and a 64-bit perceptual hash. Files with the same SHA-256 are
 exact duplicates; files whose hashes differ in at most `near_duplicate_distance` bits are near
 duplicates (a re-encoded or resized copy). A group spanning two classes is flagged: the same
 picture cannot be both a chihuahua and a muffin, so one label is probably wrong. The split keeps
-every group inside one split, so a copy of a test image never trains the model.
+every group inside one split, so a copy of a test image never trains the model. A given test
+set cannot move, so the groups linking it to the rest are listed apart (`test_duplicates`): the
+split can drop their training side (`data.drop_test_duplicates`).
 
 Files are read one after another: on the 4 733 Chihuahua/Muffin photos the audit takes about
 3.5 s on this project's 2-core machine, and a pool of two processes measured 3.1 s (fork) and
@@ -23,15 +27,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import DataError
 from chimuf.core.results import AuditOutcome, ClassCount, DuplicateGroup, FileRecord
 from chimuf.data.imagefile import read_image
+from chimuf.data.sources import (
+    Listing,
+    Sources,
+    check_folder,
+    file_path,
+    identity,
+    list_sources,
+    order_classes,
+    walk,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,166 +53,113 @@ if TYPE_CHECKING:
     from chimuf.core.config import AuditConfig
     from chimuf.core.console import Console
 
-LAYOUT_HINT = ("expected one sub-folder per class with the images directly inside, e.g. "
-               "DIR/chihuahua/*.jpg and DIR/muffin/*.jpg")
 HASH_SIDE = 32  # pHash: the image is shrunk to 32×32 gray, then the 8×8 lowest DCT frequencies kept
 HASH_BITS_SIDE = 8
 PAIR_CHUNK = 1024  # rows of the all-pairs Hamming matrix computed at once: 1024 × N uint64
 
 
-@dataclass
-class Listing:
-    """What the folder holds, before any file is read."""
-
-    classes: list[str]  # sorted sub-folder names
-    files: list[tuple[str, str]]  # (path relative to the data folder, class), sorted by path
-    skipped: list[str]  # entries not walked, each with its reason
-
-
 def audit_folder(data_dir: Path, cfg: AuditConfig, console: Console, *, max_per_class: int = 0,
-                 seed: int = 0) -> AuditOutcome:
+                 seed: int = 0, positive: str = "") -> AuditOutcome:
     """Audit every file of `data_dir` (or a seeded sample of `max_per_class` per class)."""
-    started = time.monotonic()
-    root = check_data_dir(data_dir)
+    return audit_sources(Sources(Path(data_dir)), cfg, console, max_per_class=max_per_class, seed=seed,
+                         positive=positive)
 
-    # 1. List the class folders and their files; nothing is read yet.
-    listing = list_folder(root)
-    check_listing(root, listing)
-    if max_per_class > 0:
-        listing.files = sample_files(listing.files, max_per_class, seed)
+
+def audit_sources(sources: Sources, cfg: AuditConfig, console: Console, *, max_per_class: int = 0,
+                  seed: int = 0, positive: str = "") -> AuditOutcome:
+    """Audit the data folder or labels CSV of `sources` and its given folders (chimuf.data.sources);
+    `positive` names the class whose probability the model gives (last in `classes`)."""
+    started = time.monotonic()
+    root = check_data_dir(sources.data_dir)
+
+    # 1. List the files, their classes and any split the user fixed; nothing is read yet.
+    listing = list_sources(replace(sources, data_dir=root), max_per_class, seed)
+    classes = order_classes(listing.classes, positive)
+    given = {split: str(check_data_dir(folder)) for split, folder in sources.given().items()}
 
     # 2. Open each file once: verdict, SHA-256, perceptual hash.
-    records = audit_files(root, listing.files, cfg, console)
+    records = audit_files(root, given, listing, cfg, console)
 
     # 3. Every class must keep at least one usable image.
-    counts = count_classes(listing.classes, records)
+    counts = count_classes(classes, records)
     check_counts(root, counts, records)
 
-    # 4. Exact and near duplicates among the usable files.
+    # 4. Exact and near duplicates among the usable files, and those linking a fixed test set to the rest.
     groups = find_duplicates(records, cfg.near_duplicate_distance)
     return AuditOutcome(
         data_dir=str(root),
-        classes=listing.classes,
+        classes=classes,
         files=records,
         counts=counts,
         duplicate_groups=groups,
         skipped=listing.skipped,
-        digest=data_digest(records),
+        digest=data_digest(records, classes if positive else None),
         wall_s=time.monotonic() - started,
         near_duplicate_distance=cfg.near_duplicate_distance,
         max_per_class=max_per_class,
+        labels_csv=str(sources.labels_csv.expanduser().resolve()) if sources.labels_csv else "",
+        test_dir=given.get("test", ""),
+        val_dir=given.get("validation", ""),
+        positive=positive,
+        test_duplicates=test_duplicates(groups, records),
     )
 
 
-def listing_fingerprint(data_dir: Path) -> str:
-    """SHA-256 of what the audit would look at: name, kind, size, mtime of the two top levels.
+def listing_fingerprint(data_dir: Path, sources: Sources | None = None) -> str:
+    """SHA-256 of what the audit would look at: name, kind, size, mtime of every entry walked, of
+    the given folders too, and the labels CSV's bytes.
 
-    Cheap (no file is read), so the study can skip the audit when nothing in the folder changed.
+    Cheap (no image is read), so the study can skip the audit when nothing in the data changed.
     """
-    root = check_data_dir(data_dir)
-    digest = hashlib.sha256(str(root).encode("utf-8", "surrogateescape"))
-    for top in sorted(os.scandir(root), key=lambda e: e.name):
-        digest.update(entry_line(top, top.name))
-        if top.is_dir():
-            for entry in sorted(os.scandir(top.path), key=lambda e: e.name):
-                digest.update(entry_line(entry, f"{top.name}/{entry.name}"))
+    folders = [check_data_dir(data_dir)]
+    if sources is not None:
+        folders += [check_data_dir(folder) for folder in sources.given().values()]
+    digest = hashlib.sha256()
+    for root in folders:
+        digest.update(str(root).encode("utf-8", "surrogateescape") + b"\0")
+        for top in sorted(os.scandir(root), key=lambda e: e.name):
+            digest.update(entry_line(Path(top.path), top.name))
+            if top.is_dir() and not top.name.startswith("."):
+                for key, kind, _ in walk(Path(top.path), top.name, frozenset({identity(Path(top.path))})):
+                    if kind != "skip":
+                        digest.update(entry_line(root / key, key))
+    if sources is not None and sources.labels_csv is not None:
+        try:
+            digest.update(Path(sources.labels_csv).expanduser().read_bytes())
+        except OSError as exc:
+            raise DataError(f"labels CSV `{sources.labels_csv}` cannot be read "
+                            f"({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 
-def entry_line(entry: os.DirEntry, rel: str) -> bytes:
+def entry_line(path: Path, rel: str) -> bytes:
     try:
-        info = entry.stat()  # follows links: a replaced target counts as a change
+        info = path.stat()  # follows links: a replaced target counts as a change
     except OSError:
-        info = entry.stat(follow_symlinks=False)
-    kind = "d" if entry.is_dir() else "f"
+        info = path.lstat()
+    kind = "d" if path.is_dir() else "f"
     return f"{rel}\0{kind}\0{info.st_size}\0{info.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
 
 
-# --- 1. listing --------------------------------------------------------------------------------
+# --- 1. the folder -----------------------------------------------------------------------------
 
 
 def check_data_dir(data_dir: Path) -> Path:
-    path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise DataError(f"data folder `{path}` does not exist; {LAYOUT_HINT}")
-    if not path.is_dir():
-        raise DataError(f"data folder `{path}` is a file, not a folder; {LAYOUT_HINT}")
-    return path.resolve()
-
-
-def list_folder(root: Path) -> Listing:
-    """Class folders and their files; anything else goes to `skipped` with the reason."""
-    classes: list[str] = []
-    files: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    for top in sorted(root.iterdir(), key=lambda p: p.name):
-        if not utf8_name(top.name):
-            skipped.append(f"name not valid UTF-8, ignored: {top.name!a}")
-        elif not top.is_dir():
-            skipped.append(f"file at top level ignored: {top.name} (images belong in a class folder)")
-        elif top.name.startswith("."):
-            skipped.append(f"hidden folder {top.name}/ not walked")
-        else:
-            classes.append(top.name)
-            for entry in sorted(top.iterdir(), key=lambda p: p.name):
-                rel = f"{top.name}/{entry.name}"
-                if not utf8_name(entry.name):
-                    skipped.append(f"name not valid UTF-8, ignored: {rel!a}")
-                elif entry.is_dir():
-                    skipped.append(f"nested folder {rel}/ not walked (one folder level per class)")
-                else:
-                    files.append((rel, top.name))
-    return Listing(classes, files, skipped)
-
-
-def utf8_name(name: str) -> bool:
-    """False for names with bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def check_listing(root: Path, listing: Listing) -> None:
-    if len(listing.classes) < 2:
-        found = ", ".join(f"{c}/" for c in listing.classes) or "none"
-        raise DataError(f"data folder `{root}` has {len(listing.classes)} class folder(s) ({found}); "
-                        f"at least two are needed: {LAYOUT_HINT}")
-    with_files = {label for _, label in listing.files}
-    for label in listing.classes:
-        if label not in with_files:
-            raise DataError(f"class folder `{root / label}` holds no files; put its images there or "
-                            f"remove the folder ({LAYOUT_HINT})")
-
-
-def sample_files(files: list[tuple[str, str]], max_per_class: int,
-                 seed: int) -> list[tuple[str, str]]:
-    """At most `max_per_class` files per class, drawn with `seed` from the name-sorted list.
-
-    Hidden files are always kept (they are rejected unread, and the audit should show them).
-    """
-    kept: list[tuple[str, str]] = []
-    for label in sorted({label for _, label in files}):
-        names = sorted(rel for rel, lab in files if lab == label)
-        hidden = [rel for rel in names if rel.rsplit("/", 1)[1].startswith(".")]
-        visible = [rel for rel in names if not rel.rsplit("/", 1)[1].startswith(".")]
-        if len(visible) > max_per_class:
-            visible = random.Random(f"{seed}:{label}").sample(visible, max_per_class)
-        kept += [(rel, label) for rel in hidden + visible]
-    return sorted(kept)
+    return check_folder(data_dir)
 
 
 # --- 2. reading the files ----------------------------------------------------------------------
 
 
-def audit_files(root: Path, files: list[tuple[str, str]], cfg: AuditConfig,
+def audit_files(root: Path, given: dict[str, str], listing: Listing, cfg: AuditConfig,
                 console: Console) -> list[FileRecord]:
-    """One FileRecord per file, in `files` order, with progress."""
+    """One FileRecord per file, in listing order, with progress; fixed splits and groups kept."""
     records = []
-    with console.progress("auditing files", total=len(files), unit="files") as progress:
-        for rel, label in files:
-            records.append(audit_file(root / rel, rel, label, cfg))
+    with console.progress("auditing files", total=len(listing.files), unit="files") as progress:
+        for key, label in listing.files:
+            record = audit_file(file_path(root, given, key), key, label, cfg)
+            record.split, record.group = listing.fixed.get(key, ""), listing.groups.get(key, "")
+            records.append(record)
             progress.update(1)
     return records
 
@@ -275,12 +235,16 @@ def check_counts(root: Path, counts: list[ClassCount], records: list[FileRecord]
                             "add readable JPEG/PNG/BMP/GIF/WebP images or remove the folder")
 
 
-def data_digest(records: list[FileRecord]) -> str:
-    """The data's identity: SHA-256 over the sorted (path, class, SHA-256) of usable files."""
+def data_digest(records: list[FileRecord], classes: list[str] | None = None) -> str:
+    """The data's identity: SHA-256 over the sorted (path, class, SHA-256) of usable files, with
+    their fixed split and group where the user gave one, and the class order where it was chosen."""
     digest = hashlib.sha256()
-    for path, label, sha in sorted((r.path, r.label, r.sha256) for r in records
-                                   if r.verdict != "rejected"):
-        digest.update(f"{path}\0{label}\0{sha}\n".encode())
+    if classes is not None:
+        digest.update(("classes\0" + "\0".join(classes) + "\n").encode())
+    for path, label, sha, split, group in sorted((r.path, r.label, r.sha256, r.split, r.group)
+                                                 for r in records if r.verdict != "rejected"):
+        given = f"\0{split}\0{group}" if split or group else ""
+        digest.update(f"{path}\0{label}\0{sha}{given}\n".encode())
     return digest.hexdigest()
 
 
@@ -360,6 +324,14 @@ def popcount(values: np.ndarray) -> np.ndarray:
     return table[as_bytes].sum(axis=-1, dtype=np.uint8)
 
 
+def test_duplicates(groups: list[DuplicateGroup], records: list[FileRecord]) -> list[DuplicateGroup]:
+    """The groups that link a fixed test image (a given test folder's, or a CSV's test rows) to an
+    image outside the test: the leakage a given test set can carry into training."""
+    in_test = {r.path for r in records if r.split == "test"}
+    return [g for g in groups
+            if any(p in in_test for p in g.files) and not all(p in in_test for p in g.files)]
+
+
 def make_group(kind: str, paths: list[str], by_path: dict[str, FileRecord]) -> DuplicateGroup:
     labels = [by_path[p].label for p in paths]
     return DuplicateGroup(kind=kind, files=paths, labels=labels, cross_class=len(set(labels)) > 1)
@@ -368,15 +340,25 @@ def make_group(kind: str, paths: list[str], by_path: dict[str, FileRecord]) -> D
 # --- the readable summary ----------------------------------------------------------------------
 
 
-def summary(outcome: AuditOutcome) -> str:
-    """A text report: counts per class, every rejected and converted file, duplicates, skips."""
+SHORT_FILES = 5  # rejected / converted files the short summary names
+SHORT_GROUPS = 3  # duplicate groups it shows
+
+
+def summary(outcome: AuditOutcome, full: bool = True, full_list: Path | None = None) -> str:
+    """A text report: counts per class, rejected and converted files, duplicates, skips.
+
+    `full` lists every file and group; otherwise the first few of each (at most about 30 lines)
+    and where the full text is (`full_list`).
+    """
     usable = sum(c.usable for c in outcome.counts)
     converted = sum(c.converted for c in outcome.counts)
     rejected = sum(c.rejected for c in outcome.counts)
     sample = (f" (a sample of at most {outcome.max_per_class} per class)"
               if outcome.max_per_class else "")
     lines = [
-        f"Audit of {outcome.data_dir}{sample}",
+        f"Audit of {outcome.labels_csv or outcome.data_dir}{sample}",
+        *[f"given {name} folder: {folder}" for name, folder in (("test", outcome.test_dir),
+                                                               ("validation", outcome.val_dir)) if folder],
         f"{len(outcome.files)} files in {len(outcome.classes)} classes: {usable} usable "
         f"({converted} after conversion), {rejected} rejected; {outcome.wall_s:.1f} s",
         "",
@@ -389,19 +371,45 @@ def summary(outcome: AuditOutcome) -> str:
         chosen = [r for r in outcome.files if r.verdict == verdict]
         if chosen:
             lines += ["", f"{title} ({len(chosen)}):"]
-            lines += [f"  {r.path}: {r.reason}" for r in chosen]
+            lines += shorten([f"  {r.path}: {r.reason}" for r in chosen], full, SHORT_FILES, "files")
 
-    groups = outcome.duplicate_groups
+    groups = sorted(outcome.duplicate_groups, key=lambda g: not g.cross_class)  # cross-class first
     lines += ["", f"Duplicate groups: {sum(g.kind == 'exact' for g in groups)} exact (same bytes), "
                   f"{sum(g.kind == 'near' for g in groups)} near (perceptual hashes within "
                   f"{outcome.near_duplicate_distance} of 64 bits); "
                   f"{sum(g.cross_class for g in groups)} span two classes"]
+    lines += first_groups(groups, full, SHORT_GROUPS)
+    if outcome.test_dir or outcome.test_duplicates:
+        leaks = outcome.test_duplicates
+        lines += ["", f"Duplicates between the test set and the rest: {len(leaks)} group(s) "
+                      "(data.drop_test_duplicates drops their other files from training)"]
+        lines += first_groups(leaks, full, SHORT_GROUPS - 1)
+
+    if outcome.skipped:
+        lines += ["", f"Not walked ({len(outcome.skipped)}):"]
+        lines += shorten([f"  {entry}" for entry in outcome.skipped], full, SHORT_FILES, "entries")
+    if not full and full_list is not None:
+        lines += ["", f"Every file and group: {full_list} (or run with --list-duplicates)"]
+    return "\n".join(lines)
+
+
+def first_groups(groups: list[DuplicateGroup], full: bool, keep: int) -> list[str]:
+    """Every group's lines, or the first `keep` groups' and how many more."""
+    if full or len(groups) <= keep:
+        return group_lines(groups)
+    return [*group_lines(groups[:keep]), f"  ... {len(groups) - keep} more groups"]
+
+
+def group_lines(groups: list[DuplicateGroup]) -> list[str]:
+    lines = []
     for g in groups:
         flag = "  CROSS-CLASS: possible label noise" if g.cross_class else ""
         lines.append(f"  {g.kind:<5} {len(g.files)} files{flag}")
         lines += [f"      {path}" for path in g.files]
+    return lines
 
-    if outcome.skipped:
-        lines += ["", f"Not walked ({len(outcome.skipped)}):"]
-        lines += [f"  {entry}" for entry in outcome.skipped]
-    return "\n".join(lines)
+
+def shorten(lines: list[str], full: bool, keep: int, what: str) -> list[str]:
+    if full or len(lines) <= keep:
+        return lines
+    return [*lines[:keep], f"  ... {len(lines) - keep} more {what}"]

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from chimuf.core.errors import DataError, StageError
 from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.results import AuditOutcome, CacheOutcome, FileRecord
 from chimuf.data.imagefile import model_array, read_image
+from chimuf.data.sources import file_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,7 +46,7 @@ class ImageSet:
 
     images: np.ndarray  # uint8 (N, S, S, 3), read-only memory map
     labels: np.ndarray  # int32 (N,), label id = index into the audit's classes
-    paths: list[str]  # row i is this file, relative to the data folder
+    paths: list[str]  # row i is this file: its key (chimuf.data.sources), relative to its folder
     _row_of: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +86,7 @@ def build_cache(audit: AuditOutcome, data_dir: Path, image_size: int, cache_dir:
 
     # 3. Decode into a temporary file, then rename it into place, index last.
     folder.mkdir(parents=True, exist_ok=True)
-    pixels_sha256 = decode_all(records, Path(data_dir), image_size, images_path, console)
+    pixels_sha256 = decode_all(records, source_files(audit, Path(data_dir)), image_size, images_path, console)
     atomic_write_json(index_path, {**wanted, "pixels_sha256": pixels_sha256})
     return cache_outcome(images_path, wanted, pixels_sha256)
 
@@ -113,7 +115,13 @@ def load_images(cache: CacheOutcome) -> ImageSet:
 # --- building ----------------------------------------------------------------------------------
 
 
-def decode_all(records: list[FileRecord], data_dir: Path, image_size: int, images_path: Path,
+def source_files(audit: AuditOutcome, data_dir: Path) -> Callable[[str], Path]:
+    """Key → file: under `data_dir`, or under the audit's given test / validation folder."""
+    given = {"test": audit.test_dir, "validation": audit.val_dir}
+    return lambda key: file_path(data_dir, given, key)
+
+
+def decode_all(records: list[FileRecord], locate: Callable[[str], Path], image_size: int, images_path: Path,
                console: Console) -> str:
     """Write every file's pixels to `images_path` atomically; return the pixels' SHA-256."""
     import numpy as np
@@ -127,7 +135,7 @@ def decode_all(records: list[FileRecord], data_dir: Path, image_size: int, image
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         with console.progress("decoding images", total=len(records), unit="images") as progress:
             for i, record in enumerate(records):
-                array[i] = decode_one(record, data_dir, image_size, cfg)  # (S, S, 3)
+                array[i] = decode_one(record, locate(record.path), image_size, cfg)  # (S, S, 3)
                 digest.update(array[i].tobytes())
                 progress.update(1)
         array.flush()
@@ -143,9 +151,8 @@ def decode_all(records: list[FileRecord], data_dir: Path, image_size: int, image
     return digest.hexdigest()
 
 
-def decode_one(record: FileRecord, data_dir: Path, image_size: int, cfg: AuditConfig) -> np.ndarray:
+def decode_one(record: FileRecord, path: Path, image_size: int, cfg: AuditConfig) -> np.ndarray:
     """One file's pixels, refusing a file whose bytes are no longer those the audit saw."""
-    path = data_dir / record.path
     decoded = read_image(path, cfg)
     if decoded.image is None:
         raise DataError(f"image `{path}` passed the audit but now cannot be used "

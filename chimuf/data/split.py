@@ -8,14 +8,19 @@ Two things make this more than a random shuffle:
 
 - Stratified: each class is split in the same proportions (within one image), so the test's
   class balance is the data's.
-- Grouped: exact and near duplicates found by the audit travel together. A re-encoded copy of a
-  test photo in the training data would let the model remember instead of recognise, and the
-  test accuracy would flatter it.
+- Grouped: exact and near duplicates found by the audit, and a labels CSV's groups, travel
+  together. A re-encoded copy of a test photo in the training data would let the model remember
+  instead of recognise, and the test accuracy would flatter it.
 
 The assignment is a greedy, seeded walk: groups are visited in a seeded random order (largest
 groups first), and each goes to the split whose per-class counts it brings closest to their
 targets. This hits arbitrary fractions exactly (scikit-learn's StratifiedGroupKFold can only cut
-1/k), and the same audit and seed give byte-identical lists.
+1/k), and the same audit and seed give byte-identical lists. Files are taken in content order
+(SHA-256), so the same photos split alike whether they come as folders, nested folders or a CSV.
+
+A split the user gave (a given test or validation folder, a labels CSV's `split` column) is kept
+as given, and only the other files are split: with a given test folder, validation takes
+`validation_fraction` of the rest and training the remainder.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from chimuf.core.errors import DataError
 from chimuf.core.proportions import images_for_half_width, worst_case_half_width
-from chimuf.core.results import AuditOutcome, SplitCount, SplitOutcome, SplitPrecision, digest
+from chimuf.core.results import AuditOutcome, FileRecord, SplitCount, SplitOutcome, SplitPrecision, digest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,33 +40,41 @@ if TYPE_CHECKING:
 SPLITS = ("train", "validation", "test")
 
 
-def split_dataset(audit: AuditOutcome, cfg: SplitConfig, seed: int) -> SplitOutcome:
-    """Stratified, duplicate-aware train / validation / test lists of the audit's usable files."""
+def split_dataset(audit: AuditOutcome, cfg: SplitConfig, seed: int, *,
+                  drop_test_duplicates: bool = False) -> SplitOutcome:
+    """Stratified, duplicate-aware train / validation / test lists of the audit's usable files.
+
+    Files whose split the user fixed (a given folder, a CSV's split column) stay there; the rest
+    are split. With `drop_test_duplicates`, the files near-duplicating a fixed test image are left out.
+    """
     import numpy as np
 
-    # 1. The usable files, sorted by path, with their class ids.
+    # 1. The usable files in content order (SHA-256, then path): the split depends on the pictures
+    #    and their groups, not on their names, so the same photos in another layout split alike.
     check_two_classes(audit)
-    usable = sorted((r.path, audit.classes.index(r.label)) for r in audit.files
-                    if r.verdict != "rejected")
-    paths = [path for path, _ in usable]
-    labels = np.array([label for _, label in usable], dtype=np.int64)  # (N,)
+    usable = sorted((r for r in audit.files if r.verdict != "rejected"), key=lambda r: (r.sha256, r.path))
+    dropped = leaked_files(audit) if drop_test_duplicates else set()
+    fixed = {r.path: r.split for r in usable if r.split and r.path not in dropped}
+    free = [r for r in usable if not r.split and r.path not in dropped]
+    paths = [r.path for r in free]
+    labels = np.array([audit.classes.index(r.label) for r in free], dtype=np.int64)  # (N,)
 
-    # 2. Duplicate groups become units that cannot be cut.
-    units = merge_groups(paths, [g.files for g in audit.duplicate_groups])
+    # 2. Duplicate groups and the CSV's groups become units that cannot be cut.
+    units = merge_groups(paths, [g.files for g in audit.duplicate_groups] + csv_groups(free))
 
-    # 3. Shares of all images: train, validation, test.
-    test = cfg.test_fraction
-    validation = (1 - test) * cfg.validation_fraction
-    shares = [1 - test - validation, validation, test]
-    check_class_sizes(audit.classes, labels, shares, cfg)
+    # 3. Shares of the free images: a split the user gave takes none of them; train takes the rest.
+    shares = free_shares(cfg, set(fixed.values()))
+    active = [s for s, share in enumerate(shares) if share > 0]
+    if len(active) == len(SPLITS):
+        check_class_sizes(audit.classes, labels, shares, cfg)
 
     # 4. Assign, then make sure no split lost a class to a large group.
-    assignment = assign_units(units, labels, len(audit.classes), shares, seed)  # (N,) split ids
-    lists = {name: sorted(paths[i] for i in np.nonzero(assignment == s)[0])
-             for s, name in enumerate(SPLITS)}
-    counts = [SplitCount(label, *(int(np.sum((assignment == s) & (labels == c)))
-                                  for s in range(len(SPLITS))))
-              for c, label in enumerate(audit.classes)]
+    bucket = assign_units(units, labels, len(audit.classes), [shares[s] for s in active], seed)  # (N,)
+    split_of = {**{path: SPLITS[active[b]] for path, b in zip(paths, bucket.tolist(), strict=True)}, **fixed}
+    lists = {name: sorted(path for path, split in split_of.items() if split == name) for name in SPLITS}
+    label_of = {r.path: r.label for r in usable}
+    counts = [SplitCount(label, *(sum(label_of[p] == label for p in lists[name]) for name in SPLITS))
+              for label in audit.classes]
     check_every_split_has_every_class(counts)
 
     groups = sorted(sorted(paths[i] for i in unit) for unit in units if len(unit) > 1)
@@ -75,7 +88,32 @@ def split_dataset(audit: AuditOutcome, cfg: SplitConfig, seed: int) -> SplitOutc
         digest=digest({"classes": audit.classes, **lists}),
         precision=[split_precision(name, len(lists[name]), cfg.small_split_half_width)
                    for name in ("validation", "test")],
+        given=sorted(set(fixed.values())),
+        dropped=sorted(dropped),
     )
+
+
+def free_shares(cfg: SplitConfig, given: set[str]) -> list[float]:
+    """Shares of the files left to split, train / validation / test: the paper's, but none for a
+    split the user gave (the test's 20 % then goes to train and validation)."""
+    test = 0.0 if "test" in given else cfg.test_fraction
+    validation = 0.0 if "validation" in given else (1 - test) * cfg.validation_fraction
+    return [1 - test - validation, validation, test]
+
+
+def leaked_files(audit: AuditOutcome) -> set[str]:
+    """Files outside the fixed test set that near-duplicate one of its images (the audit's list)."""
+    in_test = {r.path for r in audit.files if r.split == "test"}
+    return {path for g in audit.test_duplicates for path in g.files if path not in in_test}
+
+
+def csv_groups(records: list[FileRecord]) -> list[list[str]]:
+    """The labels CSV's groups, as lists of paths."""
+    members: dict[str, list[str]] = {}
+    for r in records:
+        if r.group:
+            members.setdefault(r.group, []).append(r.path)
+    return [sorted(paths) for _, paths in sorted(members.items())]
 
 
 # --- how finely each split can measure ---------------------------------------------------------

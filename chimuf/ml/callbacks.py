@@ -11,14 +11,13 @@ from typing import Any
 
 import keras
 
-from chimuf.ml.fit import StopState, watch
+from chimuf.ml.fit import Stopping, StopState, watch
 
 
 class EarlyStoppingRule(keras.callbacks.Callback):
-    def __init__(self, patience: int, start_from_epoch: int):
+    def __init__(self, rule: Stopping):
         super().__init__()
-        self.patience = patience
-        self.start_from_epoch = start_from_epoch
+        self.rule = rule
         self.state = StopState()
         self.best_weights: list[Any] | None = None
 
@@ -29,7 +28,7 @@ class EarlyStoppingRule(keras.callbacks.Callback):
         val_loss = (logs or {}).get("val_loss")
         if val_loss is None:
             return
-        self.state = watch(self.state, epoch + 1, float(val_loss), self.patience, self.start_from_epoch)
+        self.state = watch(self.state, epoch + 1, float(val_loss), self.rule)
         if self.state.best_epoch == epoch + 1:
             self.best_weights = self.model.get_weights()
         if self.state.stopped:

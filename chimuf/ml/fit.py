@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chimuf.core.config import AugmentConfig, TrainConfig
+from chimuf.core.config import CLASS_WEIGHTS, AugmentConfig, TrainConfig
 from chimuf.core.console import Console, format_seconds
-from chimuf.core.errors import StageError
+from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.plan import StudyClock
 from chimuf.core.results import EpochRecord, digest, from_jsonable
@@ -91,6 +91,38 @@ UNMONITORED = Monitoring()  # no TensorBoard logs, no extra callbacks
 # --- early stopping, as Keras decides it -------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Stopping:
+    """When a training stops and which epoch's weights it keeps, said to the fit loop once.
+
+    `early` is the paper's rule (Keras' EarlyStopping on val_loss, restore_best_weights); `fixed`
+    trains every epoch and keeps the last (the k-fold models: the fold that scores a model must not
+    also choose its epoch); `best_of_all` trains every epoch and keeps the lowest val_loss (the
+    modern recipe's whole cosine schedule, the pretrained phases).
+    """
+
+    patience: int | None  # watched epochs in a row without improvement before stopping; None: never
+    start_from_epoch: int = 0  # epochs before val_loss is watched
+    keep: str = "best"  # "best": the lowest watched val_loss; "last": the last epoch
+
+    @classmethod
+    def early(cls, patience: int, start_from_epoch: int) -> Stopping:
+        return cls(patience, start_from_epoch, "best")
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> Stopping:
+        """The trainings' rule, from the config (paper 3.3)."""
+        return cls.early(cfg.patience, cfg.start_from_epoch)
+
+    @classmethod
+    def fixed(cls) -> Stopping:
+        return cls(None, 0, "last")
+
+    @classmethod
+    def best_of_all(cls) -> Stopping:
+        return cls(None, 0, "best")
+
+
 @dataclass
 class StopState:
     """Keras EarlyStopping's state: best val_loss seen, its epoch, epochs since, whether to stop."""
@@ -101,20 +133,21 @@ class StopState:
     stopped: bool = False
 
 
-def watch(state: StopState, epoch: int, val_loss: float, patience: int, start_from_epoch: int) -> StopState:
+def watch(state: StopState, epoch: int, val_loss: float, rule: Stopping) -> StopState:
     """The early-stopping state after 1-based `epoch` ended with `val_loss`.
 
     Keras' rules (keras.callbacks.EarlyStopping, min_delta 0, no baseline): the first
     `start_from_epoch` epochs are not watched at all; an epoch improves when its val_loss is
     strictly below the best so far; training stops once `patience` watched epochs in a row have
-    not improved (never after the very first epoch).
+    not improved (never after the very first epoch). A rule that keeps the last epoch watches none.
     """
-    if epoch <= start_from_epoch:
+    if rule.keep == "last" or epoch <= rule.start_from_epoch:
         return state
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         return StopState(val_loss, epoch, 0, False)
     wait = state.wait + 1
-    return StopState(state.best_val_loss, state.best_epoch, wait, wait >= patience and epoch > 1)
+    stop = rule.patience is not None and wait >= rule.patience and epoch > 1
+    return StopState(state.best_val_loss, state.best_epoch, wait, stop)
 
 
 # --- the checkpoint ----------------------------------------------------------------------------
@@ -136,10 +169,14 @@ class Checkpoint:
 
 
 def fingerprint(model: keras.Model, cfg: TrainConfig, augment: AugmentConfig | None, seed: int,
-                n_train: int, n_validation: int) -> str:
+                n_train: int, n_validation: int, stopping: Stopping) -> str:
     """What a checkpoint must have been made with to be continued; the epoch limit is not part of
     it, so a finished training can be extended."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "models")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "models", "patience",
+                                                                  "start_from_epoch")}
+    settings["stopping"] = asdict(stopping)
+    if settings.get("class_weight") == "none":
+        del settings["class_weight"]  # the default: checkpoints made before the setting still match
     architecture = json.loads(model.to_json())
     architecture.pop("compile_config", None)  # names its optimizer "adam_1", "adam_2", ... per process
     return digest({"model": architecture, "train": settings, "augment": augment,
@@ -206,12 +243,14 @@ def fit(
     callbacks: Sequence[Any] = (),
     mix: Mixing | None = None,
     eta: Callable[[int, int, float], str] | None = None,
+    stopping: Stopping | None = None,
 ) -> FitResult:
     """Train compiled `model` on `train` = (uint8 images (N, S, S, 3), labels), resumably.
 
     Validation data are augmented only when `augment.augment_validation` is on. At most
-    `max_epochs` (default `cfg.epochs`) epochs, early stopping from `cfg`; afterwards `model` holds
-    the best epoch's weights. Checkpoints go to `workdir`; a rerun continues from them. Each
+    `max_epochs` (default `cfg.epochs`) epochs, stopped and kept by `stopping` (default: early
+    stopping from `cfg`); afterwards `model` holds the kept epoch's weights. Checkpoints go to
+    `workdir`; a rerun continues from them. Each
     finished epoch goes to `log` (TensorBoard) once its checkpoint is saved; `callbacks` are
     extra Keras callbacks, which see each epoch under its own number (Keras' `initial_epoch`).
     With `mix`, training batches are mixed (mixup/CutMix) after augmentation; `eta(epoch,
@@ -222,8 +261,10 @@ def fit(
     check_not_empty(train, "training", name)
     check_not_empty(validation, "validation", name)
     max_epochs = cfg.epochs if max_epochs is None else max_epochs
+    stopping = stopping or Stopping.of(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    state = resume(model, workdir, fingerprint(model, cfg, augment, seed, len(train[1]), len(validation[1])),
+    state = resume(model, workdir,
+                   fingerprint(model, cfg, augment, seed, len(train[1]), len(validation[1]), stopping),
                    console, name)
     validation_augment = validation_augmentation(augment)
     if log is not None:
@@ -238,7 +279,7 @@ def fit(
                                     epoch, max_epochs, console, name, callbacks, mix)
         check_finite(record, name)
         record.images_per_s = len(train[1]) / train_s if train_s > 0 else 0.0
-        state.stop = watch(state.stop, epoch, record.val_loss, cfg.patience, cfg.start_from_epoch)
+        state.stop = watch(state.stop, epoch, record.val_loss, stopping)
         improved = state.stop.best_epoch == epoch
         record.wall_s = time.monotonic() - started
         state.epoch = epoch
@@ -309,6 +350,7 @@ def run_epoch(
         )
         logs = model.fit(train_data, validation_data=validation_data, initial_epoch=epoch - 1,
                          epochs=epoch, verbose=0, shuffle=False,  # shuffled by make_dataset
+                         class_weight=class_weights(train[1], cfg.class_weight),
                          callbacks=[callback, *callbacks]).history
     value = {key: float(values[-1]) for key, values in logs.items()}
     record = EpochRecord(
@@ -375,6 +417,20 @@ def check_finite(record: EpochRecord, name: str) -> None:
 # --- each epoch's data -------------------------------------------------------------------------
 
 Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # (uint8 images (N, S, S, 3), labels (N,), rows to use)
+
+
+def class_weights(labels: np.ndarray, rule: str) -> dict[int, float] | None:
+    """Keras' `class_weight` for `train.class_weight` (None for "none", the paper's).
+
+    "balanced" weighs each image's loss by n / (2 · n_class), scikit-learn's "balanced": the two
+    classes then weigh the same in the loss, however imbalanced the training split. Only the
+    training loss is weighted; validation loss and every metric stay unweighted."""
+    if rule == "none":
+        return None
+    if rule not in CLASS_WEIGHTS:
+        raise ConfigError(f"`train.class_weight` must be one of {', '.join(CLASS_WEIGHTS)}; got {rule!r}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)  # (2,)
+    return {k: float(len(labels) / (2 * counts[k])) if counts[k] else 1.0 for k in (0, 1)}
 
 
 def validation_augmentation(augment: AugmentConfig | None) -> AugmentConfig | None:

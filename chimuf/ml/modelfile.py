@@ -363,6 +363,7 @@ class Sidecar:
     classes: list[str]
     threshold: float = DEFAULT_THRESHOLD
     threshold_rule: str = ""  # how it was chosen ("" = the default, not chosen)
+    positive: str = ""  # classes[1], said outright: the class whose probability the model gives
 
 
 def classes_path(model_path: Path) -> Path:
@@ -373,9 +374,9 @@ def classes_path(model_path: Path) -> Path:
 
 def write_classes(model_path: Path, classes: list[str], threshold: float = DEFAULT_THRESHOLD,
                   threshold_rule: str = "") -> Path:
-    """Record the class names of a saved model, and the threshold it decides at."""
+    """Record the class names of a saved model, which one is positive, and the threshold it decides at."""
     path = classes_path(model_path)
-    atomic_write_json(path, Sidecar(list(classes), float(threshold), threshold_rule))
+    atomic_write_json(path, Sidecar(list(classes), float(threshold), threshold_rule, classes[-1]))
     return path
 
 
@@ -400,7 +401,11 @@ def read_sidecar(model_path: Path) -> Sidecar | None:
             or not 0 < threshold < 1 or not isinstance(rule, str)):
         raise ModelError(f"`{path}`: `threshold` must be a number between 0 and 1 (exclusive) and "
                          f"`threshold_rule` a string; found {threshold!r}, {rule!r}")
-    return Sidecar(classes, float(threshold), rule)
+    positive = data.get("positive", classes[1])
+    if positive != classes[1]:
+        raise ModelError(f"`{path}`: `positive` must be the second class, {classes[1]!r} (the one the "
+                         f"sigmoid gives); found {positive!r}. Write the classes in that order")
+    return Sidecar(classes, float(threshold), rule, positive)
 
 
 def read_classes(model_path: Path) -> list[str] | None:

@@ -29,7 +29,7 @@ from chimuf.core.console import Console
 from chimuf.core.errors import ReportError
 from chimuf.core.results import LayoutError, ReportOutcome, Results, load_results
 from chimuf.report.figures import embedded, place_figures, plan_figures
-from chimuf.report.markdown import render_markdown
+from chimuf.report.markdown import own_templates, render_markdown
 from chimuf.report.render import (
     Deadline,
     check_typst,
@@ -64,7 +64,8 @@ def build_report(run_dir: Path, cfg: ReportConfig, console: Console) -> ReportOu
         console.warn(f"figure `{path}` named in results.json is missing; the report says so")
 
     # 2. The Markdown and the Quarto project around it.
-    index = write_project(report_dir, render_markdown(results, placed))
+    own = Path(cfg.templates).expanduser().resolve() if cfg.templates else own_templates(results)
+    index = write_project(report_dir, render_markdown(results, placed, own))
     console.info(f"  report: {len(placed)} figures, Markdown in {index}")
 
     # 3. HTML and PDF, within cfg.timeout_s for the whole render.
@@ -76,7 +77,7 @@ def build_report(run_dir: Path, cfg: ReportConfig, console: Console) -> ReportOu
     else:
         if "html" in cfg.formats:
             console.info("  report: rendering HTML with pandoc")
-            html_markdown = render_markdown(results, embedded(report_dir, placed))
+            html_markdown = render_markdown(results, embedded(report_dir, placed), own)
             outputs["html"] = render_html_pandoc(report_dir, html_markdown, deadline)
         if "pdf" in cfg.formats:
             console.info("  report: rendering PDF with pandoc and Typst")

@@ -1,6 +1,6 @@
 """What the data support, in words: the conclusion, the verdicts of the report, the headline.
 
-Every sentence here is written from facts a stage stored (chimuf.ml.evidence: the chance test,
+Every sentence here is written from facts a stage stored (chimuf.stats.evidence: the chance test,
 the comparisons with their intervals and p-values; chimuf.data.split: how finely each split can
 measure), never from a fixed list: "best", "helped" and "improved" appear only when the evidence
 says the difference is more than noise, and when the final model is not better than guessing,
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chimuf.core.headline import Number, headline_numbers, number_of
 from chimuf.core.results import (
     ChanceTest,
     Comparison,
@@ -63,15 +64,18 @@ def signed(x: float) -> str:
 
 
 def evidence(c: Comparison) -> str:
-    """"difference +0.112 [0.051, 0.170]" (an interval) or "McNemar p = 0.004" (a test)."""
+    """"difference +0.112 [0.051, 0.170]" (an interval) or "McNemar p = 0.004" (a test), then
+    the Holm-adjusted p the verdict was decided on when the comparison is one of a family."""
+    family = (f", Holm-adjusted {p_text(c.p_adjusted)} over {c.family_size}"
+              if c.family_size > 1 and c.p_adjusted is not None else "")
     if c.interval is not None:
         return (f"difference {signed(c.difference)} [{signed(c.interval.low)}, "
-                f"{signed(c.interval.high)}]")
-    return f"McNemar {p_text(c.p_value)}"
+                f"{signed(c.interval.high)}]{family}")
+    return f"McNemar {p_text(c.p_value)}{family}"
 
 
 def verdict(c: Comparison) -> str:
-    return "distinguishable" if c.distinguishable else "not distinguishable"
+    return c.verdict
 
 
 def level(confidence: float) -> str:
@@ -88,8 +92,8 @@ def chance_claim(chance: ChanceTest, e: EvaluateOutcome) -> Claim:
               f"always answering {chance.majority_label} would score {fmt(chance.majority_rate)} on the "
               f"same images, and an exact binomial test gives {p_text(chance.p_value)}")
     if chance.better_than_chance:
-        return Claim("The final model is better than chance.", detail + ".")
-    return Claim("The final model is not distinguishable from chance.",
+        return Claim(f"The final model is {chance.verdict}.", detail + ".")
+    return Claim(f"The final model is {chance.verdict}.",
                  detail + f" (above the {chance.alpha:g} level): every other number of this run "
                  "should be read with that in mind.")
 
@@ -287,24 +291,26 @@ def headline_lines(r: Results) -> list[str]:
     the small-data warning, then the numbers and every comparison with its verdict."""
     e = r.evaluate
     lines = []
+    headline = [n for n in headline_numbers(r) if n.first_page]  # chimuf.core.headline
     if e is not None:
-        numbers = (f"test accuracy {fmt(e.accuracy)} [{fmt(e.accuracy_interval.low)}, "
-                   f"{fmt(e.accuracy_interval.high)}], ROC AUC {fmt(e.roc_auc)} on {e.n_images} images")
+        numbers = ", ".join(number_text(n) for n in headline if n.key.startswith("test_")
+                            and (n.value is not None or n.key in ALWAYS_SAID)) + f" on {e.n_images} images"
         c = e.chance
         if c is not None and not c.better_than_chance:
-            lines.append(f"NOT distinguishable from chance: {numbers}; always answering "
+            shouted = c.verdict.replace("not ", "NOT ", 1)  # the same words, loud where it matters
+            lines.append(f"{shouted}: {numbers}; always answering "
                          f"{c.majority_label} scores {fmt(c.majority_rate)} ({p_text(c.p_value)})")
         else:
-            lines.append(numbers + ("" if c is None else f"; better than chance ({c.majority_label} "
+            lines.append(numbers + ("" if c is None else f"; {c.verdict} ({c.majority_label} "
                                     f"always: {fmt(c.majority_rate)}, {p_text(c.p_value)})"))
     small = small_splits(r.split)
     if small:
         lines.append("small data: " + ", ".join(f"{p.split} {p.n} images (±{p.half_width * 100:.1f} "
                                                 "points)" for p in small)
                      + "; differences below that are noise, the k-fold mean is the better estimate")
-    if r.kfold is not None:
-        lines.append(f"{len(r.kfold.folds)}-fold accuracy {fmt(r.kfold.mean_accuracy)} ± "
-                     f"{fmt(r.kfold.std_accuracy)}")
+    folds = number_of(headline, "kfold_mean_accuracy")
+    if r.kfold is not None and folds is not None:
+        lines.append(f"{len(r.kfold.folds)}-fold accuracy {fmt(folds.value)} ± {fmt(folds.sd)}")
     if e is not None:
         lines += best_line(e)
         lines += [pair_line(group) for group in paired(e.comparisons) if group[0].topic != "best_training"]
@@ -312,6 +318,15 @@ def headline_lines(r: Results) -> list[str]:
         lines.append(f"{len(r.labels.suspects):,} suspect labels of {r.labels.n_checked:,} "
                      f"(out-of-fold, confident learning): {r.labels.suspects_csv}")
     return lines
+
+
+ALWAYS_SAID = ("test_accuracy", "test_roc_auc")  # said "n/a" when undefined; the others left out
+
+
+def number_text(n: Number) -> str:
+    """"test accuracy 0.917 [0.899, 0.935]": a headline number as the console says it."""
+    interval = f" [{fmt(n.interval.low)}, {fmt(n.interval.high)}]" if n.interval and n.sd is None else ""
+    return f"{n.label} {fmt(n.value)}{interval}"
 
 
 TOPIC = {"augmentation": "with vs without augmentation", "final_vs_model3_aug": "final vs model3_aug",

@@ -3,7 +3,7 @@
 Status, the headline numbers with their intervals beside the paper's, the verdicts on chance and
 on the paper, the k-fold estimate, the suspect labels and the time the stages took: what a reader
 needs before deciding to read on. The rows only arrange stored facts (the verdicts are the
-evaluation's, chimuf.ml.evidence); the page is the report's abstract, so pandoc and Quarto set it
+evaluation's, chimuf.stats.evidence); the page is the report's abstract, so pandoc and Quarto set it
 under the title, before the table of contents.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from chimuf.core.headline import headline_numbers, number_of
 from chimuf.core.paper import PAPER, same_data
 from chimuf.core.results import Results
 from chimuf.report.blocks import count, num, seconds, strong, with_interval
@@ -38,27 +39,32 @@ def glance_rows(r: Results) -> list[list[object]]:
         return value if paper else OTHER_DATA
 
     e, k, labels = r.evaluate, r.kfold, r.labels
-    rows: list[list[object]] = [
-        ["Test images", count(e.n_images if e else None), of_paper(PAPER.test_images)],
-        ["Test accuracy", with_interval(e.accuracy, e.accuracy_interval) if e else num(None),
-         of_paper(PAPER.accuracy)],
-        ["ROC AUC", with_interval(e.roc_auc, e.roc_auc_interval) if e else num(None),
-         of_paper(PAPER.roc_auc)],
-    ]
+    numbers = headline_numbers(r)  # the one list of headline numbers (chimuf.core.headline)
+    rows: list[list[object]] = [["Test images", count(e.n_images if e else None),
+                                 of_paper(PAPER.test_images)]]
+    for key, words, theirs in (("test_accuracy", "Test accuracy", PAPER.accuracy),
+                               ("test_roc_auc", "ROC AUC", PAPER.roc_auc)):
+        n = number_of(numbers, key)
+        rows.append([words, with_interval(n.value, n.interval) if n else num(None), of_paper(theirs)])
     if e is not None and e.chance is not None:
         c = e.chance
-        verdict = "better than chance" if c.better_than_chance else "not distinguishable from chance"
+        verdict = c.verdict
         detail = markdown_text(f"({fmt(c.majority_rate)} alone; {p_text(c.p_value)})")
         rows.append(["Against always answering " + c.majority_label,
                      Trusted(f"{strong(verdict)} {detail}"), ""])
+    for key, words in (("test_balanced_accuracy", "Balanced accuracy"),
+                       ("test_average_precision", "Average precision"), ("test_brier_score", "Brier score")):
+        n = number_of(numbers, key)
+        if n is not None and n.value is not None:  # measured (runs of chimuf 0.2 on)
+            rows.append([words, with_interval(n.value, n.interval), ""])
     for c in (e.compared("paper") if e else []):
         side = "higher" if c.difference > 0 else "lower"
         rows.append(["Against the paper's accuracy",
-                     strong(f"{side}, distinguishable") if c.distinguishable else
-                     Trusted("not distinguishable"), ""])
-    if k is not None:
+                     strong(f"{side}, {c.verdict}") if c.distinguishable else Trusted(c.verdict), ""])
+    folds = number_of(numbers, "kfold_mean_accuracy")
+    if k is not None and folds is not None:
         rows.append([f"{len(k.folds)}-fold accuracy, mean ± sd",
-                     Trusted(f"{num(k.mean_accuracy)} ± {num(k.std_accuracy)}"), ""])
+                     Trusted(f"{num(folds.value)} ± {num(folds.sd)}"), ""])
     if labels is not None:
         rows.append(["Suspect labels", Trusted(f"{count(len(labels.suspects))} of {count(labels.n_checked)}"),
                      ""])

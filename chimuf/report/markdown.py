@@ -13,6 +13,7 @@ ids, pipe tables, `![caption](path){#fig-id}` figures, emphasis and block quotes
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from chimuf.core.config import flatten
@@ -29,8 +30,10 @@ MAIN_TEMPLATE = "report.md.j2"
 # --- the one environment -----------------------------------------------------------------------
 
 
-def environment() -> Any:
-    """The Jinja environment of the report: templates folder, escaping, every filter and helper."""
+def environment(own: Path | None = None) -> Any:
+    """The Jinja environment of the report: templates folder (the user's `own` folder first, when
+    given: a template there replaces the packaged one of the same name), escaping, every filter and
+    helper."""
     import jinja2
 
     if not (TEMPLATES_DIR / MAIN_TEMPLATE).is_file():
@@ -39,8 +42,10 @@ def environment() -> Any:
             "Reinstall chimuf (its wheel carries them); in a checkout, chimuf/report/templates must be "
             "the link to templates/ (clone with `git config core.symlinks true`)."
         )
+    packaged = jinja2.FileSystemLoader(TEMPLATES_DIR)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(check_own_templates(own)), packaged])
+        if own is not None else packaged,
         finalize=finalize,  # every {{ value }} is escaped unless Trusted
         autoescape=False,  # HTML autoescape would be wrong for Markdown; finalize does it
         undefined=jinja2.StrictUndefined,
@@ -81,6 +86,7 @@ def environment() -> Any:
         audit_count_rows=views.audit_count_rows,
         file_rows=views.file_rows,
         duplicate_rows=views.duplicate_rows,
+        outside_test=views.outside_test,
         split_rows=views.split_rows,
         training_rows=views.training_rows,
         augmentation_rows=views.augmentation_rows,
@@ -91,6 +97,8 @@ def environment() -> Any:
         hyperparameter_rows=views.hyperparameter_rows,
         confusion_table=views.confusion_table,
         class_rows=views.class_rows,
+        imbalance_rows=views.imbalance_rows,
+        interval_methods=views.interval_methods,
         threshold_table=views.threshold_table,
         mcnemar_rows=views.mcnemar_rows,
         fold_rows=views.fold_rows,
@@ -116,12 +124,27 @@ def environment() -> Any:
     return env
 
 
-def render_markdown(results: Results, images: Mapping[str, ImageRef]) -> str:
-    """The whole report as Markdown; `images` maps a figure path in results.json to its ref.
+def check_own_templates(folder: Path) -> Path:
+    """The user's templates folder (report.templates), which must exist."""
+    if not folder.is_dir():
+        raise ReportError(f"report.templates names `{folder}`, which is not a folder; make it a folder of "
+                          ".j2 templates named as the packaged ones (templates/), or set it to ''")
+    return folder
+
+
+def own_templates(results: Results) -> Path | None:
+    """The run's report.templates folder, absolute (relative to the working directory); None if unset."""
+    value = results.run.config.get("report", {}).get("templates", "") if results.run.config else ""
+    return Path(value).expanduser().resolve() if value else None
+
+
+def render_markdown(results: Results, images: Mapping[str, ImageRef], own: Path | None = None) -> str:
+    """The whole report as Markdown; `images` maps a figure path in results.json to its ref; `own`
+    is a folder of the user's templates layered over the packaged ones.
 
     A figure of results.json without an entry in `images` is named in the text as missing.
     """
-    template = environment().get_template(MAIN_TEMPLATE)
+    template = environment(own).get_template(MAIN_TEMPLATE)
     return template.render(
         r=results,
         images=images,

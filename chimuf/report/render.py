@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chimuf.core.config import REPORT_ENGINES
 from chimuf.core.errors import ReportError
 from chimuf.core.files import atomic_write_bytes, atomic_write_text
 from chimuf.report.resources import PROJECT_TEMPLATE_DIR
@@ -86,8 +87,8 @@ def choose_engine(engine: str) -> str:
         return "quarto" if shutil.which("quarto") else "pandoc"
     if engine == "quarto" and not shutil.which("quarto"):
         raise ReportError(f"report.engine is `quarto` but no `quarto` command is on PATH; {QUARTO_HINT}")
-    if engine not in ("quarto", "pandoc"):
-        raise ReportError(f"report.engine must be 'auto', 'quarto' or 'pandoc', got {engine!r}")
+    if engine not in REPORT_ENGINES:
+        raise ReportError(f"report.engine must be one of {', '.join(REPORT_ENGINES)}, got {engine!r}")
     return engine
 
 

@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from chimuf.core.config import flatten
 from chimuf.core.hyperparameters import LABEL, PAPER_BEST
 from chimuf.core.paper import PAPER, same_data
+from chimuf.core.proportions import alpha_of
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     AuditOutcome,
     BeyondOutcome,
+    BeyondRow,
     ClassMetrics,
     Comparison,
     ConfigDifference,
@@ -82,13 +84,7 @@ def best_training(train: TrainOutcome) -> TrainingOutcome | None:
 
 def augmentation_pairs(train: TrainOutcome) -> list[tuple[str, TrainingOutcome, TrainingOutcome]]:
     """(architecture, without, with) for every architecture trained both ways (paper 5.4)."""
-    pairs = []
-    for arch in sorted({t.architecture for t in train.trainings}):
-        plain_run = next((t for t in train.trainings if t.architecture == arch and not t.augmented), None)
-        augmented = next((t for t in train.trainings if t.architecture == arch and t.augmented), None)
-        if plain_run is not None and augmented is not None:
-            pairs.append((arch, plain_run, augmented))
-    return pairs
+    return train.augmentation_pairs()
 
 
 # --- the paper's own figures (chimuf.core.paper) beside the run's -------------------------------
@@ -144,6 +140,12 @@ def audit_count_rows(audit: AuditOutcome) -> list[list[object]]:
                                 for c in audit.counts]
     total = [sum(getattr(c, k) for c in audit.counts) for k in ("usable", "converted", "rejected")]
     return [*rows, [strong("all"), *(strong(count(n)) for n in total)]]
+
+
+def outside_test(audit: AuditOutcome) -> int:
+    """Images outside the test set that near-duplicate a test image (the audit's test_duplicates)."""
+    in_test = {r.path for r in audit.files if r.split == "test"}
+    return len({p for g in audit.test_duplicates for p in g.files if p not in in_test})
 
 
 def file_rows(files: Sequence[FileRecord]) -> list[list[object]]:
@@ -204,8 +206,27 @@ def confusion_table(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
 
 
 def class_rows(per_class: Sequence[ClassMetrics]) -> list[list[object]]:
-    return [[m.label, num(m.precision), num(m.recall), with_interval(m.f1, m.f1_interval), count(m.support)]
+    return [[m.label, with_interval(m.precision, m.precision_interval),
+             with_interval(m.recall, m.recall_interval), with_interval(m.f1, m.f1_interval), count(m.support)]
             for m in per_class]
+
+
+def imbalance_rows(e: EvaluateOutcome) -> list[list[object]]:
+    """Balanced accuracy, average precision and Brier score with their intervals and methods;
+    empty for runs made before they were measured."""
+    named = [("Balanced accuracy (mean of the two recalls)", e.balanced_accuracy,
+              e.balanced_accuracy_interval),
+             (f"Average precision ({e.classes[-1]} as positive)", e.average_precision,
+              e.average_precision_interval),
+             ("Brier score (0 is perfect, 0.25 a constant 0.5)", e.brier_score, e.brier_interval)]
+    return [[name, with_interval(value, interval), interval.method if interval else ""]
+            for name, value, interval in named if value == value]
+
+
+def interval_methods(e: EvaluateOutcome) -> str:
+    """"Wilson" and "BCa bootstrap", as the evaluation recorded them (older runs: "bootstrap")."""
+    methods = [i.method for i in (e.accuracy_interval, e.roc_auc_interval) if i is not None and i.method]
+    return " and ".join(dict.fromkeys(methods)) or "bootstrap"
 
 
 def threshold_table(e: EvaluateOutcome) -> Trusted:
@@ -224,14 +245,22 @@ def mcnemar_rows(e: EvaluateOutcome) -> list[list[object]]:
     for m in e.mcnemar:
         c = judged.get((m.model_a, m.model_b))
         rows.append([m.model_a, m.model_b, count(m.only_a_right), count(m.only_b_right), m.method or "n/a",
-                     num(m.statistic), num(m.p_value, 4), verdict_cell(c)])
+                     num(m.statistic), num(m.p_value, 4), adjusted_cell(c), verdict_cell(c)])
     return rows
 
 
 def verdict_cell(c: Comparison | None) -> Trusted:
     if c is None:
         return Trusted("n/a")
-    return strong("distinguishable") if c.distinguishable else Trusted("not distinguishable")
+    return strong(c.verdict) if c.distinguishable else Trusted(c.verdict)
+
+
+def adjusted_cell(c: Comparison | None) -> Trusted:
+    """"0.0134 (Holm, 3)": the p value the verdict was decided on, and the family's size."""
+    if c is None or c.p_adjusted is None:
+        return Trusted("n/a")
+    family = f" (Holm, {c.family_size})" if c.family_size > 1 else ""
+    return Trusted(markdown_text(f"{c.p_adjusted:.4f}{family}"))
 
 
 def difference_cell(c: Comparison | None) -> Trusted:
@@ -258,7 +287,7 @@ def augmentation_rows(pairs: Sequence[tuple[str, TrainingOutcome, TrainingOutcom
 
 def best_rows(e: EvaluateOutcome) -> list[list[object]]:
     """The best of the six against each other training on validation."""
-    return [[c.model_b, num(c.accuracy_b), difference_cell(c), verdict_cell(c)]
+    return [[c.model_b, num(c.accuracy_b), difference_cell(c), adjusted_cell(c), verdict_cell(c)]
             for c in e.compared("best_training")]
 
 
@@ -274,42 +303,51 @@ def fold_rows(folds: Sequence[FoldOutcome]) -> list[list[object]]:
              f.epochs_run, seconds(f.wall_s)] for f in folds]
 
 
-SIGNIFICANCE = 0.05  # a difference is called real when its test gives p below this
-
-
 def beyond_rows(beyond: BeyondOutcome) -> list[list[object]]:
-    """One row per classifier: accuracy and AUC with intervals, the chance test, McNemar."""
+    """One row per classifier: accuracy and AUC with intervals, the chance test, McNemar, each
+    with the verdict the beyond stage stored (runs made before it: the p value only)."""
     rows = []
     for row in beyond.rows:
         p = markdown_text(f"(p = {row.chance_p_value:.2g})")
-        chance = Trusted(f"yes {p}" if row.chance_p_value < SIGNIFICANCE else f"{strong('no')} {p}")
-        if row.vs_final is None:
-            versus = "(the reference)"
+        if row.chance is None:
+            chance = Trusted(f"not recorded {p}")
         else:
-            t = row.vs_final
-            better = "better" if t.only_a_right > t.only_b_right else "worse"
-            versus = (f"{better}, p = {t.p_value:.2g}" if t.p_value < SIGNIFICANCE
-                      else f"not distinguishable (p = {t.p_value:.2g})")
+            chance = Trusted(f"{row.chance.verdict} {p}" if row.chance.better_than_chance
+                             else f"{strong(row.chance.verdict)} {p}")
         rows.append([row.name, row.models, with_interval(row.accuracy, row.accuracy_interval),
-                     with_interval(row.roc_auc, row.roc_auc_interval), chance, versus])
+                     with_interval(row.roc_auc, row.roc_auc_interval), chance, versus_cell(row)])
     return rows
 
 
+def versus_cell(row: BeyondRow) -> str:
+    if row.vs_final is None:
+        return "(the reference)"
+    c = row.versus_final
+    if c is None:
+        return f"not recorded (p = {row.vs_final.p_value:.2g})"
+    holm = f", Holm {c.p_adjusted:.2g}" if c.family_size > 1 and c.p_adjusted is not None else ""
+    said = f"{c.verdict} (p = {c.p_value:.2g}{holm})"
+    return f"{'better' if c.difference > 0 else 'worse'}, {said}" if c.distinguishable else said
+
+
 def beyond_verdict(beyond: BeyondOutcome) -> str:
-    """One sentence on which rows differ from the final model by McNemar's test, from the numbers."""
-    better = [r.name for r in beyond.rows if r.vs_final is not None and r.vs_final.p_value < SIGNIFICANCE
-              and r.vs_final.only_a_right > r.vs_final.only_b_right]
-    worse = [r.name for r in beyond.rows if r.vs_final is not None and r.vs_final.p_value < SIGNIFICANCE
-             and r.vs_final.only_a_right < r.vs_final.only_b_right]
+    """One sentence on which rows differ from the final model, from the stored verdicts."""
+    judged = [r.versus_final for r in beyond.rows if r.versus_final is not None]
+    if not judged:
+        return ""
+    better = [c.model_a for c in judged if c.distinguishable and c.difference > 0]
+    worse = [c.model_a for c in judged if c.distinguishable and c.difference <= 0]
+    family = f", Holm-adjusted over the {len(judged)} rows" if len(judged) > 1 else ""
+    how = f"McNemar's test{family}, decided at {alpha_of(beyond.confidence):g}"
     if not better and not worse:
         return ("None of them differs from the final model by more than chance allows on this test "
-                f"split (McNemar, p ≥ {SIGNIFICANCE:g}).")
+                f"split ({how}).")
     parts = []
     if better:
         parts.append(f"better than the final model beyond chance: {', '.join(better)}")
     if worse:
         parts.append(f"worse than it beyond chance: {', '.join(worse)}")
-    return f"By McNemar's test (p < {SIGNIFICANCE:g}), " + "; ".join(parts) + "."
+    return f"By {how}: " + "; ".join(parts) + "."
 
 
 def export_rows(export: ExportOutcome) -> list[list[object]]:

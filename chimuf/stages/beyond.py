@@ -9,27 +9,33 @@ same test images, what a user of today would try next:
     the fold ensemble with the final model  (k + 1 models)
       ... each also with flips
 
-For each: test accuracy and ROC AUC with bootstrap intervals, an exact binomial test against
-always answering the majority class (is it better than guessing at all?), and McNemar's test
-against the paper-protocol final model on the same images (is the difference real?). The rows
-are measured on the test split, so picking the best of them there is a choice made after seeing
-the test: the report says so.
+For each: test accuracy (Wilson interval) and ROC AUC (BCa bootstrap interval), an exact
+binomial test against always answering the majority class (is it better than guessing at all?),
+and McNemar's test against the paper-protocol final model on the same images (is the difference
+real?), Holm-adjusted over the rows. Every verdict is decided by chimuf.stats.evidence at
+1 − `evaluate.confidence`, as the evaluation's are, and stored in the row. The rows are measured
+on the test split, so picking the best of them there is a choice made after seeing the test: the
+report says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chimuf.core.config import EvaluateConfig
+from chimuf.core.config import EvaluateConfig, ModelFilesConfig
 from chimuf.core.results import BeyondOutcome, BeyondRow
 from chimuf.data.cache import load_images
-from chimuf.ml import metrics, modelfile
+from chimuf.ml import modelfile
 from chimuf.ml.predictor import averaged_probabilities
+from chimuf.stats import evidence, intervals, metrics
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import keras
 
     from chimuf.core.engine import StageContext
@@ -53,43 +59,67 @@ class Candidate:
 
 def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
                    evaluation: EvaluateOutcome, kfold: KFoldOutcome | None, modern: TrainingOutcome | None,
-                   cfg: EvaluateConfig, seed: int,
-                   pretrained: TrainingOutcome | None = None) -> BeyondOutcome:
-    """Every candidate's test metrics, with and without flips, against the final model's."""
+                   cfg: EvaluateConfig, seed: int, pretrained: TrainingOutcome | None = None,
+                   limits: ModelFilesConfig | None = None) -> BeyondOutcome:
+    """Every candidate's test metrics, with and without flips, against the final model's; the
+    saved models are opened within `limits` (the study's model_files, as every stage opens them)."""
     images = load_images(cache)
     pixels = np.asarray(images.images[images.rows(split.test)], dtype=np.uint8)  # (N, S, S, 3)
     labels = np.asarray(images.labels)[images.rows(split.test)]
+    classes = list(split.classes)
     final_predicted = metrics.predict_labels(np.asarray(evaluation.predictions.probabilities))
-    majority = metrics.majority_rate(labels)
 
     rows = [row_of(FINAL, "the final model (the paper's protocol), as evaluated", 1, False,
-                   labels, np.asarray(evaluation.predictions.probabilities), None, cfg, seed)]
+                   labels, np.asarray(evaluation.predictions.probabilities), None, classes, cfg, seed)]
     # (name, description, models, flips) of every row after the reference: the final model with
     # flips, then each other candidate without and with them
-    candidates = candidates_of(ctx, final, kfold, modern, pretrained)
+    candidates = candidates_of(ctx, final, kfold, modern, pretrained, limits)
     runs = [(c, flips) for c in candidates for flips in (False, True)
             if not (c.name == FINAL and not flips)]
     with ctx.console.progress("beyond", total=len(runs), unit="comparisons") as progress:
         for candidate, flips in runs:
             p = averaged_probabilities(candidate.models, pixels, flips)  # (N,)
             name = f"{candidate.name} + flips" if flips else candidate.name
-            row = row_of(name, candidate.description, len(candidate.models), flips, labels, p,
-                         final_predicted, cfg, seed)
-            rows.append(row)
-            ctx.console.info(f"  {name}: test accuracy {row.accuracy:.3f} "
-                             f"[{row.accuracy_interval.low:.3f}, {row.accuracy_interval.high:.3f}], "
-                             f"ROC AUC {row.roc_auc:.3f}; against chance p = {row.chance_p_value:.3g}, "
-                             f"McNemar against the final model p = {row.vs_final.p_value:.3g}")
+            rows.append(row_of(name, candidate.description, len(candidate.models), flips, labels, p,
+                               final_predicted, classes, cfg, seed))
             progress.update(1, name)
-    return BeyondOutcome(n_images=len(labels), majority_rate=majority, rows=rows)
+    rows = judged(rows, len(labels), cfg.confidence)
+    for row in rows[1:]:
+        ctx.console.info(row_line(row))
+    majority = rows[0].chance.majority_rate if rows[0].chance else float("nan")
+    return BeyondOutcome(n_images=len(labels), majority_rate=majority, rows=rows,
+                         confidence=cfg.confidence)
+
+
+def judged(rows: list[BeyondRow], n: int, confidence: float) -> list[BeyondRow]:
+    """The rows with their McNemar verdicts against the final model, Holm-adjusted as one family."""
+    tests = [r.vs_final for r in rows if r.vs_final is not None]
+    accuracies = {r.name: r.accuracy for r in rows}
+    by_name = {c.model_a: c for c in evidence.beyond_comparisons(tests, accuracies, n, confidence)}
+    return [dataclasses.replace(r, versus_final=by_name.get(r.name)) for r in rows]
+
+
+def row_line(row: BeyondRow) -> str:
+    """The console's line of one row, with the stored verdicts."""
+    chance, versus = row.chance, row.versus_final
+    said = [f"  {row.name}: test accuracy {row.accuracy:.3f} [{row.accuracy_interval.low:.3f}, "
+            f"{row.accuracy_interval.high:.3f}], ROC AUC {row.roc_auc:.3f}"]
+    if chance is not None:
+        said.append(f"{chance.verdict} (p = {chance.p_value:.3g})")
+    if versus is not None:
+        said.append(f"against the final model {versus.verdict} (McNemar p = {versus.p_value:.3g}, "
+                    f"Holm-adjusted {versus.p_adjusted:.3g} over {versus.family_size})")
+    return "; ".join(said)
 
 
 def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome | None,
                   modern: TrainingOutcome | None,
-                  pretrained: TrainingOutcome | None = None) -> list[Candidate]:
+                  pretrained: TrainingOutcome | None = None,
+                  limits: ModelFilesConfig | None = None) -> list[Candidate]:
     """The models to set beside the final model: itself (for its flips), the modern recipe, the
     fold ensemble alone and with the final model; those that were not trained are left out."""
-    load = modelfile.load_model
+    def load(path: Path) -> keras.Model:
+        return modelfile.load_model(path, limits, ctx.console)
     final_model = load(ctx.run_dir / final.model_path)
     out = [Candidate(FINAL, "the final model", [final_model])]
     if modern is not None:
@@ -109,14 +139,15 @@ def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome
 
 
 def row_of(name: str, description: str, models: int, flips: bool, labels: np.ndarray,
-           probabilities: np.ndarray, final_predicted: np.ndarray | None, cfg: EvaluateConfig,
-           seed: int) -> BeyondRow:
+           probabilities: np.ndarray, final_predicted: np.ndarray | None, classes: list[str],
+           cfg: EvaluateConfig, seed: int) -> BeyondRow:
     predicted = metrics.predict_labels(probabilities)
-    intervals = metrics.bootstrap_intervals(labels, probabilities, samples=cfg.bootstrap_samples,
-                                            confidence=cfg.confidence, seed=seed)
+    spread = intervals.metric_intervals(labels, probabilities, samples=cfg.bootstrap_samples,
+                                        confidence=cfg.confidence, seed=seed)
     versus = (None if final_predicted is None else
               metrics.mcnemar_test(labels, predicted, final_predicted, name, FINAL))
+    chance = evidence.chance_test(labels, predicted, classes, 1 - cfg.confidence)
     return BeyondRow(name=name, description=description, models=models, flips=flips,
-                     accuracy=metrics.accuracy(labels, predicted), accuracy_interval=intervals.accuracy,
-                     roc_auc=metrics.roc_auc(labels, probabilities), roc_auc_interval=intervals.roc_auc,
-                     chance_p_value=metrics.chance_p_value(labels, predicted), vs_final=versus)
+                     accuracy=metrics.accuracy(labels, predicted), accuracy_interval=spread.accuracy,
+                     roc_auc=metrics.roc_auc(labels, probabilities), roc_auc_interval=spread.roc_auc,
+                     chance_p_value=chance.p_value, vs_final=versus, chance=chance)

@@ -8,13 +8,17 @@ needs to trust them:
         → Predictions (the hand-off to every later analysis) and CSVs for people
         → accuracy, confusion matrix, per-class metrics, ROC AUC at threshold 0.5
           ↳ checked against Keras' own evaluate()
-        → bootstrap intervals (accuracy, F1 per class, AUC)
-        → a threshold chosen on the validation split only, and the test metrics at it
+        → imbalance: balanced accuracy, average precision (PR curve), Brier score
+        → intervals (chimuf.stats.intervals): Wilson for accuracy, precision and recall; BCa
+          bootstrap for F1, AUC, average precision, balanced accuracy and Brier
+        → a threshold chosen on the validation split only (`evaluate.threshold_rule`), and the
+          test metrics at it
         → calibration (ECE, reliability diagram)
         → McNemar: final vs model 3 with augmentation; each model with vs without augmentation
         → accuracy on the test images that have no exact or near duplicate in train+validation
-        → the evidence behind every claim (chimuf.ml.evidence): test accuracy against chance,
-          and whether each comparison the report makes is more than noise
+        → the evidence behind every claim (chimuf.stats.evidence): test accuracy against chance,
+          and whether each comparison the report makes is more than noise, every verdict
+          decided there at 1 − `evaluate.confidence` (Holm-adjusted within a family)
 
 `chimuf evaluate MODEL DIR` (chimuf.tools.evaluate_folder) runs the same metrics on any folder.
 """
@@ -35,13 +39,20 @@ from chimuf.core.results import (
     Figure,
     McNemarTest,
     Predictions,
+    augmentation_pairs,
 )
 from chimuf.data.cache import load_images
-from chimuf.ml import evidence, metrics, modelfile
-from chimuf.ml.evaluation_plots import draw_confusion_matrix, draw_reliability, draw_roc
+from chimuf.ml import modelfile
+from chimuf.ml.evaluation_plots import (
+    draw_confusion_matrix,
+    draw_precision_recall,
+    draw_reliability,
+    draw_roc,
+)
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure
 from chimuf.ml.predictor import predict_rows
+from chimuf.stats import evidence, intervals, metrics
 
 if TYPE_CHECKING:
     import keras
@@ -56,8 +67,6 @@ if TYPE_CHECKING:
         TrainOutcome,
     )
     from chimuf.data.cache import ImageSet
-
-THRESHOLD_RULE = "accuracy"  # how the validation threshold is chosen (see metrics.choose_threshold)
 
 
 def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
@@ -84,17 +93,18 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
                                  rule=f"fixed at {DEFAULT_THRESHOLD:g}")
     check_agreement(at_half.accuracy, keras_acc, len(test_rows))
     auc = metrics.roc_auc(y_test, p_test)
+    imbalance = imbalance_metrics(y_test, p_test)
 
     # 3. How far those numbers could move with another test sample of the same size.
-    intervals = metrics.bootstrap_intervals(y_test, p_test, threshold=DEFAULT_THRESHOLD,
-                                            samples=cfg.bootstrap_samples, confidence=cfg.confidence,
-                                            seed=seed)
-    per_class = metrics.with_intervals(at_half.per_class, intervals.f1)
+    spread = intervals.metric_intervals(y_test, p_test, threshold=DEFAULT_THRESHOLD,
+                                        samples=cfg.bootstrap_samples, confidence=cfg.confidence,
+                                        seed=seed)
+    per_class = metrics.with_intervals(at_half.per_class, spread.f1, spread.precision, spread.recall)
 
     # 4. A threshold chosen on validation predictions only; the test metrics at it.
-    threshold = metrics.choose_threshold(y_val, p_val, THRESHOLD_RULE)
+    threshold = metrics.choose_threshold(y_val, p_val, cfg.threshold_rule)
     at_validation = metrics.metrics_at(y_test, p_test, threshold, classes,
-                                       rule=metrics.describe_rule(THRESHOLD_RULE))
+                                       rule=metrics.describe_rule(cfg.threshold_rule))
 
     # 5. Calibration of P(classes[1]).
     reliability = metrics.calibration(y_test, p_test, cfg.calibration_bins)
@@ -118,23 +128,23 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     atomic_write_text(predictions_csv, predictions_table(split.test, y_test, p_test, classes, others))
     validation_csv = ctx.dir / "validation_predictions.csv"
     atomic_write_text(validation_csv, predictions_table(split.validation, y_val, p_val, classes, {}))
-    confusion, roc, calibration = save_figures(ctx, classes, y_test, p_test, at_half, auc, threshold,
-                                               reliability)
-    ctx.console.info(f"  {final.name}: test accuracy {at_half.accuracy:.3f} [{intervals.accuracy.low:.3f}, "
-                     f"{intervals.accuracy.high:.3f}], ROC AUC {auc:.3f} on {len(test_rows)} images; "
+    confusion, roc, pr, calibration = save_figures(ctx, classes, y_test, p_test, at_half, auc, threshold,
+                                                   reliability, imbalance["average_precision"])
+    ctx.console.info(f"  {final.name}: test accuracy {at_half.accuracy:.3f} [{spread.accuracy.low:.3f}, "
+                     f"{spread.accuracy.high:.3f}], ROC AUC {auc:.3f} on {len(test_rows)} images; "
                      f"{at_validation.accuracy:.3f} at the validation threshold {threshold:.3f}")
-    verdict = "better than chance" if chance.better_than_chance else "NOT distinguishable from chance"
-    ctx.console.info(f"  {verdict}: always answering {chance.majority_label} scores "
-                     f"{chance.majority_rate:.3f} on these images (exact binomial p = {chance.p_value:.3g})")
+    ctx.console.info(f"  {chance.verdict}: always answering {chance.majority_label} scores "
+                     f"{chance.majority_rate:.3f} on these images (exact binomial p = {chance.p_value:.3g}, "
+                     f"decided at {chance.alpha:g})")
 
-    return EvaluateOutcome(
+    outcome = EvaluateOutcome(
         model=final.name,
         classes=classes,
         n_images=len(test_rows),
         accuracy=at_half.accuracy,
-        accuracy_interval=intervals.accuracy,
+        accuracy_interval=spread.accuracy,
         roc_auc=auc,
-        roc_auc_interval=intervals.roc_auc,
+        roc_auc_interval=spread.roc_auc,
         confusion_matrix=at_half.confusion_matrix,
         per_class=per_class,
         macro_f1=metrics.macro_f1(per_class),
@@ -155,7 +165,25 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
         validation_predictions_csv=ctx.rel(validation_csv),
         chance=chance,
         comparisons=comparisons,
+        balanced_accuracy=imbalance["balanced_accuracy"],
+        balanced_accuracy_interval=spread.balanced_accuracy,
+        average_precision=imbalance["average_precision"],
+        average_precision_interval=spread.average_precision,
+        brier_score=imbalance["brier_score"],
+        brier_interval=spread.brier,
+        pr_figure=pr,
     )
+    ctx.console.info("  " + outcome.imbalance_summary())
+    return outcome
+
+
+def imbalance_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                      threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+    """The numbers that do not reward always answering the larger class."""
+    return {"balanced_accuracy": metrics.balanced_accuracy(labels, metrics.predict_labels(probabilities,
+                                                                                          threshold)),
+            "average_precision": metrics.average_precision(labels, probabilities),
+            "brier_score": metrics.brier_score(labels, probabilities)}
 
 
 # --- 1. predicting -----------------------------------------------------------------------------
@@ -200,14 +228,10 @@ def predict_trainings(ctx: StageContext, train: TrainOutcome, images: ImageSet, 
 def comparison_pairs(trainings: list[TrainingOutcome], final_name: str) -> list[tuple[str, str]]:
     """(model A, model B) pairs to compare: final vs model 3 with augmentation, then each
     architecture with augmentation vs without."""
-    by_key = {(t.architecture, t.augmented): t.name for t in trainings if t.model_path}
-    pairs = []
-    if ("model3", True) in by_key:
-        pairs.append((final_name, by_key[("model3", True)]))
-    for architecture in sorted({a for a, _ in by_key}):
-        if (architecture, True) in by_key and (architecture, False) in by_key:
-            pairs.append((by_key[(architecture, True)], by_key[(architecture, False)]))
-    return pairs
+    saved = [t for t in trainings if t.model_path]
+    model3_aug = next((t.name for t in saved if (t.architecture, t.augmented) == ("model3", True)), None)
+    pairs = [(final_name, model3_aug)] if model3_aug else []
+    return pairs + [(augmented.name, plain.name) for _, plain, augmented in augmentation_pairs(saved)]
 
 
 def paired_tests(labels: np.ndarray, p_final: np.ndarray, others: dict[str, np.ndarray],
@@ -228,12 +252,8 @@ def weigh_comparisons(labels: np.ndarray, p_final: np.ndarray, others: dict[str,
     the final model), on the test split (McNemar), and against the paper."""
     accuracies = {name: metrics.accuracy(labels, metrics.predict_labels(p))
                   for name, p in {final.name: p_final, **others}.items()}
-    return [
-        *evidence.validation_comparisons(train.trainings, train.best(), final, len(split.validation),
-                                         confidence),
-        *evidence.mcnemar_comparisons(mcnemar, accuracies, len(labels), final.name, confidence),
-        *evidence.paper_comparison(accuracies[final.name], len(labels), classes, confidence),
-    ]
+    return evidence.every_comparison(train.trainings, train.best(), final, len(split.validation),
+                                     mcnemar, accuracies, len(labels), classes, confidence)
 
 
 def leakage_free_mask(split: SplitOutcome, audit: AuditOutcome) -> np.ndarray:
@@ -262,9 +282,10 @@ def predictions_table(paths: list[str], labels: np.ndarray, probabilities: np.nd
 
 
 def save_figures(ctx: StageContext, classes: list[str], labels: np.ndarray, probabilities: np.ndarray,
-                 at_half: Any, auc: float, threshold: float,
-                 reliability: metrics.Calibration) -> tuple[Figure, Figure, Figure]:
-    """The confusion matrix, the ROC curve and the reliability diagram, in that order."""
+                 at_half: Any, auc: float, threshold: float, reliability: metrics.Calibration,
+                 average_precision: float) -> tuple[Figure, Figure, Figure, Figure]:
+    """The confusion matrix, the ROC curve, the precision-recall curve and the reliability
+    diagram, in that order."""
     drawn = [
         ("confusion_matrix.png", draw_confusion_matrix(np.array(at_half.confusion_matrix), classes,
                                                        at_half.accuracy),
@@ -275,10 +296,16 @@ def save_figures(ctx: StageContext, classes: list[str], labels: np.ndarray, prob
          f"ROC curve of the final model on the test split, {classes[1]} as the positive class "
          f"(AUC = {auc:.3f}); dots mark thresholds {DEFAULT_THRESHOLD:g} and {threshold:.3f} (chosen on "
          "validation)."),
+        ("precision_recall.png", draw_precision_recall(labels, probabilities, average_precision,
+                                                        threshold, classes),
+         f"Precision-recall curve of the final model on the test split, {classes[1]} as the positive "
+         f"class (average precision = {average_precision:.3f}; a classifier that guesses scores "
+         f"{float(np.mean(labels)):.3f}, the share of {classes[1]}); dots mark thresholds "
+         f"{DEFAULT_THRESHOLD:g} and {threshold:.3f}."),
         ("reliability.png", draw_reliability(reliability, classes),
          f"Reliability diagram: predicted P({classes[1]}) against the observed share of "
          f"{classes[1]} per bin (ECE = {reliability.expected_calibration_error:.3f})."),
     ]
-    confusion, roc, calibration = (Figure(ctx.rel(save_figure(figure, ctx.dir / name)), caption)
-                                   for name, figure, caption in drawn)
-    return confusion, roc, calibration
+    confusion, roc, pr, calibration = (Figure(ctx.rel(save_figure(figure, ctx.dir / name)), caption)
+                                       for name, figure, caption in drawn)
+    return confusion, roc, pr, calibration

@@ -28,16 +28,18 @@ from chimuf.ml.export import QUANTIZABLE, ExportCheck, accuracy, agreement, expo
 from chimuf.ml.predictor import probabilities_of
 
 if TYPE_CHECKING:
-    from chimuf.core.config import ExportConfig
+    from chimuf.core.config import ExportConfig, ModelFilesConfig
     from chimuf.core.engine import StageContext
     from chimuf.core.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
     from chimuf.data.cache import ImageSet
 
 
 def export_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
-                 evaluation: EvaluateOutcome, cfg: ExportConfig) -> ExportOutcome:
+                 evaluation: EvaluateOutcome, cfg: ExportConfig,
+                 limits: ModelFilesConfig | None = None) -> ExportOutcome:
     """Copy the final model with its chosen threshold, export it as `cfg.formats` (the TFLite one
-    quantized too, per `cfg.quantize`), check each and measure each on the test split."""
+    quantized too, per `cfg.quantize`), check each and measure each on the test split; the model is
+    opened within `limits` (the study's model_files)."""
     chosen = evaluation.at_validation_threshold
     model_path = ctx.dir / "final.keras"
     shutil.copyfile(ctx.run_dir / final.model_path, model_path)
@@ -46,13 +48,13 @@ def export_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, fi
     samples = spread(images, split.test, cfg.check_images)  # (N, S, S, 3), over both classes
     test_rows = images.rows(split.test)
     test = (images.images[test_rows], images.labels[test_rows])
-    keras_p = probabilities_of(modelfile.load_model(model_path), np.asarray(test[0], dtype=np.uint8))
+    keras_p = probabilities_of(modelfile.load_model(model_path, limits), np.asarray(test[0], dtype=np.uint8))
     calibration = (spread(images, split.validation, cfg.calibration_images) if cfg.quantize == "int8"
                    else None)
     exports = []
     for fmt in cfg.formats:
         for quantize in ("", cfg.quantize) if fmt in QUANTIZABLE and cfg.quantize else ("",):
-            check = export_model(model_path, fmt, ctx.dir, samples, quantize=quantize,
+            check = export_model(model_path, fmt, ctx.dir, samples, limits, quantize=quantize,
                                  representative=calibration)
             exports.append(measured(ctx, check, test, keras_p, chosen.threshold))
     return ExportOutcome(ctx.rel(model_path), ctx.rel(sidecar), chosen.threshold, chosen.rule, exports,

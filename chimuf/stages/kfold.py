@@ -10,6 +10,8 @@ folds are made from train+validation only, so the test split stays untouched by 
         on fold i without augmentation → FoldOutcome
         and its held-out images scored by that model: their out-of-fold probabilities
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
+      → the out-of-fold accuracy over every held-out image, with its Wilson interval (a
+        proportion of all train+validation images: far tighter than one test split's)
       → every train+validation image's out-of-fold prediction (Predictions, and
         kfold/oof_predictions.csv for people): one honest probability per image, from a model
         that never saw it, which the labels stage reads to find suspect labels
@@ -30,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,12 +44,13 @@ from chimuf.core.results import DEFAULT_THRESHOLD, Figure, FoldOutcome, KFoldOut
 from chimuf.data.cache import load_images
 from chimuf.data.split import fold_assignments
 from chimuf.ml import fit as fitting
-from chimuf.ml.fit import UNMONITORED, Monitoring
+from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping
 from chimuf.ml.models import resolve_precision, save_model, seeded_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
 from chimuf.ml.predictor import predict_rows
 from chimuf.ml.training_plots import draw_folds
+from chimuf.stats import intervals
 
 if TYPE_CHECKING:
     from chimuf.core.config import AugmentConfig, KFoldConfig, TrainConfig
@@ -69,26 +72,26 @@ class FoldRun:
 def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit: AuditOutcome,
               hyperparameters: Hyperparameters, cfg: KFoldConfig, train_cfg: TrainConfig,
               augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED,
-              final_epoch: int = 0) -> KFoldOutcome:
+              final_epoch: int = 0, confidence: float = 0.95) -> KFoldOutcome:
     """Train and score the tuned architecture on each fold of train+validation.
 
     Without `cfg.early_stopping`, every fold trains for `cfg.epochs`, else for `final_epoch` (the
     epoch the final model's early stopping kept), and is scored on its held-out fold with the
     weights of its last epoch: the fold that scores a model has not also chosen its epoch.
+    `confidence` is the level of the out-of-fold accuracy's interval (`evaluate.confidence`).
     """
     images = load_images(cache)
     held_out = make_folds(split, audit, cfg.folds, seed)
     if cfg.early_stopping:
-        epochs = cfg.epochs or train_cfg.epochs
+        epochs, stopping = cfg.epochs or train_cfg.epochs, Stopping.of(train_cfg)
     else:
-        epochs = cfg.epochs or max(1, final_epoch)
-        train_cfg = replace(train_cfg, start_from_epoch=epochs)  # no epoch watched: no stop, last kept
+        epochs, stopping = cfg.epochs or max(1, final_epoch), Stopping.fixed()
         ctx.console.info(f"  every fold trains {epochs} epochs (no early stopping on the scored fold)")
     runs = []
     for number, paths in enumerate(held_out, start=1):
         others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
         work = functools.partial(train_fold, ctx, number, images, others, paths, hyperparameters,
-                                 train_cfg, augment, seed, epochs, monitor)
+                                 train_cfg, augment, seed, epochs, monitor, stopping)
         runs.append(run_fold(ctx, number, work, len(others), len(paths)))
         ctx.console.info(fold_line(runs[-1].outcome, cfg.folds))
 
@@ -102,6 +105,7 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
     predictions, fold_of = out_of_fold(runs, images, list(split.classes))
     predictions_csv = ctx.dir / "oof_predictions.csv"
     atomic_write_text(predictions_csv, oof_table(predictions, fold_of))
+    right = sum(item.true_id == item.predicted_id for item in predictions.items())
     return KFoldOutcome(
         folds=folds,
         mean_accuracy=float(accuracies.mean()),
@@ -114,6 +118,8 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
         predictions=predictions,
         predictions_csv=ctx.rel(predictions_csv),
         fold_of=fold_of,
+        oof_accuracy=right / len(predictions) if len(predictions) else math.nan,
+        oof_accuracy_interval=intervals.wilson(right, len(predictions), confidence),
     )
 
 
@@ -158,7 +164,7 @@ def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validati
 def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],
                held_out_paths: list[str], hyperparameters: Hyperparameters, train_cfg: TrainConfig,
                augment: AugmentConfig, seed: int, epochs: int,
-               monitor: Monitoring = UNMONITORED) -> FoldRun:
+               monitor: Monitoring = UNMONITORED, stopping: Stopping | None = None) -> FoldRun:
     """Fit on the other folds (augmented), then score the best weights on the held-out fold."""
     # 1. The final model's architecture and starting weights (the trainings' seed).
     model = seeded_model("tuned", images.images.shape[1], hyperparameters,
@@ -171,7 +177,7 @@ def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: li
                          (images.images[held_rows], images.labels[held_rows]), train_cfg, augment, seed,
                          ctx.dir / name, ctx.console, name, max_epochs=epochs,
                          log=monitor.log(ctx.name, name), callbacks=monitor.callbacks,
-                         eta=monitor.eta(ctx.name, name))
+                         eta=monitor.eta(ctx.name, name), stopping=stopping)
 
     # 3. Score the kept (best) weights on the held-out fold as it is, not augmented.
     held = make_dataset(images.images, images.labels, held_rows, train_cfg.batch_size, shuffle=False,

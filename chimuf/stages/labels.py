@@ -31,11 +31,11 @@ from chimuf.core.errors import StageError
 from chimuf.core.files import atomic_write_text, csv_text
 from chimuf.core.results import DuplicateGroup, Figure, LabelsOutcome, SuspectLabel
 from chimuf.data.cache import load_images
-from chimuf.ml import evidence
 from chimuf.ml.explain_plots import draw_gallery
 from chimuf.ml.label_plots import STRIP_MAX, Strip, draw_strips
-from chimuf.ml.metrics import predict_labels
 from chimuf.ml.plots import save_figure
+from chimuf.stats import evidence
+from chimuf.stats.metrics import predict_labels
 
 if TYPE_CHECKING:
     from chimuf.core.config import LabelsConfig

@@ -31,7 +31,7 @@ from chimuf.core.results import (
 )
 from chimuf.data.cache import load_images
 from chimuf.ml import modelfile
-from chimuf.ml.fit import UNMONITORED, Monitoring, fit
+from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping, fit
 from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
 from chimuf.ml.modern import seeded_modern
@@ -59,13 +59,15 @@ def train_one(
     monitor: Monitoring = UNMONITORED,
     model: keras.Model | None = None,
     mix: Mixing | None = None,
+    stopping: Stopping | None = None,
 ) -> TrainingOutcome:
     """Build, fit and save one model; its history as CSV and JSON; its curves as a figure.
 
     Every training of a study starts from the same seed, so a model and its augmented twin start
     from the same weights and see the images in the same order: only augmentation differs. A
     `model` built and compiled by the caller (the modern recipe) is trained instead of the
-    paper's `architecture`; `mix` mixes its training batches.
+    paper's `architecture`; `mix` mixes its training batches; `stopping` says when it stops and
+    which epoch it keeps (default: the paper's early stopping, from `cfg`).
     """
     # 1. The model, initialised from the seed.
     precision = resolve_precision(cfg.precision)
@@ -82,7 +84,7 @@ def train_one(
                  (images.images[validation_rows], images.labels[validation_rows]),
                  cfg, augment if augmented else None, seed, ctx.dir / name, ctx.console, name,
                  log=monitor.log(ctx.name, name), callbacks=monitor.callbacks, mix=mix,
-                 eta=monitor.eta(ctx.name, name))
+                 eta=monitor.eta(ctx.name, name), stopping=stopping)
 
     # 3. The best model, its class names, its history and its curves.
     model_path = save_model(model, ctx.dir / f"{name}.keras")
@@ -175,12 +177,12 @@ def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cf
     """The modern recipe (chimuf.ml.modern): the whole cosine schedule, no early stopping; the
     epoch with the lowest val_loss is kept, as the fit loop keeps a best epoch."""
     images = load_images(cache)
-    fit_cfg = replace(train_cfg, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.epochs,
-                      start_from_epoch=0)
+    fit_cfg = replace(train_cfg, epochs=cfg.epochs, batch_size=cfg.batch_size)
     steps = math.ceil(len(split.train) / cfg.batch_size)
     model = seeded_modern(images.images.shape[1], cfg, resolve_precision(train_cfg.precision), steps, seed)
     return train_one(ctx, "modern", "modern", cfg.augment, None, images, split, fit_cfg, augment, seed,
-                     monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix))
+                     monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix),
+                     stopping=Stopping.best_of_all())
 
 
 def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: PretrainedConfig,
@@ -194,16 +196,16 @@ def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome
     keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
     model = build_pretrained(images.images.shape[1], cfg, cfg.weights or "imagenet")
     compile_pretrained(model, cfg.learning_rate)
-    head = replace(train_cfg, epochs=cfg.epochs, patience=cfg.epochs, start_from_epoch=0, precision="float32")
+    head = replace(train_cfg, epochs=cfg.epochs, precision="float32")
     name = "pretrained_head" if cfg.fine_tune_epochs else "pretrained"
     outcome = train_one(ctx, name, "pretrained", True, None, images, split, head, augment, seed, monitor,
-                        model=model)
+                        model=model, stopping=Stopping.best_of_all())
     if not cfg.fine_tune_epochs:
         return outcome
     trainable = unfreeze_top(model, cfg.fine_tune_layers)
     compile_pretrained(model, cfg.fine_tune_learning_rate)
     ctx.console.info(f"  pretrained: fine-tuning {trainable} layers at learning rate "
                      f"{cfg.fine_tune_learning_rate:g}")
-    fine = replace(head, epochs=cfg.fine_tune_epochs, patience=cfg.fine_tune_epochs)
+    fine = replace(head, epochs=cfg.fine_tune_epochs)
     return train_one(ctx, "pretrained", "pretrained", True, None, images, split, fine, augment, seed, monitor,
-                     model=model)
+                     model=model, stopping=Stopping.best_of_all())

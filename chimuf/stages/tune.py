@@ -40,9 +40,17 @@ from typing import TYPE_CHECKING, Any
 
 from chimuf.core.console import format_seconds
 from chimuf.core.errors import Interrupted, StageError
-from chimuf.core.results import EpochRecord, Figure, Trial, TuneOutcome, to_jsonable
+from chimuf.core.results import EpochRecord, Figure, Trial, TuneOutcome
 from chimuf.data.cache import load_images
-from chimuf.ml.fit import UNMONITORED, Monitoring, describe, epoch_datasets, validation_augmentation
+from chimuf.ml.fit import (
+    UNMONITORED,
+    Monitoring,
+    Stopping,
+    class_weights,
+    describe,
+    epoch_datasets,
+    validation_augmentation,
+)
 from chimuf.ml.models import resolve_precision, training_strategy
 from chimuf.ml.plots import save_figure
 from chimuf.ml.tuning_plots import draw_against_hyperparameters, draw_progress
@@ -132,14 +140,6 @@ def save_tuning_figures(ctx: StageContext, trials: list[Trial]) -> tuple[Figure,
                                      "hyperparameters; the best trial ringed."))
 
 
-def tune_inputs(cfg: TuneConfig) -> dict[str, Any]:
-    """The settings the search's results depend on, for the stage's fingerprint: all of them but
-    `worker_timeout_s`, which only says how long a chief waits (changing it keeps finished trials)."""
-    inputs = to_jsonable(cfg)
-    inputs.pop("worker_timeout_s")
-    return inputs
-
-
 def start_board(board: Path | None, oracle: Any, cfg: TuneConfig) -> None:
     """The HParams view's columns; a search that starts afresh starts its logs afresh."""
     if board is None:
@@ -209,6 +209,7 @@ class SearchData:
     validation_steps: int
     epochs: int
     callbacks: list[Any]
+    class_weight: dict[int, float] | None = None  # train.class_weight, as the fit loop applies it
 
 
 def search_data(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train_cfg: TrainConfig,
@@ -231,7 +232,8 @@ def search_data(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train_cf
     return SearchData(train, validation, steps=math.ceil(len(split.train) / train_cfg.batch_size),
                       validation_steps=math.ceil(len(split.validation) / train_cfg.batch_size),
                       epochs=cfg.epochs,
-                      callbacks=[EarlyStoppingRule(train_cfg.patience, train_cfg.start_from_epoch)])
+                      callbacks=[EarlyStoppingRule(Stopping.of(train_cfg))],
+                      class_weight=class_weights(images.labels[train_part[2]], train_cfg.class_weight))
 
 
 # --- the search, locally or on a worker --------------------------------------------------------
@@ -249,7 +251,8 @@ def run_search(tuner: SearchTuner, data: SearchData) -> None:
     try:
         tuner.search(data.train, validation_data=data.validation, epochs=data.epochs,
                      steps_per_epoch=data.steps, validation_steps=data.validation_steps,
-                     callbacks=data.callbacks, shuffle=False, verbose=0)  # shuffled already, by (seed, epoch)
+                     callbacks=data.callbacks, class_weight=data.class_weight,
+                     shuffle=False, verbose=0)  # shuffled already, by (seed, epoch)
     except kt.errors.FatalError as exc:
         if isinstance(exc.__cause__, (Interrupted, ChiefLost)):
             raise exc.__cause__ from None

@@ -3,8 +3,9 @@
 What a user reaches for when their numbers do not match a colleague's: first every input a
 number depends on (config, data, installed versions and lock, hardware and determinism), then
 every headline number side by side with its interval, and whether the two values lie within
-each other's intervals. It reads the two results.json files only, like the report: no
-TensorFlow, no recomputation.
+each other's intervals, then each run's verdicts (against chance, against the paper, the beyond
+rows) as the run stored them, decided at its own confidence. It reads the two results.json files
+only, like the report: no TensorFlow, no recomputation, no verdict decided again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chimuf.core.config import flatten
+from chimuf.core.headline import headline_numbers, number_of
 from chimuf.core.results import EnvironmentInfo, Interval, Results, dumps
 from chimuf.report import read_results
 
@@ -56,6 +58,7 @@ class Comparison:
     sections: list[Section]
     numbers: list[NumberRow]
     identical: bool = False  # every input and every number the same
+    verdicts: list[Difference] = field(default_factory=list)  # each run's stored verdict, by question
     notes: list[str] = field(default_factory=list)
 
 
@@ -64,9 +67,12 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     a, b = read_results(run_folder(run_a)), read_results(run_folder(run_b))
     sections = [config_section(a, b), data_section(a, b), software_section(a, b), hardware_section(a, b)]
     numbers = number_rows(a, b)
+    verdicts = verdict_rows(a, b)
     identical = (all(not s.differences for s in sections)
-                 and all(row.verdict == "identical" for row in numbers))
-    return Comparison(str(run_a), str(run_b), run_rows(a, b), sections, numbers, identical)
+                 and all(row.verdict == "identical" for row in numbers)
+                 and all(d.a == d.b for d in verdicts))
+    return Comparison(str(run_a), str(run_b), run_rows(a, b), sections, numbers, identical,
+                      verdicts=verdicts)
 
 
 def run_folder(path: Path) -> Path:
@@ -83,7 +89,7 @@ def differ(pairs: list[tuple[str, Any, Any]]) -> list[Difference]:
 def run_rows(a: Results, b: Results) -> list[Difference]:
     """The runs' own facts, shown whether or not they differ."""
     return [Difference(key, getattr(a.run, key), getattr(b.run, key))
-            for key in ("run_id", "status", "profile", "seed", "chimuf_version", "started_at")]
+            for key in ("run_id", "status", "profile", "seed", "chimuf_version", "commit", "started_at")]
 
 
 def config_section(a: Results, b: Results) -> Section:
@@ -185,42 +191,45 @@ def short(digest: str) -> str:
 
 
 def number_rows(a: Results, b: Results) -> list[NumberRow]:
-    """Every headline number of the two runs, in the report's order."""
+    """Every headline number of the two runs (chimuf.core.headline), in the report's order."""
+    na, nb = headline_numbers(a), headline_numbers(b)
+    keys = [n.key for n in na] + [n.key for n in nb if number_of(na, n.key) is None]
     rows: list[NumberRow] = []
-    boot = "bootstrap"
-    ea, eb = a.evaluate, b.evaluate
-    if ea or eb:
-        level = f"{round(100 * (ea or eb).confidence)}% {boot}"
-        rows.append(row("test accuracy", ea and ea.accuracy, eb and eb.accuracy,
-                        ea and ea.accuracy_interval, eb and eb.accuracy_interval, level))
-        rows.append(row("ROC AUC", ea and ea.roc_auc, eb and eb.roc_auc,
-                        ea and ea.roc_auc_interval, eb and eb.roc_auc_interval, level))
-        rows.append(row("macro F1", ea and ea.macro_f1, eb and eb.macro_f1))
-        labels = [m.label for m in (ea or eb).per_class]
-        for label in labels:
-            ma, mb = class_of(ea, label), class_of(eb, label)
-            rows.append(row(f"F1 {label}", ma and ma.f1, mb and mb.f1, ma and ma.f1_interval,
-                            mb and mb.f1_interval, level))
-            rows.append(row(f"precision {label}", ma and ma.precision, mb and mb.precision))
-            rows.append(row(f"recall {label}", ma and ma.recall, mb and mb.recall))
-        rows.append(row("calibration error (ECE)", ea and ea.expected_calibration_error,
-                        eb and eb.expected_calibration_error))
-    ka, kb = a.kfold, b.kfold
-    if ka or kb:
-        rows.append(row("k-fold mean accuracy", ka and ka.mean_accuracy, kb and kb.mean_accuracy,
-                        ka and spread(ka.mean_accuracy, ka.std_accuracy),
-                        kb and spread(kb.mean_accuracy, kb.std_accuracy), "± 1 sd over folds"))
-        rows.append(row("k-fold mean loss", ka and ka.mean_loss, kb and kb.mean_loss,
-                        ka and spread(ka.mean_loss, ka.std_loss), kb and spread(kb.mean_loss, kb.std_loss),
-                        "± 1 sd over folds"))
-    if a.tune or b.tune:
-        rows.append(row("tuning best val_accuracy", a.tune and a.tune.best_score,
-                        b.tune and b.tune.best_score))
-    for name in training_names(a, b):
-        ta, tb = training(a, name), training(b, name)
-        rows.append(row(f"{name} best val_accuracy", ta and ta.best_val_accuracy,
-                        tb and tb.best_val_accuracy))
-    return rows
+    for key in keys:
+        x, y = number_of(na, key), number_of(nb, key)
+        shown = x or y
+        rows.append(row(shown.label, x and x.value, y and y.value, x and x.interval, y and y.interval,
+                        shown.interval_kind))
+    return [r for r in rows if r.a is not None or r.b is not None]  # neither run measured it: no row
+
+
+def verdict_rows(a: Results, b: Results) -> list[Difference]:
+    """Each question a run answered with a verdict, and the two runs' stored words (each decided
+    at its own run's confidence, which the first row shows)."""
+    def confidence(r: Results) -> str:
+        return f"{r.evaluate.confidence:g}" if r.evaluate else MISSING
+
+    questions: dict[str, list[str]] = {"confidence": [confidence(a), confidence(b)]}
+    for i, r in enumerate((a, b)):
+        for question, words in stored_verdicts(r).items():
+            questions.setdefault(question, [MISSING, MISSING])[i] = words
+    return [Difference(question, words[0], words[1]) for question, words in questions.items()]
+
+
+def stored_verdicts(r: Results) -> dict[str, str]:
+    """The verdicts one run stored, by the question they answer."""
+    out: dict[str, str] = {}
+    e = r.evaluate
+    if e is not None and e.chance is not None:
+        out["test accuracy against chance"] = e.chance.verdict
+    for c in (e.comparisons if e else []):
+        out[f"{c.topic} on {c.split}: {c.model_a} vs {c.model_b}"] = c.verdict
+    for beyond in (r.beyond.rows if r.beyond else []):
+        if beyond.chance is not None:
+            out[f"beyond {beyond.name} against chance"] = beyond.chance.verdict
+        if beyond.versus_final is not None:
+            out[f"beyond {beyond.name} vs final"] = beyond.versus_final.verdict
+    return out
 
 
 def row(name: str, a: float | None, b: float | None, ia: Interval | None = None,
@@ -251,28 +260,6 @@ def number(value: Any) -> float | None:
     return None if value != value else value
 
 
-def spread(mean: float, std: float) -> Interval:
-    return Interval(mean - std, mean + std)
-
-
-def class_of(e: Any, label: str) -> Any:
-    return next((m for m in e.per_class if m.label == label), None) if e else None
-
-
-def training_names(a: Results, b: Results) -> list[str]:
-    names: list[str] = []
-    for r in (a, b):
-        for t in (r.train.trainings if r.train else []) + ([r.final] if r.final else []):
-            if t.name not in names:
-                names.append(t.name)
-    return names
-
-
-def training(r: Results, name: str) -> Any:
-    trainings = (r.train.trainings if r.train else []) + ([r.final] if r.final else [])
-    return next((t for t in trainings if t.name == name), None)
-
-
 # --- showing -----------------------------------------------------------------------------------
 
 
@@ -295,6 +282,10 @@ def format_comparison(comparison: Comparison, as_json: bool = False) -> str:
     lines += table(header, [[r.name, shown(r.a, r.a_interval), shown(r.b, r.b_interval),
                              f"{r.difference:+.4f}" if r.difference is not None else "",
                              r.verdict] for r in comparison.numbers])
+    if comparison.verdicts:
+        lines.append("")
+        lines += table(["verdict (as each run decided it)", "A", "B"],
+                       [[d.key, text(d.a), text(d.b)] for d in comparison.verdicts])
     kinds = sorted({r.interval_kind for r in comparison.numbers if r.interval_kind})
     lines.append("")
     lines.append(f"Intervals: {'; '.join(kinds) or 'none recorded'}. \"within the intervals\": each run's "

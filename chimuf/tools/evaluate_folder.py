@@ -3,7 +3,7 @@
 DIR has one sub-folder per class, named as the model's classes (its `<model>.classes.json`), or,
 without that file, exactly two sub-folders taken in sorted order (the Keras convention). Files the
 audit rejects are listed with their reasons and skipped; the rest are scored as the study scores
-them (chimuf.ml.predictor) and measured as the evaluate stage measures (chimuf.ml.metrics).
+them (chimuf.ml.predictor) and measured as the evaluate stage measures (chimuf.stats.metrics).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from chimuf.core.config import EvaluateConfig
 from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, dumps
-from chimuf.data import audit
-from chimuf.ml import metrics, modelfile
+from chimuf.data import sources
+from chimuf.ml import modelfile
 from chimuf.ml.predictor import load_classifier, score_files
+from chimuf.stats import intervals, metrics
 
 if TYPE_CHECKING:
     from chimuf.core.config import AuditConfig, ModelFilesConfig
@@ -52,6 +53,13 @@ class FolderEvaluation:
     macro_f1: float
     expected_calibration_error: float
     skipped: list[SkippedFile]  # files the audit rejects (and entries not walked), with reasons
+    balanced_accuracy: float = float("nan")  # mean of the two recalls; NaN with one class
+    balanced_accuracy_interval: Interval | None = None
+    average_precision: float = float("nan")  # of classes[1]; NaN without any
+    average_precision_interval: Interval | None = None
+    brier_score: float = float("nan")
+    brier_interval: Interval | None = None
+    confidence: float = 0.95  # of every interval above
 
 
 def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, console: Console,
@@ -64,8 +72,8 @@ def evaluate_folder(model_path: Path, data_dir: Path, audit_cfg: AuditConfig, co
     `flips`, by the mean probability of several models and of each image and its mirror.
     """
     classifier = load_classifier(model_path, threshold, ensemble, flips, limits)
-    root = audit.check_data_dir(data_dir)
-    listing = audit.list_folder(root)
+    root = sources.check_folder(data_dir)
+    listing = sources.list_folder(root)
     classes, source = folder_classes(model_path, classifier.classes, root, listing.classes, console)
     files = [root / rel for rel, _ in listing.files]
     scored = score_files(classifier, files, audit_cfg, console, description="evaluating")
@@ -115,10 +123,10 @@ def folder_metrics(model_path: Path, root: Path, classes: list[str], source: str
                    threshold_source: str = "the default") -> FolderEvaluation:
     defaults = EvaluateConfig()
     at_half = metrics.metrics_at(labels, probabilities, threshold, classes, rule=f"fixed at {threshold:g}")
-    intervals = metrics.bootstrap_intervals(labels, probabilities, threshold=threshold,
-                                            samples=defaults.bootstrap_samples,
-                                            confidence=defaults.confidence, seed=0)
-    per_class = metrics.with_intervals(at_half.per_class, intervals.f1)
+    spread = intervals.metric_intervals(labels, probabilities, threshold=threshold,
+                                        samples=defaults.bootstrap_samples,
+                                        confidence=defaults.confidence, seed=0)
+    per_class = metrics.with_intervals(at_half.per_class, spread.f1, spread.precision, spread.recall)
     return FolderEvaluation(
         model=str(model_path),
         data_dir=str(root),
@@ -128,15 +136,22 @@ def folder_metrics(model_path: Path, root: Path, classes: list[str], source: str
         threshold=threshold,
         threshold_source=threshold_source,
         accuracy=at_half.accuracy,
-        accuracy_interval=intervals.accuracy,
+        accuracy_interval=spread.accuracy,
         roc_auc=metrics.roc_auc(labels, probabilities),
-        roc_auc_interval=intervals.roc_auc,
+        roc_auc_interval=spread.roc_auc,
         confusion_matrix=at_half.confusion_matrix,
         per_class=per_class,
         macro_f1=metrics.macro_f1(per_class),
         expected_calibration_error=metrics.calibration(labels, probabilities,
                                                        defaults.calibration_bins).expected_calibration_error,
         skipped=skipped,
+        balanced_accuracy=metrics.balanced_accuracy(labels, metrics.predict_labels(probabilities, threshold)),
+        balanced_accuracy_interval=spread.balanced_accuracy,
+        average_precision=metrics.average_precision(labels, probabilities),
+        average_precision_interval=spread.average_precision,
+        brier_score=metrics.brier_score(labels, probabilities),
+        brier_interval=spread.brier,
+        confidence=defaults.confidence,
     )
 
 
@@ -151,6 +166,11 @@ def format_folder_evaluation(evaluation: FolderEvaluation, as_json: bool) -> str
         f"model {e.model} on {e.data_dir}: {e.n_images} images, {len(e.skipped)} skipped",
         f"accuracy {e.accuracy:.3f} [{e.accuracy_interval.low:.3f}, {e.accuracy_interval.high:.3f}]"
         f"   ROC AUC {format_number(e.roc_auc)}   macro F1 {e.macro_f1:.3f}",
+        f"balanced accuracy {with_interval(e.balanced_accuracy, e.balanced_accuracy_interval)}"
+        f"   average precision {with_interval(e.average_precision, e.average_precision_interval)}"
+        f"   Brier {with_interval(e.brier_score, e.brier_interval)}",
+        f"intervals at {e.confidence:.0%}: Wilson for accuracy, precision and recall; BCa bootstrap for "
+        "the rest",
         f"decided at threshold {e.threshold:g} ({e.threshold_source})",
         "",
         "confusion matrix (rows = true class, columns = predicted):",
@@ -166,6 +186,15 @@ def format_folder_evaluation(evaluation: FolderEvaluation, as_json: bool) -> str
         lines += ["", "skipped:"] + [f"  {s.path}: {s.reason}" if s.path else f"  {s.reason}"
                                      for s in e.skipped]
     return "\n".join(printable(line) for line in lines)  # names from the folder, shown escaped
+
+
+def with_interval(value: float, interval: Interval | None) -> str:
+    """"0.912 [0.890, 0.931]", or "n/a" for an undefined number."""
+    if value != value:
+        return "n/a"
+    if interval is None or interval.low != interval.low:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
 
 
 def format_number(value: float) -> str:

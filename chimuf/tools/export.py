@@ -25,7 +25,7 @@ import numpy as np
 
 from chimuf.core.errors import ConfigError, DataError
 from chimuf.core.results import DEFAULT_THRESHOLD
-from chimuf.data import audit
+from chimuf.data import sources
 from chimuf.data.imagefile import model_array, read_image
 from chimuf.ml import modelfile
 from chimuf.ml.export import QUANTIZABLE, ExportCheck, accuracy, agreement, export_model
@@ -119,8 +119,8 @@ def labelled_files(model_path: Path | None, paths: list[Path], console: Console)
         if not path.is_dir():
             found.append((path, -1))
             continue
-        root = audit.check_data_dir(path)
-        listing = audit.list_folder(root)
+        root = sources.check_folder(path)
+        listing = sources.list_folder(root)
         if model_path is None:  # calibration images: labels unused
             found += [(root / rel, -1) for rel, _ in listing.files]
             continue

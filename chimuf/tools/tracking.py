@@ -36,6 +36,7 @@ from chimuf.core.config import TrackingConfig, flatten
 from chimuf.core.console import Console
 from chimuf.core.environment import environ_for
 from chimuf.core.errors import ConfigError
+from chimuf.core.headline import headline_numbers, trainings
 from chimuf.core.results import Results, digest
 
 MLFLOW_HINT = "install it with `pip install 'chimuf[mlflow]'`"
@@ -165,7 +166,8 @@ def tags_of(results: Results, results_digest_value: str) -> dict[str, str]:
     run = results.run
     tags = {"chimuf.run_id": run.run_id, "chimuf.status": run.status, "chimuf.profile": run.profile,
             "chimuf.seed": str(run.seed), "chimuf.data_digest": run.data_digest,
-            "chimuf.version": run.chimuf_version, "chimuf.hardware": run.hardware,
+            "chimuf.version": run.chimuf_version, "chimuf.commit": run.commit,
+            "chimuf.hardware": run.hardware,
             "chimuf.results_digest": results_digest_value}
     tags.update({f"versions.{name}": version for name, version in run.packages.items()})
     return tags
@@ -187,33 +189,20 @@ def metrics_of(results: Results) -> list[tuple[str, float, int]]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
             out.append((key, float(value), step))
 
-    e = results.evaluate
-    if e is not None:
-        add("test_accuracy", e.accuracy)
-        add("test_accuracy_low", e.accuracy_interval.low)
-        add("test_accuracy_high", e.accuracy_interval.high)
-        add("test_roc_auc", e.roc_auc)
-        add("test_roc_auc_low", e.roc_auc_interval.low)
-        add("test_roc_auc_high", e.roc_auc_interval.high)
-        add("test_macro_f1", e.macro_f1)
-        add("test_expected_calibration_error", e.expected_calibration_error)
-        add("test_accuracy_at_validation_threshold", e.at_validation_threshold.accuracy)
-        for m in e.per_class:
-            for name in ("precision", "recall", "f1"):
-                add(f"test_{name}.{m.label}", getattr(m, name))
+    for number in headline_numbers(results):
+        add(number.key, number.value)
+        if number.sd is not None:
+            add(f"{number.key}_sd", number.sd)
+        elif number.interval is not None:
+            add(f"{number.key}_low", number.interval.low)
+            add(f"{number.key}_high", number.interval.high)
     if results.kfold is not None:
-        add("kfold_mean_accuracy", results.kfold.mean_accuracy)
-        add("kfold_std_accuracy", results.kfold.std_accuracy)
         for fold in results.kfold.folds:
             add_history(add, f"fold{fold.fold}", fold.history)
     if results.tune is not None:
-        add("tune_best_score", results.tune.best_score)
         for trial in results.tune.trials:
             add_history(add, f"trial_{trial.trial_id}", trial.history)
-    trainings = [*(results.train.trainings if results.train else []),
-                 *([results.final] if results.final else [])]
-    for training in trainings:
-        add(f"{training.name}.best_val_accuracy", training.best_val_accuracy)
+    for training in trainings(results):
         add_history(add, training.name, training.history)
     return out
 

@@ -5,8 +5,8 @@
     the search is over (chimuf.stages.tune.work_for_chief)
 
 The worker never runs the study's stages in the chief's run folder and never marks its status
-(the chief owns it). It asks the engine for the chief's finished split and cache by the inputs the
-study declares for them (chimuf.study), so it uses them exactly when the chief's study would.
+(the chief owns it). It asks the engine for the chief's finished split and cache by the inputs their
+specs declare (chimuf.stages.specs), so it uses them exactly when the chief's study would.
 """
 
 from __future__ import annotations
@@ -15,18 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chimuf.core import environment
 from chimuf.core.config import StudyConfig, as_dict, flatten
 from chimuf.core.console import Console
 from chimuf.core.engine import Run
 from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.files import read_json
-from chimuf.core.results import AuditOutcome, CacheOutcome, SplitOutcome
-from chimuf.data.audit import audit_folder
+from chimuf.core.folders import given_path
+from chimuf.core.results import SCHEMA_VERSION, AuditOutcome, CacheOutcome, Results, RunInfo, SplitOutcome
+from chimuf.data.audit import audit_sources
 from chimuf.data.cache import build_cache, load_images
+from chimuf.data.sources import Sources
 from chimuf.data.split import split_dataset
 from chimuf.ml import machine
 from chimuf.stages import tune
-from chimuf.study import cache_inputs, split_inputs
+from chimuf.stages.specs import CACHE, SPLIT
 from chimuf.tuning.protocol import Address, ChiefLost, rpc_reason
 
 
@@ -96,16 +99,22 @@ def worker_data(config: StudyConfig, setup: WorkerSetup,
         return found
     console.info(f"worker {setup.worker_id}: no finished split and cache for these settings in "
                  f"`{setup.run_dir}`; making them here")
-    data_dir = setup.data_dir()
-    audit = audit_folder(data_dir, config.audit, console, max_per_class=config.data.max_per_class,
-                         seed=config.seed)
-    split = split_dataset(audit, config.split, config.seed)
+    cwd = Path.cwd()
+    labels = given_path(config.data.labels_csv, "data.labels_csv", cwd, folder=False)
+    data_dir = labels.parent if labels else setup.data_dir()
+    given = Sources(data_dir, labels, given_path(config.data.test_dir, "data.test_dir", cwd),
+                    given_path(config.data.val_dir, "data.val_dir", cwd))
+    audit = audit_sources(given, config.audit, console, max_per_class=config.data.max_per_class,
+                          seed=config.seed, positive=config.data.positive)
+    split = split_dataset(audit, config.split, config.seed,
+                          drop_test_duplicates=config.data.drop_test_duplicates)
     cache = build_cache(audit, data_dir, config.data.image_size, setup.cache_dir, console)
     return cache, split
 
 
 # The settings a trial's result depends on; a worker must share them with its chief.
-TUNING_SETTINGS = ("seed", "data.image_size", "data.max_per_class", "audit.", "split.", "augment.",
+TUNING_SETTINGS = ("seed", "data.image_size", "data.max_per_class", "data.positive",
+                   "data.drop_test_duplicates", "audit.", "split.", "augment.",
                    "train.", "tune.")
 NOT_TUNING_SETTINGS = ("tune.worker_timeout_s",)  # the chief's own
 
@@ -127,16 +136,22 @@ def check_same_settings(config: StudyConfig, run_dir: Path) -> None:
         )
 
 
+def provenance() -> dict[str, str]:
+    """This installation's provenance, as the chief's study records it in every stage's inputs."""
+    return environment.provenance(environment.versions_digest(environment.installed_dependencies()))
+
+
 def finished_data(config: StudyConfig, run_dir: Path,
                   console: Console) -> tuple[CacheOutcome, SplitOutcome] | None:
     """The run folder's finished split and cache, if the chief's study would reuse them with this
     config (the engine's fingerprint of their inputs) and the cache file is still there; else None."""
-    run = Run(run_dir, console)  # read only: no activate, no stage
+    run = Run(run_dir, console, provenance())  # read only: no activate, no stage
     audit = run.load_outcome("audit", AuditOutcome)
     if audit is None:
         return None
-    split = run.reusable_outcome("split", split_inputs(config, audit), SplitOutcome)
-    cache = run.reusable_outcome("cache", cache_inputs(config, audit), CacheOutcome)
+    so_far = Results(SCHEMA_VERSION, RunInfo.unnamed(), audit=audit)
+    split = run.reusable_outcome("split", SPLIT.inputs(config, so_far, None), SplitOutcome)
+    cache = run.reusable_outcome("cache", CACHE.inputs(config, so_far, None), CacheOutcome)
     if split is None or cache is None or not Path(cache.images_path).is_file():
         return None
     return cache, split

@@ -8,10 +8,18 @@ once, with its evidence, and stored in the evaluation's outcome for the report a
 * test accuracy against chance: the majority-class rate of the same images and an exact
   one-sided binomial test (`chance_test`);
 * two models on the test split: McNemar's test on the images exactly one of them gets right
-  (paired; chimuf.ml.metrics.mcnemar_test);
+  (paired; chimuf.stats.metrics.mcnemar_test);
 * two accuracies on the validation split, and this run's test accuracy against the paper's:
-  Newcombe's interval of the difference of two proportions (chimuf.core.proportions). For two
-  models on one validation split it ignores the pairing, so it is conservative there.
+  Newcombe's interval of the difference of two proportions (chimuf.core.proportions), and the
+  p value it implies. For two models on one validation split it ignores the pairing, so it is
+  conservative there.
+
+Every verdict is decided here and only here, at alpha = 1 − `evaluate.confidence`, and stored
+with its confidence in the outcome: the console, the report and `chimuf compare` print the
+stored words (`ChanceTest.verdict`, `Comparison.verdict`) and never decide again. Several
+comparisons asked together (a *family*: one topic on one split, e.g. the best of the six
+against each of the five others, or the beyond rows against the final model) are judged on
+Holm-adjusted p values, so the family's chance of any false "distinguishable" stays at alpha.
 
 The topics are the report's claims: the best of the six trainings against each other one,
 each architecture with against without augmentation, the final model against model 3 with
@@ -20,12 +28,13 @@ augmentation (the model it is tuned from), and this run against the paper.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from chimuf.core.paper import PAPER, same_data
-from chimuf.core.proportions import excludes_zero, newcombe_difference
+from chimuf.core.proportions import alpha_of, holm, newcombe_difference, newcombe_p_value
 from chimuf.core.results import ChanceTest, Comparison, McNemarTest, TrainingOutcome
 
 NEWCOMBE = "Newcombe hybrid score interval of the difference"
@@ -44,6 +53,10 @@ def chance_test(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str
     from scipy.stats import binomtest
 
     alpha = round(alpha, 10)  # 1 − 0.95 is 0.050000000000000044 in floating point
+    if len(labels) == 0:
+        return ChanceTest(n=0, correct=0, accuracy=float("nan"), majority_label=classes[0],
+                          majority_rate=float("nan"), p_value=1.0, alpha=alpha,
+                          better_than_chance=False)
     y = np.asarray(labels, dtype=np.int64)
     n = len(y)
     correct = int(np.sum(y == np.asarray(predicted, dtype=np.int64)))
@@ -63,11 +76,13 @@ def by_interval(topic: str, split: str, a: tuple[str, float, int], b: tuple[str,
                 confidence: float) -> Comparison:
     """Two accuracies (name, accuracy, images) judged by Newcombe's interval of their difference."""
     (name_a, acc_a, n_a), (name_b, acc_b, n_b) = a, b
-    interval = newcombe_difference(round(acc_a * n_a), n_a, round(acc_b * n_b), n_b, confidence)
+    k_a, k_b = round(acc_a * n_a), round(acc_b * n_b)
+    interval = newcombe_difference(k_a, n_a, k_b, n_b, confidence)
+    p_value = newcombe_p_value(k_a, n_a, k_b, n_b)
     return Comparison(topic=topic, split=split, model_a=name_a, model_b=name_b, accuracy_a=acc_a,
                       accuracy_b=acc_b, n_a=n_a, n_b=n_b, difference=acc_a - acc_b, interval=interval,
-                      p_value=None, method=NEWCOMBE, distinguishable=excludes_zero(interval),
-                      confidence=confidence)
+                      p_value=p_value, method=NEWCOMBE, distinguishable=p_value < alpha_of(confidence),
+                      confidence=confidence, p_adjusted=p_value)
 
 
 def by_mcnemar(topic: str, test: McNemarTest, accuracy_a: float, accuracy_b: float, n: int,
@@ -77,7 +92,24 @@ def by_mcnemar(topic: str, test: McNemarTest, accuracy_a: float, accuracy_b: flo
                       accuracy_a=accuracy_a, accuracy_b=accuracy_b, n_a=n, n_b=n,
                       difference=accuracy_a - accuracy_b, interval=None, p_value=test.p_value,
                       method=f"McNemar, {test.method}" if test.method else "McNemar",
-                      distinguishable=test.p_value < 1 - confidence, confidence=confidence)
+                      distinguishable=test.p_value < alpha_of(confidence), confidence=confidence,
+                      p_adjusted=test.p_value)
+
+
+def adjusted(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons with Holm's adjustment applied within each family (topic and split), and
+    each verdict decided on the adjusted p value; the order is kept."""
+    families: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(comparisons):
+        families.setdefault((c.topic, c.split), []).append(i)
+    out = list(comparisons)
+    for members in families.values():
+        p_values = [1.0 if comparisons[i].p_value is None else comparisons[i].p_value for i in members]
+        for i, p in zip(members, holm(p_values), strict=True):
+            c = comparisons[i]
+            out[i] = dataclasses.replace(c, p_adjusted=p, family_size=len(members),
+                                         distinguishable=p < alpha_of(c.confidence))
+    return out
 
 
 # --- the report's claims -----------------------------------------------------------------------
@@ -124,3 +156,28 @@ def paper_comparison(accuracy: float, n_test: int, classes: Sequence[str],
         return []
     return [by_interval("paper", "test", ("this run", accuracy, n_test),
                         ("paper", float(PAPER.accuracy), PAPER.n_test), confidence)]
+
+
+def every_comparison(trainings: Sequence[TrainingOutcome], best: TrainingOutcome | None,
+                     final: TrainingOutcome, n_validation: int, tests: Sequence[McNemarTest],
+                     test_accuracies: dict[str, float], n_test: int, classes: Sequence[str],
+                     confidence: float) -> list[Comparison]:
+    """Every comparison of the report, each with its evidence and its Holm-adjusted verdict: on
+    validation (the six trainings, the final model), on the test split (McNemar), and against
+    the paper."""
+    return adjusted([
+        *validation_comparisons(trainings, best, final, n_validation, confidence),
+        *mcnemar_comparisons(tests, test_accuracies, n_test, final.name, confidence),
+        *paper_comparison(test_accuracies[final.name], n_test, classes, confidence),
+    ])
+
+
+# --- beyond the paper --------------------------------------------------------------------------
+
+
+def beyond_comparisons(tests: Sequence[McNemarTest], accuracies: dict[str, float], n_test: int,
+                       confidence: float) -> list[Comparison]:
+    """Each beyond row against the final model (McNemar on the test split), one family: the
+    report reads the rows together, so "better than the final model" is Holm-adjusted over them."""
+    return adjusted([by_mcnemar("beyond", t, accuracies[t.model_a], accuracies[t.model_b], n_test,
+                                confidence) for t in tests])

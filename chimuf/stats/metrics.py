@@ -13,7 +13,11 @@ Conventions, stated once:
   labels its off-diagonal cells FP and FN the wrong way round; this orientation is unambiguous.)
 * Precision, recall and F1 of a class that is never predicted (or never present) are 0.0, as
   scikit-learn's `zero_division=0` gives.
-* Confidence intervals are percentile bootstrap intervals over resampled test images, seeded.
+* Confidence intervals live in chimuf.stats.intervals (Wilson for proportions, BCa bootstrap for
+  the rest); the row-wise statistics here (`*_rows`) are what its bootstrap evaluates.
+* Imbalance: balanced accuracy (the mean of the two recalls), average precision (the area under
+  the precision-recall curve of classes[1], as scikit-learn's `average_precision_score`) and the
+  Brier score (mean squared error of P(classes[1])) do not reward always answering the larger class.
 * Calibration is measured on P(classes[1]): in each probability bin, the mean predicted
   probability against the observed share of classes[1].
 """
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from chimuf.core.config import THRESHOLD_RULES
 from chimuf.core.errors import ConfigError, DataError, ModelError
 from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, McNemarTest, ThresholdMetrics
 
@@ -34,9 +39,6 @@ if TYPE_CHECKING:
 # Below this many discordant pairs McNemar's test uses the exact binomial distribution; the
 # chi-square approximation is poor for small counts (a common rule of thumb is 25).
 MCNEMAR_EXACT_BELOW = 25
-# Resamples per vectorised bootstrap chunk: bounds memory to CHUNK × n indices.
-BOOTSTRAP_CHUNK = 250
-THRESHOLD_RULES = ("accuracy", "youden")
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -99,10 +101,12 @@ def f1_score(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def with_intervals(rows: Sequence[ClassMetrics], intervals: Sequence[Interval]) -> list[ClassMetrics]:
-    """Per-class metrics with each class's bootstrap F1 interval attached."""
-    return [ClassMetrics(row.label, row.precision, row.recall, row.f1, row.support, f1_interval=interval)
-            for row, interval in zip(rows, intervals, strict=True)]
+def with_intervals(rows: Sequence[ClassMetrics], f1: Sequence[Interval], precision: Sequence[Interval],
+                   recall: Sequence[Interval]) -> list[ClassMetrics]:
+    """Per-class metrics with each class's F1, precision and recall intervals attached."""
+    return [ClassMetrics(row.label, row.precision, row.recall, row.f1, row.support, f1_interval=f,
+                         precision_interval=pr, recall_interval=rc)
+            for row, f, pr, rc in zip(rows, f1, precision, recall, strict=True)]
 
 
 def macro_f1(per_class: Sequence[ClassMetrics]) -> float:
@@ -163,48 +167,83 @@ def rank_auc(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return auc
 
 
-# --- bootstrap intervals -----------------------------------------------------------------------
+# --- imbalance: balanced accuracy, average precision, Brier --------------------------------------
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The mean of the two classes' recalls; NaN when a class is absent (it has no recall)."""
+    y, d = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    return float(balanced_accuracy_rows(y[np.newaxis, :], d[np.newaxis, :])[0])
+
+
+def balanced_accuracy_rows(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each row of (m, n) label and predicted-label matrices."""
+    positives = labels.sum(axis=1)  # (m,)
+    negatives = labels.shape[1] - positives
+    hits_1 = ((labels == 1) & (predicted == 1)).sum(axis=1)
+    hits_0 = ((labels == 0) & (predicted == 0)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (hits_1 / positives + hits_0 / negatives) / 2
+    out[(positives == 0) | (negatives == 0)] = np.nan
+    return out.astype(np.float64)
+
+
+def average_precision(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Average precision of classes[1] (scikit-learn's definition: Σ (R_k − R_{k−1}) · P_k over
+    the distinct thresholds); NaN when classes[1] is absent."""
+    y, p = check_predictions(labels, probabilities)
+    return float(average_precision_rows(y[np.newaxis, :], p[np.newaxis, :])[0])
+
+
+def average_precision_rows(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Average precision of each row of (m, n) matrices.
+
+    Each positive image contributes the precision at the end of its group of tied scores (the
+    threshold just below its score), divided by the number of positives."""
+    n = labels.shape[1]
+    order = np.argsort(-probabilities, axis=1, kind="stable")  # (m, n) highest first
+    y = np.take_along_axis(labels, order, axis=1).astype(np.float64)
+    p = np.take_along_axis(probabilities, order, axis=1)
+    precision = np.cumsum(y, axis=1) / np.arange(1, n + 1)  # (m, n) at each cut
+    # 1. the last position of each group of equal scores
+    group_end = np.ones_like(p, dtype=bool)
+    group_end[:, :-1] = p[:, :-1] != p[:, 1:]
+    # 2. for every position, the index of its group's end (backward running minimum)
+    index = np.where(group_end, np.arange(n), n - 1)
+    index = np.minimum.accumulate(index[:, ::-1], axis=1)[:, ::-1]
+    at_end = np.take_along_axis(precision, index, axis=1)
+    positives = y.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (y * at_end).sum(axis=1) / positives
+    out[positives == 0] = np.nan
+    return out
+
+
+def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean squared difference between P(classes[1]) and the label: 0 is perfect, 0.25 is a
+    constant 0.5; it rewards probabilities that are right *and* sure."""
+    y, p = check_predictions(labels, probabilities)
+    return float(brier_rows(y[np.newaxis, :], p[np.newaxis, :])[0]) if len(y) else float("nan")
+
+
+def brier_rows(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    return ((probabilities - labels) ** 2).mean(axis=1)
 
 
 @dataclass
-class BootstrapIntervals:
-    accuracy: Interval
-    f1: list[Interval]  # one per class, in `classes` order
-    roc_auc: Interval
-    samples: int
-    confidence: float
+class PrecisionRecallCurve:
+    precision: np.ndarray  # (k,)
+    recall: np.ndarray  # (k,), decreasing to 0
+    thresholds: np.ndarray  # (k − 1,)
 
 
-def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, *,
-                        threshold: float = DEFAULT_THRESHOLD,
-                        samples: int = 2000, confidence: float = 0.95,
-                        seed: int = 0) -> BootstrapIntervals:
-    """Percentile intervals for accuracy, per-class F1 and ROC AUC over resampled images.
+def precision_recall_curve(labels: np.ndarray, probabilities: np.ndarray) -> PrecisionRecallCurve:
+    """Precision-recall points with classes[1] as the positive class (scikit-learn's curve)."""
+    from sklearn.metrics import precision_recall_curve as sklearn_pr_curve
 
-    Each resample draws n images with replacement; the interval is the central `confidence`
-    share of the statistic over the resamples. Resamples holding a single class have no AUC and
-    are left out of its interval only.
-    """
     y, p = check_predictions(labels, probabilities)
-    predicted = predict_labels(p, threshold)
-    rng = np.random.default_rng(seed)
-    acc, f1_0, f1_1, auc = [], [], [], []
-    for start in range(0, samples, BOOTSTRAP_CHUNK):
-        count = min(BOOTSTRAP_CHUNK, samples - start)
-        index = rng.integers(0, len(y), size=(count, len(y)))  # (count, n) resampled rows
-        yb, pb, db = y[index], p[index], predicted[index]
-        acc.append((yb == db).mean(axis=1))
-        f1_0.append(f1_rows(yb == 0, db == 0))
-        f1_1.append(f1_rows(yb == 1, db == 1))
-        auc.append(rank_auc(yb, pb))
-    return BootstrapIntervals(
-        accuracy=percentile_interval(np.concatenate(acc), confidence),
-        f1=[percentile_interval(np.concatenate(f1_0), confidence),
-            percentile_interval(np.concatenate(f1_1), confidence)],
-        roc_auc=percentile_interval(np.concatenate(auc), confidence),
-        samples=samples,
-        confidence=confidence,
-    )
+    precision, recall, thresholds = sklearn_pr_curve(y, p)
+    return PrecisionRecallCurve(precision, recall, thresholds)
 
 
 def f1_rows(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -214,15 +253,6 @@ def f1_rows(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     denominator = 2 * true_positive + wrong
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, 2 * true_positive / denominator, 0.0)
-
-
-def percentile_interval(values: np.ndarray, confidence: float) -> Interval:
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return Interval(float("nan"), float("nan"))
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return Interval(float(low), float(high))
 
 
 # --- McNemar's test ----------------------------------------------------------------------------
@@ -258,27 +288,6 @@ def mcnemar_from_counts(only_a: int, only_b: int) -> tuple[float, float, str]:
         return float(min(only_a, only_b)), float(min(1.0, p_value)), "exact binomial"
     statistic = (abs(only_a - only_b) - 1) ** 2 / discordant
     return float(statistic), float(chi2.sf(statistic, df=1)), "chi-square, continuity-corrected"
-
-
-# --- against chance ----------------------------------------------------------------------------
-
-
-def majority_rate(labels: np.ndarray) -> float:
-    """The accuracy of always answering the most frequent class: what guessing reaches."""
-    y = np.asarray(labels)
-    return float(max(np.mean(y == 0), np.mean(y == 1))) if len(y) else float("nan")
-
-
-def chance_p_value(labels: np.ndarray, predicted: np.ndarray) -> float:
-    """One-sided exact binomial test: could `predicted` be right this often by always answering
-    the majority class? A small p value says the classifier is better than that."""
-    from scipy.stats import binomtest
-
-    y = np.asarray(labels)
-    if len(y) == 0:
-        return float("nan")
-    right = int(np.sum(y == np.asarray(predicted)))
-    return float(binomtest(right, len(y), majority_rate(y), alternative="greater").pvalue)
 
 
 # --- calibration -------------------------------------------------------------------------------
@@ -328,8 +337,10 @@ def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, rule: str = "accuracy") -> float:
     """The decision threshold that maximises `rule` on these (validation) predictions.
 
-    rule "accuracy": the share of images classified right; "youden": Youden's J = TPR − FPR
-    (sensitivity + specificity − 1). Candidates are 0, 1 and the midpoints between consecutive
+    rule "accuracy": the share of images classified right; "balanced_accuracy": the mean of the
+    two recalls; "f1": F1 of classes[1]; "youden": Youden's J = TPR − FPR (sensitivity +
+    specificity − 1, which is 2 · balanced accuracy − 1: the two rules pick the same threshold).
+    Candidates are 0, 1 and the midpoints between consecutive
     distinct probabilities, so the threshold sits in the middle of a gap rather than on an
     image. Among equally good thresholds the one nearest 0.5 wins, so a tie never moves the
     threshold away from the usual one.
@@ -340,19 +351,26 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, rule: str = 
     distinct = np.unique(p)
     candidates = np.concatenate([[0.0], (distinct[:-1] + distinct[1:]) / 2, [1.0]])  # (k,)
     predicted = p[np.newaxis, :] > candidates[:, np.newaxis]  # (k, n)
-    positive = y.astype(bool)
-    if rule == "accuracy":
-        score = (predicted == positive).mean(axis=1)
-    else:
-        tpr = (predicted & positive).sum(axis=1) / max(positive.sum(), 1)
-        fpr = (predicted & ~positive).sum(axis=1) / max((~positive).sum(), 1)
-        score = tpr - fpr
+    score = threshold_scores(y.astype(bool), predicted, rule)  # (k,)
     best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
     nearest = best[np.argmin(np.abs(candidates[best] - DEFAULT_THRESHOLD))]
     return float(candidates[nearest])
 
 
+def threshold_scores(positive: np.ndarray, predicted: np.ndarray, rule: str) -> np.ndarray:
+    """The score of `rule` for each row of (k, n) predictions against (n,) true labels."""
+    if rule == "accuracy":
+        return (predicted == positive).mean(axis=1)
+    if rule == "f1":
+        return f1_rows(np.broadcast_to(positive, predicted.shape), predicted)
+    tpr = (predicted & positive).sum(axis=1) / max(positive.sum(), 1)
+    fpr = (predicted & ~positive).sum(axis=1) / max((~positive).sum(), 1)
+    return tpr - fpr if rule == "youden" else (tpr + 1 - fpr) / 2
+
+
 def describe_rule(rule: str) -> str:
     """How the report names a threshold rule."""
     return {"accuracy": "maximum accuracy on the validation split",
+            "balanced_accuracy": "maximum balanced accuracy on the validation split",
+            "f1": "maximum F1 of the positive class on the validation split",
             "youden": "maximum Youden's J (TPR − FPR) on the validation split"}[rule]
