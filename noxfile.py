@@ -8,7 +8,11 @@
     nox -s wheel     the wheel, installed outside the checkout, runs the smoke study
 
 The data folder is --data (after --), else $CHIMUF_DATA, else ./data, else the development
-copy in ../shared/data/chihuahua-muffin when it exists.
+copy in ../shared/data/chihuahua-muffin when it exists. With CHIMUF_GPU=1 the sessions that train
+(tests, study, smoke, bench) install the `gpu` extra too: TensorFlow's CUDA libraries, locked
+like the rest, so an NVIDIA GPU (Linux, WSL2) trains instead of the CPU.
+
+nox runs on Python 3.11 to 3.13 (TensorFlow 2.21's wheels); on another it stops with one line.
 
 Every session installs exactly the versions in uv.lock (`uv sync --locked`); pyproject.toml keeps
 the ranges for people who install chimuf into an environment of their own. After changing a
@@ -18,6 +22,7 @@ or `--upgrade-package NAME`), then `nox -s tests wheel`, and commit uv.lock.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -42,18 +47,36 @@ def data_env() -> dict[str, str]:
     return {"CHIMUF_DATA": str(SHARED_DATA)} if SHARED_DATA.is_dir() else {}
 
 
+def python_refusal(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> str:
+    """chimuf's own refusal of this Python (chimuf/version.py, loaded by path: nothing is installed
+    yet); "" on a Python chimuf runs on."""
+    spec = importlib.util.spec_from_file_location("chimuf_version", HERE / "chimuf" / "version.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.python_refusal(version))
+
+
+def gpu_extras() -> tuple[str, ...]:
+    """("gpu",) when CHIMUF_GPU=1 asks for TensorFlow's CUDA wheels, else ()."""
+    return ("gpu",) if os.environ.get("CHIMUF_GPU", "").strip() in ("1", "true", "yes") else ()
+
+
 def install(session: nox.Session, *extras: str) -> None:
     """The session's environment exactly as uv.lock pins it, chimuf itself editable.
 
     `--locked` refuses a lock that no longer matches pyproject.toml (run `uv lock`, see above).
     """
+    refusal = python_refusal()
+    if refusal:
+        session.error(refusal)
     session.run_install("uv", "sync", "--locked", *(f"--extra={extra}" for extra in extras),
                         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, external=True)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    install(session, "dev")
+    install(session, "dev", *gpu_extras())
     session.run("pytest", *session.posargs, env=data_env())
 
 
@@ -66,14 +89,14 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def study(session: nox.Session) -> None:
-    install(session)
+    install(session, *gpu_extras())
     args = session.posargs or ["--profile", "paper"]
     session.run("chimuf", "study", *args, env=data_env())
 
 
 @nox.session
 def smoke(session: nox.Session) -> None:
-    install(session)
+    install(session, *gpu_extras())
     args = session.posargs or ["--out", "runs/smoke"]
     session.run("chimuf", "study", "--profile", "smoke", *args, env=data_env())
 
@@ -108,7 +131,7 @@ def latest_run() -> Path | None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    install(session, "dev")
+    install(session, "dev", *gpu_extras())
     session.run("python", "-m", "benchmarks", *session.posargs, env=data_env())
 
 

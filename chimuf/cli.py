@@ -33,7 +33,7 @@ from chimuf.core.files import atomic_write_json, atomic_write_text
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
-from chimuf.version import __version__
+from chimuf.version import __version__, python_refusal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train the pretrained baseline (pretrained.backbone, mobilenet_v3_small unless "
                        "set) from this no-top weights file of its backbone, as pretrained.weights does")
     study.add_argument("--mlflow", metavar="URI",
-                       help="also log the run to MLflow at URI (file:/path/mlruns, sqlite:///mlflow.db, "
-                       "http://host:5000), as tracking.mlflow_uri does; needs chimuf[mlflow]")
+                       help="also log the run to MLflow at URI: a local folder (an SQLite store in it), "
+                       "sqlite:///mlflow.db or http://host:5000, as tracking.mlflow_uri does; "
+                       "needs chimuf[mlflow]")
 
     worker = commands.add_parser(
         "tune-worker", help="run trials for a study's tuning chief on this machine",
@@ -168,20 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(predict)
 
     export = commands.add_parser(
-        "export", help="export a saved model to TFLite, SavedModel or ONNX, checked",
-        description="Write MODEL (.keras) as each --format into --out (default: beside MODEL), its "
-        "classes and decision threshold beside it, and check each export at once: its probabilities "
-        "on sample images against the Keras model's (largest difference printed). TFLite and "
-        "SavedModel come with TensorFlow; ONNX needs `pip install 'chimuf[onnx]'` (tf2onnx, "
-        "onnxruntime). Models trained in mixed bfloat16 are exported as a float32 copy.",
+        "export", help="export a saved model to LiteRT (TFLite), SavedModel, ONNX or OpenVINO, checked",
+        description="Write MODEL (.keras) as each --format into --out (default: beside MODEL) through "
+        "Keras' own model.export, its classes and decision threshold beside it, and check each export "
+        "at once with its own runtime: its probabilities on sample images against the Keras model's "
+        "(largest difference printed). LiteRT/TFLite and SavedModel come with TensorFlow; ONNX needs "
+        "`pip install 'chimuf[onnx]'`, OpenVINO `pip install 'chimuf[openvino]'`. Models trained in "
+        "mixed precision are exported as a float32 copy.",
     )
     export.add_argument("model", metavar="MODEL", type=Path)
-    export.add_argument("--format", dest="formats", action="append", choices=("tflite", "savedmodel", "onnx"),
-                        help="format to write (repeatable; default: tflite)")
+    export.add_argument("--format", dest="formats", action="append",
+                        choices=("litert", "tflite", "savedmodel", "onnx", "openvino"),
+                        help="format to write (repeatable; default: litert, a .tflite file)")
     export.add_argument("--out", metavar="DIR", type=Path,
                         help="where the exports go (default: beside MODEL)")
-    export.add_argument("--check", metavar="IMAGE", type=Path, nargs="+", default=[],
-                        help="images to compare the export with the model on (default: 16 random images)")
+    export.add_argument("--check", metavar="IMAGE|DIR", type=Path, nargs="+", default=[],
+                        help="images to compare the export with the model on; a folder with one "
+                        "sub-folder per class labels them, so accuracies are printed (default: 16 "
+                        "random images)")
+    export.add_argument("--quantize", choices=("float16", "dynamic", "int8"), default="",
+                        help="also write each LiteRT/TFLite export quantized (NAME.KIND.tflite) and set "
+                        "its size and accuracy beside the float one's")
+    export.add_argument("--representative", metavar="IMAGE|DIR", type=Path, nargs="+", default=[],
+                        help="photos int8 calibrates on: validation photos (default: the --check images)")
     add_config_options(export)  # its [audit] reads the --check images, its [model_files] limits MODEL
 
     track = commands.add_parser(
@@ -191,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "end). A run already logged there is not logged twice. Needs chimuf[mlflow].",
     )
     track.add_argument("run", metavar="RUN_DIR", type=Path)
-    track.add_argument("--mlflow", metavar="URI", required=True, help="MLflow tracking URI")
+    track.add_argument("--mlflow", metavar="URI", required=True,
+                       help="MLflow tracking URI, or a local folder (an SQLite store in it)")
     track.add_argument("--experiment", default=TrackingConfig().mlflow_experiment,
                        help="MLflow experiment (default: %(default)s)")
 
@@ -403,9 +414,10 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
     config = load(args)  # its [audit] reads the --check images, its [model_files] limits the model file
     start_tensorflow()
-    checks = export.export_files(args.model, args.formats or ["tflite"], args.out, args.check, config.audit,
-                                 console, limits=config.model_files)
-    print(export.format_checks(checks))
+    checks, samples = export.export_files(args.model, args.formats or ["litert"], args.out, args.check,
+                                          config.audit, console, limits=config.model_files,
+                                          quantize=args.quantize, representative_files=args.representative)
+    print(export.format_checks(checks, samples, export.threshold_of(args.model)))
     return 0
 
 
@@ -454,6 +466,10 @@ def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    refusal = python_refusal()
+    if refusal:
+        print(f"chimuf: error: {refusal}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -32,7 +32,7 @@ from chimuf.core.results import (
 )
 from chimuf.ml import machine
 from chimuf.ml.fit import Monitoring
-from chimuf.ml.models import Blueprint, blueprint, parameter_count
+from chimuf.ml.models import Blueprint, blueprint, parameter_count, precision_choice
 from chimuf.report.claims import headline_lines
 from chimuf.report.project import publish
 from chimuf.stages import plan
@@ -76,7 +76,7 @@ class Study:
         self.config, self.paths, self.console, self.stop_after = config, paths, console, stop_after
         machine.enable_determinism(config.train.deterministic)
         self.onednn = machine.start_onednn_probe(paths.cache_dir)  # answers in the background
-        self.env = environment_info(self.onednn)
+        self.env = environment_info(self.onednn, config.train.precision)
         self.run_folder = Run(paths.run_dir, console, environment.provenance(self.env.packages_digest))
         self.commit = environment.source_commit()
         self.results = Results(SCHEMA_VERSION, self.run_info())
@@ -166,7 +166,8 @@ class Study:
         results.json (and the report) say the study finished; run.json says so only once the report
         is rendered too."""
         run = self.run_folder
-        self.env = environment_info(self.onednn, wait_s=120)  # oneDNN's answer has come by now
+        # oneDNN's answer has come by now
+        self.env = environment_info(self.onednn, self.config.train.precision, wait_s=120)
         self.write_results(status="finished")
         rendered = self.stage(spec)
         # even when the report was reused: this is the latest study
@@ -227,13 +228,14 @@ def check_model_sizes(config: StudyConfig) -> None:
         )
 
 
-def environment_info(onednn: Path, wait_s: float = 0.0) -> EnvironmentInfo:
+def environment_info(onednn: Path, precision: str, wait_s: float = 0.0) -> EnvironmentInfo:
     """Versions (and how they compare with the lock), CPU, GPUs and determinism, as of now.
 
     oneDNN's answer (chimuf.ml.machine) may still be on its way; `wait_s` waits for it.
     """
     packages = environment.installed_dependencies()
     cpuinfo = environment.read_cpuinfo()
+    chosen = precision_choice(precision)
     return EnvironmentInfo(
         python=platform.python_version(),
         packages=packages,
@@ -245,6 +247,8 @@ def environment_info(onednn: Path, wait_s: float = 0.0) -> EnvironmentInfo:
         onednn_settings=machine.onednn_settings(),
         gpus=machine.gpu_names(),
         op_determinism=machine.determinism_enabled(),
+        precision=chosen.precision,
+        precision_reason=chosen.reason,
     )
 
 

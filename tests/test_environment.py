@@ -105,9 +105,11 @@ def test_the_reports_run_facts_show_lock_isa_gpu_determinism_and_every_version(t
         python="3.11.7", packages={"keras": "3.15.1", "ml-dtypes": "0.7.0"}, packages_digest="e" * 64,
         lock=LockInfo("/src/uv.lock", "a" * 64, ["keras 3.15.1: the lock pins 3.14.1"]), cpu="Test CPU",
         cpu_features=["AVX2", "AMX"], onednn_isa="Intel AMX with bfloat16", onednn_settings={},
-        gpus=[], op_determinism=True,
+        gpus=[], op_determinism=True, precision="mixed_bfloat16",
+        precision_reason="auto: the CPU computes bfloat16 natively (amx_bf16)",
     )
     text = render_markdown(results, {})
+    assert r"| Training precision | mixed\_bfloat16\: auto\: the CPU computes bfloat16 natively" in text
     assert "a" * 64 + r"\; differs in keras 3.15.1\: the lock pins 3.14.1" in text
     assert r"| CPU instruction sets | AVX2\, AMX |" in text
     assert "| oneDNN kernels for | Intel AMX with bfloat16 |" in text

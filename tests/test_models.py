@@ -11,7 +11,6 @@ from chimuf.ml.models import (
     build_model,
     compile_model,
     conv_layer_names,
-    cpu_has_bf16,
     layer_rows,
     model_precision,
     resolve_precision,
@@ -121,18 +120,10 @@ def test_compiled_model_reports_accuracy_and_auc():
     assert set(logs) == {"loss", "accuracy", "auc"}
 
 
-def test_cpu_flags_decide_bf16(tmp_path):
-    with_bf16 = tmp_path / "with"
-    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
-    without = tmp_path / "without"
-    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
-    assert cpu_has_bf16(with_bf16) and not cpu_has_bf16(without)
-    assert not cpu_has_bf16(tmp_path / "missing")
-
-
 def test_explicit_precision_is_kept_and_auto_resolves_to_a_known_one():
     assert resolve_precision("float32") == "float32"
     assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
-    assert resolve_precision("auto") in ("float32", "mixed_bfloat16")
+    assert resolve_precision("mixed_float16") == "mixed_float16"
+    assert resolve_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
     with pytest.raises(ConfigError, match=r"`train\.precision`"):
         resolve_precision("fp8")

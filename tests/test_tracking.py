@@ -191,7 +191,7 @@ def trained_paths(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["tflite", "savedmodel", "onnx"])
+@pytest.mark.parametrize("fmt", ["tflite", "litert", "savedmodel", "onnx", "openvino"])
 def test_each_export_gives_the_keras_probabilities_on_real_photos(trained_paths, tmp_path, fmt):
     from chimuf.ml.export import export_model
 
@@ -258,11 +258,14 @@ def test_a_run_is_logged_to_mlflow_with_params_metrics_and_artifacts_once(finish
     from chimuf.report import read_results
     from chimuf.tools import tracking
 
-    store = f"file:{tmp_path / 'mlruns'}"
-    cfg = TrackingConfig(mlflow_uri=store, mlflow_experiment="tests")
+    folder = tmp_path / "mlruns"
+    cfg = TrackingConfig(mlflow_uri=str(folder), mlflow_experiment="tests")
     console = quiet()
     run_id = tracking.log_run(read_results(finished_run), finished_run, cfg, console)
     assert run_id is not None
+    store = f"sqlite:///{(folder / 'mlflow.db').as_posix()}"  # a local folder holds an SQLite store
+    assert (folder / "mlflow.db").is_file() and any((folder / "artifacts").rglob("results.json"))
+    assert f"mlflow ui --backend-store-uri {store}" in console.stream.getvalue()
     with tracking.mlflow_calls(store):
         client = mlflow.tracking.MlflowClient(store)
         run = client.get_run(run_id)

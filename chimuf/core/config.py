@@ -114,7 +114,7 @@ def opt(default: Any, help: str, check: Check | None = None, *, changes_results:
 
 # --- the allowed values of the settings that name a choice (the CLI's choices come from here) ---
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 REPORT_FORMATS = ("html", "pdf")
 REPORT_ENGINES = ("auto", "quarto", "pandoc")
@@ -209,7 +209,8 @@ class TrainConfig:
     start_from_epoch: int = opt(15, "early stopping: epochs before val_loss is watched (paper 3.3)",
                                 non_negative())
     precision: str = opt(
-        "auto", "'auto' (bf16 where the hardware has it), 'float32' or 'mixed_bfloat16'",
+        "auto", "'auto' (bf16 where the hardware computes it, float16 with loss scaling on GPUs "
+        "of compute capability 7.x, else float32), 'float32', 'mixed_bfloat16' or 'mixed_float16'",
         one_of(*PRECISIONS),
     )
     deterministic: bool = opt(
@@ -347,19 +348,26 @@ class ExplainConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     formats: tuple[str, ...] = opt(("tflite",), "formats the final model is exported to besides .keras: "
-                                   "'tflite', 'savedmodel', 'onnx' (onnx needs chimuf[onnx])",
-                                   Check(lambda v: set(v) <= {"tflite", "savedmodel", "onnx"},
-                                         "a list of 'tflite', 'savedmodel', 'onnx'"))
+                                   "'tflite', 'savedmodel', 'onnx', 'openvino' (onnx needs chimuf[onnx], "
+                                   "openvino chimuf[openvino])",
+                                   Check(lambda v: set(v) <= {"tflite", "savedmodel", "onnx", "openvino"},
+                                         "a list of 'tflite', 'savedmodel', 'onnx', 'openvino'"))
     check_images: int = opt(64, "test images each export is run on to compare it with the Keras model",
                             at_least(1))
+    quantize: str = opt("int8", "a second TFLite file, quantized: 'int8' (weights and activations, "
+                        "calibrated on validation photos), 'dynamic' (int8 weights), 'float16', or '' "
+                        "for none; its test accuracy is set beside the float one's",
+                        one_of("", "int8", "dynamic", "float16"))
+    calibration_images: int = opt(100, "validation images int8 quantization calibrates on", at_least(1))
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     tensorboard: bool = opt(True, "write TensorBoard logs of every training, trial and fold to "
                             "RUN/tensorboard/")
-    mlflow_uri: str = opt("", "log the run to this MLflow tracking URI (file:/path/mlruns, "
-                          "sqlite:///mlflow.db, http://host:5000); '' = off; needs chimuf[mlflow]")
+    mlflow_uri: str = opt("", "log the run to MLflow: a local folder (an SQLite store, FOLDER/mlflow.db), "
+                          "or a tracking URI (sqlite:///mlflow.db, http://host:5000); '' = off; "
+                          "needs chimuf[mlflow]")
     mlflow_experiment: str = opt("chimuf", "the MLflow experiment runs are logged under")
 
 

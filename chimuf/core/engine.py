@@ -10,7 +10,7 @@ Layout of a run folder:
 
     runs/<run-id>/
         run.json             status: running | stopped | finished | failed | interrupted
-        .lock                held (flock) by the study that uses the folder; says host and pid
+        .lock                held (flock; msvcrt on Windows) by the study using the folder; says host and pid
         study.log            everything the console said
         stages/<name>.json   a finished stage: inputs, their fingerprint, outcome
         <name>/              the stage's own files (models, figures, checkpoints)
@@ -21,10 +21,12 @@ skipped. If not, the engine says which input changed and runs it again. A stage'
 partial work (checkpoints, finished sub-units) for a rerun with the same inputs; with different
 inputs it is emptied first, so stale work is never resumed.
 
-One study at a time uses a run folder: it holds an exclusive `flock` on `.lock` while it runs.
-The kernel drops the lock when the process ends, however it ends, so a killed study never locks
-its folder out, and a process id reused by another program means nothing. On NFS, Linux maps
-flock to the server's byte-range locks, so two machines sharing a run folder see each other.
+One study at a time uses a run folder: it holds an exclusive lock on `.lock` while it runs
+(`flock` on POSIX; on Windows, msvcrt's lock on one byte past the holder's note, which stays
+readable). The kernel drops the lock when the process ends, however it ends, so a killed study
+never locks its folder out, and a process id reused by another program means nothing. On NFS,
+Linux maps flock to the server's byte-range locks, so two machines sharing a run folder see each
+other.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -189,7 +190,7 @@ class Run:
             with self.running(info):
                 yield self
         finally:
-            os.close(lock)
+            release_lock(lock)
 
     @contextlib.contextmanager
     def running(self, info: dict[str, Any]) -> Iterator[None]:
@@ -390,20 +391,68 @@ def fitting_outcome(outcome_type: type[T], data: Any) -> T | None:
 
 
 def hold_lock(root: Path) -> int:
-    """An exclusive flock on `root/.lock` (its file descriptor), or StageError naming the host and
-    process that hold it. The lock lasts until the descriptor is closed or the process ends."""
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive lock on `root/.lock` (its file descriptor), or StageError naming the host and
+    process that hold it. The lock lasts until `release_lock`, or until the process ends."""
+    # O_BINARY: Windows would otherwise write the note's newline as \r\n
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        locked = try_lock(fd)
+    except OSError:
         os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
+        raise
+    if not locked:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
         raise StageError(
             f"run folder `{root}` is in use by {holder}; wait for it, stop it, or choose another "
             "folder with --out"
-        ) from None
+        )
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"process {os.getpid()} on host {socket.gethostname()}\n".encode())
     return fd
+
+
+# Windows locks byte ranges, and a locked range cannot be read by others: lock one byte far past
+# the holder's note (Windows allows locking past the end of a file) so that the note stays readable.
+WINDOWS = os.name == "nt"
+WINDOWS_LOCK_OFFSET = 1 << 20
+
+
+def try_lock(fd: int) -> bool:
+    """Lock `fd` exclusively without waiting; False when another process holds the lock."""
+    if WINDOWS:
+        import msvcrt
+
+        os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:  # EACCES: held elsewhere; EDEADLOCK where the C runtime says so
+            if exc.errno in (errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+                return False
+            raise
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def release_lock(fd: int) -> None:
+    """Give the lock of `hold_lock` back and close its descriptor (Windows wants the unlock first:
+    it releases a closed file's locks only when the system gets to it)."""
+    try:
+        if WINDOWS:
+            import msvcrt
+
+            os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            with contextlib.suppress(OSError):
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    finally:
+        os.close(fd)

@@ -39,7 +39,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared and read
+        if hasattr(os, "fchmod"):  # POSIX (Windows has it from Python 3.13, where 0o644 means nothing)
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared and read
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -618,12 +618,16 @@ class BeyondOutcome:
 
 @dataclass
 class ExportedModel:
-    format: str  # "savedmodel" | "tflite" | "onnx"
+    format: str  # "savedmodel" | "tflite" | "onnx" | "openvino"
     path: str  # relative to the run folder (a folder for a SavedModel)
     size_bytes: int
     images_checked: int  # test images the export was run on beside the Keras model
     max_abs_difference: float  # largest |P(export) - P(Keras float32 model)| over those images
     max_abs_difference_saved: float  # the same against the saved model itself (bf16 if trained so)
+    quantization: str = ""  # "" (float32), "float16", "dynamic" or "int8" (TFLite)
+    test_accuracy: float | None = None  # on the whole test split, at the model's chosen threshold
+    test_agreement: float | None = None  # share of test images decided as the Keras model decides them
+    runtime: str = ""  # what ran it for the check ("LiteRT 2.3.0", "onnxruntime 1.23.2", ...)
 
 
 @dataclass
@@ -633,6 +637,9 @@ class ExportOutcome:
     threshold: float  # the decision threshold it carries: the one chosen on the validation split
     threshold_rule: str
     exports: list[ExportedModel]
+    test_accuracy: float | None = None  # the Keras model's own on the test split, at that threshold
+    test_images: int = 0  # images of the test split every export's test_accuracy is measured on
+    calibration_images: int = 0  # validation images an int8 export was calibrated on (0: none)
 
 
 # --- report and run facts ----------------------------------------------------------------------
@@ -686,6 +693,8 @@ class EnvironmentInfo:
     onednn_settings: dict[str, str]  # ONEDNN_MAX_CPU_ISA, TF_ENABLE_ONEDNN_OPTS, ... where set
     gpus: list[str]  # GPU names TensorFlow sees; [] on a CPU
     op_determinism: bool  # TensorFlow's op determinism was on (train.deterministic)
+    precision: str = ""  # what the trainings computed in (train.precision resolved); "" in older runs
+    precision_reason: str = ""  # why: the config said so, or "auto" and the GPU / CPU that decided
 
 
 @dataclass

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -98,15 +99,30 @@ def onednn_isa(target: Path, wait_s: float = 0.0) -> str:
 # --- TensorFlow's own facts --------------------------------------------------------------------
 
 
-def gpu_names() -> list[str]:
-    """The GPUs TensorFlow sees, by name ("NVIDIA H100 80GB HBM3"); [] on a CPU."""
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU TensorFlow sees: its name and CUDA compute capability (None where not said, e.g. ROCm)."""
+
+    name: str
+    compute_capability: tuple[int, int] | None
+
+
+def gpus() -> list[Gpu]:
+    """The GPUs TensorFlow sees, with what decides their precision; [] on a CPU."""
     import tensorflow as tf
 
-    names = []
+    found = []
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
-        names.append(str(details.get("device_name", device.name)))
-    return names
+        cc = details.get("compute_capability")
+        found.append(Gpu(str(details.get("device_name", device.name)),
+                         (int(cc[0]), int(cc[1])) if cc else None))
+    return found
+
+
+def gpu_names() -> list[str]:
+    """The GPUs TensorFlow sees, by name ("NVIDIA H100 80GB HBM3"); [] on a CPU."""
+    return [gpu.name for gpu in gpus()]
 
 
 def enable_determinism(on: bool) -> None:

@@ -16,9 +16,11 @@ is made.
 Why these choices: the rescale sits inside the model so a saved `.keras` file is the whole
 classifier (no preprocessing to remember); every layer has a fixed name because Grad-CAM
 (tf-keras-vis) finds conv layers by name; only built-in layers are used, so models load in
-Keras safe mode. Mixed precision is set per layer (`dtype="mixed_bfloat16"`), never through the
-global policy, so building one model cannot change another; the output layer stays float32 so
-the probabilities and the loss are computed at full precision.
+Keras safe mode. Mixed precision is set per layer (`dtype="mixed_bfloat16"` or "mixed_float16"),
+never through the global policy, so building one model cannot change another; the output layer
+stays float32 so the probabilities and the loss are computed at full precision. A mixed float16
+model trains through Keras' LossScaleOptimizer (float16's range is too small for small
+gradients); bfloat16 keeps float32's range and needs none.
 """
 
 from __future__ import annotations
@@ -35,12 +37,18 @@ from chimuf.core.results import LayerRow
 from chimuf.ml.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import keras
 
+    from chimuf.ml.machine import Gpu
+
 ARCHITECTURES = ("model1", "model2", "model3", "tuned")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Compute capability from which NVIDIA GPUs compute bfloat16 natively (Ampere), and float16 on
+# tensor cores (Volta); below that, mixed precision is emulated and slower than float32.
+BF16_CAPABILITY = (8, 0)
+FP16_CAPABILITY = (7, 0)
 @dataclass(frozen=True)
 class Blueprint:
     """What differs between the architectures; `None` dropout means no Dropout layer at all."""
@@ -121,10 +129,25 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=loss_scaled(model, keras.optimizers.Adam(learning_rate=learning_rate)),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
+
+
+def loss_scaled(model: keras.Model, optimizer: Any) -> Any:
+    """`optimizer`, wrapped in Keras' LossScaleOptimizer when `model` computes in mixed float16.
+
+    Why: gradients below float16's smallest normal (6e-5) flush to zero; the wrapper multiplies the
+    loss by a dynamic scale before the gradients and divides them after. Keras wraps on its own only
+    when the model's global policy is mixed_float16, and chimuf sets precision per layer.
+    """
+    import keras
+
+    wrapped = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if wrapped or model_precision(model) != "mixed_float16":
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer)
 
 
 def build_trainable_model(architecture: str, image_size: int, hyperparameters: Mapping[str, float] | None,
@@ -208,41 +231,70 @@ def conv_layer_names(model: keras.Model) -> list[str]:
 
 
 def model_precision(model: keras.Model) -> str:
-    """"mixed_bfloat16" or "float32": the dtype policy the model's conv layers were built with."""
-    return model.get_layer(conv_layer_names(model)[0]).dtype_policy.name
+    """The dtype policy the model's first conv layer was built with: "float32", "mixed_bfloat16" or
+    "mixed_float16" (a pretrained backbone without Conv2D layers: its first layer with weights)."""
+    names = conv_layer_names(model)
+    if names:
+        return str(model.get_layer(names[0]).dtype_policy.name)
+    layer = next((layer for layer in model.layers if layer.weights), model.layers[-1])
+    return str(layer.dtype_policy.name)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision trainings run in, and why (the run facts say both)."""
+
+    precision: str  # one of PRECISIONS
+    reason: str
 
 
 def resolve_precision(setting: str) -> str:
-    """The precision to train with: `setting` itself, or for "auto" the fastest safe one here.
+    """The precision to train with: `setting` itself, or for "auto" the fastest safe one here."""
+    return precision_choice(setting).precision
 
-    bfloat16 needs no loss scaling and keeps float32's range, so where the hardware computes it
-    natively (any GPU TensorFlow sees; a CPU with AVX-512 BF16 or AMX) "auto" picks
-    mixed_bfloat16; elsewhere bf16 would be emulated and slower, so float32.
-    """
+
+def precision_choice(setting: str) -> PrecisionChoice:
+    """`setting` with its reason; for "auto", `choose_precision` on this machine's GPUs and CPU."""
     if setting in PRECISIONS:
-        return setting
+        return PrecisionChoice(setting, "set in the config (train.precision)")
     if setting != "auto":
         raise ConfigError(
-            f"`train.precision` must be 'auto', 'float32' or 'mixed_bfloat16', got `{setting}`"
+            f"`train.precision` must be 'auto', {', '.join(repr(p) for p in PRECISIONS)}, got `{setting}`"
         )
-    import tensorflow as tf
+    from chimuf.core import environment
+    from chimuf.ml.machine import gpus
 
-    if tf.config.list_physical_devices("GPU") or cpu_has_bf16():
-        return "mixed_bfloat16"
-    return "float32"
+    return choose_precision(gpus(), environment.cpu_flags(environment.read_cpuinfo()))
 
 
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU advertises native bfloat16 arithmetic (AVX-512 BF16 or AMX BF16)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return False
+def choose_precision(gpus: Sequence[Gpu], cpu_flags: set[str]) -> PrecisionChoice:
+    """What "auto" means on a machine with `gpus` (TensorFlow's) and a CPU with `cpu_flags`.
+
+    Mixed precision pays only where the hardware computes the narrow type natively; elsewhere it is
+    emulated and slower than float32. With GPUs, the least capable one decides (each trains a
+    share of every batch):
+      compute capability >= 8.0 (A100, L4, H100, ...)  mixed_bfloat16: native, no loss scaling
+      7.x (V100, T4: tensor cores without bf16)         mixed_float16 with loss scaling
+      below 7.0, or not known                           float32
+    On a CPU: mixed_bfloat16 with AVX-512 BF16 or AMX-BF16 (oneDNN's bf16 kernels), else float32.
+    """
+    if gpus:
+        weakest = min(gpus, key=lambda gpu: gpu.compute_capability or (0, 0))
+        cc = weakest.compute_capability
+        said = f"{weakest.name} (compute capability {cc[0]}.{cc[1]})" if cc else weakest.name
+        if cc is None:
+            return PrecisionChoice("float32", f"auto: the GPU {said} did not say its compute capability")
+        if cc >= BF16_CAPABILITY:
+            return PrecisionChoice("mixed_bfloat16", f"auto: the GPU {said} computes bfloat16 natively")
+        if cc >= FP16_CAPABILITY:
+            return PrecisionChoice("mixed_float16", f"auto: the GPU {said} has float16 tensor cores "
+                                   "but no bfloat16; float16 with loss scaling")
+        return PrecisionChoice("float32", f"auto: the GPU {said} has no tensor cores")
+    native = sorted(cpu_flags & {"avx512_bf16", "amx_bf16"})
+    if native:
+        return PrecisionChoice("mixed_bfloat16",
+                               f"auto: the CPU computes bfloat16 natively ({', '.join(native)})")
+    return PrecisionChoice("float32", "auto: no GPU, and the CPU has neither AVX-512 BF16 nor AMX-BF16")
 
 
 def save_model(model: keras.Model, path: Path) -> Path:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import ConfigError
-from chimuf.ml.models import PRECISIONS, training_strategy
+from chimuf.ml.models import PRECISIONS, loss_scaled, training_strategy
 from chimuf.ml.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def compile_modern(model: keras.Model, cfg: ModernConfig, steps_per_epoch: int) 
         alpha=1.0 if cfg.schedule == "constant" else 0.0,
         warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup)
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay),
+        optimizer=loss_scaled(model, keras.optimizers.AdamW(learning_rate=schedule,
+                                                             weight_decay=cfg.weight_decay)),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )

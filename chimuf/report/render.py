@@ -146,8 +146,13 @@ def run_tool(args: list[str], cwd: Path, deadline: Deadline, what: str, stdin: b
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the tool and its process group (POSIX); on Windows, which has no process groups of
+    this kind, the tool itself."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
     process.communicate()
 
 

@@ -351,8 +351,14 @@ def beyond_verdict(beyond: BeyondOutcome) -> str:
 
 
 def export_rows(export: ExportOutcome) -> list[list[object]]:
-    return [[e.format, e.path, f"{e.size_bytes / 2**20:.1f} MiB", count(e.images_checked),
-             f"{e.max_abs_difference:.1e}"] for e in export.exports]
+    """Each export: format, quantization, file, size, its largest difference from the Keras model on
+    the checked images, and its accuracy on the test split (and how often it decides as Keras does)."""
+    def on_test(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+
+    return [[e.format, e.quantization or "no", e.path, f"{e.size_bytes / 2**20:.2f} MiB",
+             count(e.images_checked), f"{e.max_abs_difference:.1e}", on_test(e.test_accuracy),
+             on_test(e.test_agreement)] for e in export.exports]
 
 
 def difference_rows(differences: Sequence[ConfigDifference]) -> list[list[object]]:
@@ -404,6 +410,7 @@ def environment_rows(results: Results) -> list[list[object]]:
         ["oneDNN settings", settings or "defaults"],
         ["GPUs", ", ".join(env.gpus) or "none (CPU only)"],
         ["TensorFlow op determinism", "on" if env.op_determinism else "off"],
+        *([["Training precision", f"{env.precision}: {env.precision_reason}"]] if env.precision else []),
     ]
 
 

@@ -14,14 +14,20 @@ to take home (export/: the .keras file, its classes and threshold, its TFLite fi
 A run is logged once: its MLflow run carries the digest of what it found
 (`chimuf.results_digest`), and a second logging of the same results is skipped. A tracker that
 cannot be reached, or refuses, is a one-line warning: the study has finished either way.
-MLflow keeps `file:` stores in maintenance mode and refuses them unless MLFLOW_ALLOW_FILE_STORE is
-set; for a `file:` URI chimuf sets it (for its own calls only), since a folder is the simplest
-tracker for one person.
+
+Where it goes: a URI with a scheme (http://, sqlite:///, postgresql://, databricks, file:) as given;
+a plain local path is a folder holding an SQLite store, PATH/mlflow.db, with the artifacts beside it
+in PATH/artifacts (MLflow's own default store is SQLite too; it keeps `file:` stores in
+maintenance mode and, from 3.13, refuses them unless MLFLOW_ALLOW_FILE_STORE=true, which chimuf sets
+for its own calls to a `file:` URI given explicitly). Once logged, chimuf prints the `mlflow ui`
+line that shows the store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,8 @@ from chimuf.core.headline import headline_numbers, trainings
 from chimuf.core.results import Results, digest
 
 MLFLOW_HINT = "install it with `pip install 'chimuf[mlflow]'`"
+STORE_FILE = "mlflow.db"  # in a local folder given as the tracking URI
+ARTIFACTS = "artifacts"  # beside it
 PARAM_CHARS = 500  # MLflow caps a param value (6 000 characters today); long lists are cut here
 BATCH = 900  # metrics per log_batch call (MLflow's limit is 1 000)
 
@@ -53,9 +61,15 @@ def log_run(results: Results, run_dir: Path, cfg: TrackingConfig, console: Conso
     import mlflow
     import requests
 
+    uri = tracking_uri(cfg.mlflow_uri)
     try:
-        with mlflow_calls(cfg.mlflow_uri):
-            return log_to(mlflow.tracking.MlflowClient(cfg.mlflow_uri), results, run_dir, cfg, console)
+        folder = local_folder(cfg.mlflow_uri)
+        if folder is not None:
+            (folder / ARTIFACTS).mkdir(parents=True, exist_ok=True)
+        with mlflow_calls(uri):
+            run_id = log_to(mlflow.tracking.MlflowClient(uri), results, run_dir, cfg, console)
+            console.info(f"MLflow: see it with `{ui_command(uri)}`")
+            return run_id
     except (mlflow.exceptions.MlflowException, requests.RequestException, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         console.warn(f"MLflow at {cfg.mlflow_uri} could not log this run ({first[:300]}); the study's "
@@ -66,7 +80,8 @@ def log_run(results: Results, run_dir: Path, cfg: TrackingConfig, console: Conso
 def log_to(client: Any, results: Results, run_dir: Path, cfg: TrackingConfig, console: Console) -> str | None:
     experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
     experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(cfg.mlflow_experiment))
+                     else client.create_experiment(cfg.mlflow_experiment,
+                                                   artifact_location=artifact_location(cfg.mlflow_uri)))
     found = results_digest(results)
     same = client.search_runs([experiment_id], filter_string=f"tags.`chimuf.results_digest` = '{found}'",
                               max_results=1)
@@ -90,8 +105,41 @@ def log_to(client: Any, results: Results, run_dir: Path, cfg: TrackingConfig, co
             client.log_artifact(run_id, str(path), folder)
     client.set_terminated(run_id, "FINISHED" if results.run.status == "finished" else "KILLED")
     console.info(f"MLflow: logged as run {run_id} of experiment `{cfg.mlflow_experiment}` "
-                 f"at {cfg.mlflow_uri}")
+                 f"at {tracking_uri(cfg.mlflow_uri)}")
     return run_id
+
+
+# --- where the store is ------------------------------------------------------------------------
+
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # "sqlite:", "http:", "file:"; not "C:" (a drive)
+
+
+def local_folder(setting: str) -> Path | None:
+    """The folder a plain local path names (its SQLite store goes in it); None for a URI."""
+    if not setting or setting == "databricks" or SCHEME.match(setting):
+        return None
+    return Path(setting).expanduser().resolve()
+
+
+def tracking_uri(setting: str) -> str:
+    """The URI MLflow is given: `setting` itself, or for a local folder its SQLite store."""
+    folder = local_folder(setting)
+    return setting if folder is None else f"sqlite:///{(folder / STORE_FILE).as_posix()}"
+
+
+def artifact_location(setting: str) -> str | None:
+    """Where a new experiment's artifacts go: beside the SQLite store of a local folder (else MLflow
+    would put them under the current folder); None lets the tracker decide."""
+    folder = local_folder(setting)
+    return None if folder is None else (folder / ARTIFACTS).as_uri()
+
+
+def ui_command(uri: str) -> str:
+    """The `mlflow ui` line that shows the store at `uri` (a server's own page needs none)."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    prefix = "MLFLOW_ALLOW_FILE_STORE=true " if uri.startswith("file:") else ""
+    return f"{prefix}mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 @contextlib.contextmanager
@@ -99,7 +147,7 @@ def mlflow_calls(uri: str) -> Iterator[None]:
     """MLflow's environment for chimuf's calls only: an unreachable server answers within seconds
     (no minutes of retries), and a `file:` store is allowed (see the module doc)."""
     wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-    if uri.startswith("file:") or "://" not in uri:
+    if uri.startswith("file:"):
         wanted["MLFLOW_ALLOW_FILE_STORE"] = "true"
     with environ_for(wanted, override=False):
         yield
