@@ -27,8 +27,36 @@ def test_clock_counts_what_is_left_at_the_measured_pace():
     first = clock.eta("train", "a")
     # a's first epoch took 4 s where the plan said 2: this run is twice as slow as planned
     said = first(1, 20, 4.0)
-    # left: a's 9 planned epochs at 4 s, b's 10 epochs × 3 s × 2, the report's 7 s
-    assert said == "study ETA 1m43s"  # 36 + 60 + 7 = 103 s
+    # left: a's 9 planned epochs at 4 s, b's 10 epochs × 3 s × 2, the report's 7 s: 103 s;
+    # at least a's 4 more and b's 5 (16 + 30 + 7 s), at most a's 19 more and b's 20 (76 + 120 + 7 s)
+    assert said == "study ETA 1m43s (53s-3m23s)"
+
+
+def test_clock_range_narrows_as_units_finish_and_closes_at_the_end():
+    clock = StudyClock(two_trainings())
+    widths, contains = [], []
+    for name, epochs in (("a", 8), ("b", 20)):  # a stops early, b runs to its maximum
+        after = clock.eta("train", name)
+        for epoch in range(1, epochs + 1):
+            said = after(epoch, 20, 2.5)
+            low, high = (seconds(part) for part in said.split("(")[1].rstrip(")").split("-"))
+            widths.append(high - low)
+            contains.append(low <= seconds(said.split()[2]) <= high)
+    assert all(contains)
+    assert all(later <= before + 1 for before, later in zip(widths, widths[1:]))  # 1 s: rounding
+    assert widths[-1] == 0 and widths[0] > 60  # b at its most epochs: nothing left to decide
+
+
+def seconds(text: str) -> float:
+    """"1h2m3s", "4m", "53s" → seconds (chimuf.core.console.format_seconds's forms)."""
+    total, number = 0.0, ""
+    for char in text:
+        if char.isdigit() or char == ".":
+            number += char
+        else:
+            total += float(number) * {"h": 3600, "m": 60, "s": 1}[char]
+            number = ""
+    return total
 
 
 def test_early_stopping_and_pruning_rules_bound_the_epochs():
