@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from chimuf.core.plan import Plan, StudyClock, Work, training_epochs, trial_epochs
@@ -43,7 +45,7 @@ def test_clock_range_narrows_as_units_finish_and_closes_at_the_end():
             widths.append(high - low)
             contains.append(low <= seconds(said.split()[2]) <= high)
     assert all(contains)
-    assert all(later <= before + 1 for before, later in zip(widths, widths[1:]))  # 1 s: rounding
+    assert all(later <= before + 1 for before, later in itertools.pairwise(widths))  # 1 s: rounding
     assert widths[-1] == 0 and widths[0] > 60  # b at its most epochs: nothing left to decide
 
 

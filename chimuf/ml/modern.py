@@ -18,7 +18,7 @@ on by default was decided by measurement (see the ablation in README's "Beyond t
 
 Layers are named (stem_conv, s2b1_conv1, ...) so Grad-CAM and the activation maps find them.
 Batch normalisation is chimuf.ml.fusednorm's FusedBatchNorm (TensorFlow's fused kernel, the same
-statistics as Keras' layer): it trains the recipe about 1.5× faster on a CPU than Keras' own
+statistics as Keras' layer): a training image takes about two thirds of the CPU time it takes with Keras'
 (`python -m benchmarks.fused_norm`). Every other layer is built in; the model loads in Keras' safe
 mode through chimuf.ml.modelfile, which registers FusedBatchNorm.
 """
