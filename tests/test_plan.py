@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -97,7 +98,9 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     from chimuf.stages import plan as plan_stage
 
     probed: list[str] = []
-    pace = SimpleNamespace(epoch_s=lambda n_train, n_val: 1.0)
+    from chimuf.ml.probe import Pace
+
+    pace = Pace(train_images_per_s=1e3, infer_images_per_s=1e3)
     monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: probed.append(model.name) or pace)
     config = load_config(profile="smoke")
     split = SimpleNamespace(train=[0] * 40, validation=[0] * 10, test=[0] * 10)
@@ -111,3 +114,36 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     assert "cache" not in resumed.fixed and "report" in resumed.fixed
     assert resumed.total_s() < fresh.total_s()
     assert resumed.lines()[-1].endswith("finished before, not planned again: " + ", ".join(finished))
+
+
+def test_tuned_trials_are_planned_at_the_mean_pace_over_the_search_space(monkeypatch):
+    """Timed at the middle of the space alone, the trials were planned at 20 s an epoch in the
+    paper run while they ran 14-34 s: the plan now times small, middle and large points."""
+    from types import SimpleNamespace
+
+    from chimuf.core.config import load_config
+    from chimuf.ml.probe import Pace
+    from chimuf.stages import plan as plan_stage
+
+    def built(architecture, size, hyperparameters, precision):
+        return SimpleNamespace(name=architecture, hyperparameters=hyperparameters)
+
+    def paced(model, *args, **kwargs):  # an epoch's cost grows with the square of the widths
+        width = model.hyperparameters["conv1_filters"] if model.hyperparameters else 16
+        return Pace(train_images_per_s=1e4 / width**2, infer_images_per_s=1e9)
+
+    monkeypatch.setattr(plan_stage, "build_model", built)
+    monkeypatch.setattr(plan_stage, "compile_model", lambda model, rate: None)
+    monkeypatch.setattr(plan_stage, "probe", paced)
+    config = load_config(profile="paper")
+    config = replace(config, modern=replace(config.modern, enabled=False))
+    split = SimpleNamespace(train=[0] * 100, validation=[0] * 10, test=[0] * 10)
+    made = plan_stage.plan_study(config, split)
+
+    widths = [p["conv1_filters"] for p in plan_stage.space_points(config)]
+    assert widths[0] < widths[1] < widths[-1]  # small, middle, large
+    per_width = [100 * w**2 / 1e4 for w in widths]  # training seconds an epoch at each point
+    trial = next(w for w in made.work if w.stage == "tune")
+    assert trial.epoch_s == pytest.approx(sum(per_width) / 3 + 10 / 1e9 + 1.0)
+    assert len(set(per_width)) == 3 and trial.epoch_s != pytest.approx(per_width[1] + 1.0)
+    assert "three points of its search space" in " ".join(made.notes)

@@ -11,7 +11,7 @@ from chimuf.core.config import AugmentConfig
 from chimuf.ml import probe as probing
 
 STEP_S = 0.05  # a steady training or prediction step of the fake model
-START_S = 0.5  # fit's or predict's start-up, and the first step after tracing: not the pace
+START_S = 1.0  # fit's or predict's start-up, and the first step after tracing: not the pace
 
 
 class SlowStartModel:
@@ -42,8 +42,9 @@ def test_probe_times_steps_after_warm_up_without_start_up_costs(monkeypatch):
         len(rows) // batch_size))
     pace = probing.probe(SlowStartModel(), batch_size=4, augment=AugmentConfig())
     steady = 4 / STEP_S  # images per second of a steady step
-    assert 0.7 * steady < pace.train_images_per_s <= steady * 1.01
-    assert 0.7 * steady < pace.infer_images_per_s <= steady * 1.01
+    # a loaded machine stretches every sleep; timing the whole fit would give about 0.13 × steady
+    assert 0.4 * steady < pace.train_images_per_s <= steady * 1.01
+    assert 0.4 * steady < pace.infer_images_per_s <= steady * 1.01
 
 
 def test_an_epoch_is_its_images_at_the_probed_pace_plus_a_fixed_overhead():

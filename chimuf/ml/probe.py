@@ -41,6 +41,13 @@ class Pace:
         return n_train / self.train_images_per_s + n_validation / self.infer_images_per_s + EPOCH_OVERHEAD_S
 
 
+def mean_pace(paces: list[Pace]) -> Pace:
+    """The pace whose epochs take the mean of `paces`' epoch times (harmonic means of the rates)."""
+    count = len(paces)
+    return Pace(count / sum(1 / p.train_images_per_s for p in paces),
+                count / sum(1 / p.infer_images_per_s for p in paces))
+
+
 def probe(model: keras.Model, batch_size: int, augment: AugmentConfig | None, seed: int = 0) -> Pace:
     """Training and inference images per second of compiled `model` here, on random pixels."""
     size = int(model.inputs[0].shape[1])
