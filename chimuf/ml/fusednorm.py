@@ -35,7 +35,6 @@ class FusedBatchNorm(keras.layers.Layer):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.supports_masking = True
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 4 or input_shape[-1] is None:
