@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import epoch_end, machine_limit, modern_recipe, train_throughput
+from benchmarks import epoch_end, fused_norm, machine_limit, modern_recipe, near_duplicates, train_throughput
 
 # name → (entry point, the arguments it runs with here)
 BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
@@ -19,6 +19,8 @@ BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
     "epoch_end": (epoch_end.main, []),
     "machine_limit": (machine_limit.main, []),
     "modern_recipe": (modern_recipe.main, ["--compare", "--images", "1000"]),
+    "fused_norm": (fused_norm.main, ["--throughput", "--accuracy"]),
+    "near_duplicates": (near_duplicates.main, []),
 }
 
 

@@ -62,7 +62,7 @@ def test_batch_norm_statistics_settle_within_a_small_folders_few_steps():
     assert bn_momentum(50) == pytest.approx(0.9) and bn_momentum(3) == 0.5
     assert bn_momentum(50) ** 50 < 0.01  # what is left of the initial statistics at the end
     model = seeded_modern(SIZE, TINY, "float32", steps_per_epoch=2, seed=0)  # 3 epochs × 2 steps
-    momenta = {layer.momentum for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"}
+    momenta = {layer.momentum for layer in model.layers if layer.__class__.__name__ == "FusedBatchNorm"}
     assert momenta == {bn_momentum(6)}
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import pytest
 
 from chimuf.core.plan import Plan, StudyClock, Work, training_epochs, trial_epochs
@@ -27,8 +30,36 @@ def test_clock_counts_what_is_left_at_the_measured_pace():
     first = clock.eta("train", "a")
     # a's first epoch took 4 s where the plan said 2: this run is twice as slow as planned
     said = first(1, 20, 4.0)
-    # left: a's 9 planned epochs at 4 s, b's 10 epochs × 3 s × 2, the report's 7 s
-    assert said == "study ETA 1m43s"  # 36 + 60 + 7 = 103 s
+    # left: a's 9 planned epochs at 4 s, b's 10 epochs × 3 s × 2, the report's 7 s: 103 s;
+    # at least a's 4 more and b's 5 (16 + 30 + 7 s), at most a's 19 more and b's 20 (76 + 120 + 7 s)
+    assert said == "study ETA 1m43s (53s-3m23s)"
+
+
+def test_clock_range_narrows_as_units_finish_and_closes_at_the_end():
+    clock = StudyClock(two_trainings())
+    widths, contains = [], []
+    for name, epochs in (("a", 8), ("b", 20)):  # a stops early, b runs to its maximum
+        after = clock.eta("train", name)
+        for epoch in range(1, epochs + 1):
+            said = after(epoch, 20, 2.5)
+            low, high = (seconds(part) for part in said.split("(")[1].rstrip(")").split("-"))
+            widths.append(high - low)
+            contains.append(low <= seconds(said.split()[2]) <= high)
+    assert all(contains)
+    assert all(later <= before + 1 for before, later in itertools.pairwise(widths))  # 1 s: rounding
+    assert widths[-1] == 0 and widths[0] > 60  # b at its most epochs: nothing left to decide
+
+
+def seconds(text: str) -> float:
+    """"1h2m3s", "4m", "53s" → seconds (chimuf.core.console.format_seconds's forms)."""
+    total, number = 0.0, ""
+    for char in text:
+        if char.isdigit() or char == ".":
+            number += char
+        else:
+            total += float(number) * {"h": 3600, "m": 60, "s": 1}[char]
+            number = ""
+    return total
 
 
 def test_early_stopping_and_pruning_rules_bound_the_epochs():
@@ -67,7 +98,9 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     from chimuf.stages import plan as plan_stage
 
     probed: list[str] = []
-    pace = SimpleNamespace(epoch_s=lambda n_train, n_val: 1.0)
+    from chimuf.ml.probe import Pace
+
+    pace = Pace(train_images_per_s=1e3, infer_images_per_s=1e3)
     monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: probed.append(model.name) or pace)
     config = load_config(profile="smoke")
     split = SimpleNamespace(train=[0] * 40, validation=[0] * 10, test=[0] * 10)
@@ -81,3 +114,52 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     assert "cache" not in resumed.fixed and "report" in resumed.fixed
     assert resumed.total_s() < fresh.total_s()
     assert resumed.lines()[-1].endswith("finished before, not planned again: " + ", ".join(finished))
+
+
+def test_tuned_trials_are_planned_at_the_mean_pace_over_the_search_space(monkeypatch):
+    """Timed at the middle of the space alone, the trials were planned at 20 s an epoch in the
+    paper run while they ran 14-34 s: the plan now times small, middle and large points."""
+    from types import SimpleNamespace
+
+    from chimuf.core.config import load_config
+    from chimuf.ml.probe import Pace
+    from chimuf.stages import plan as plan_stage
+
+    def built(architecture, size, hyperparameters, precision):
+        return SimpleNamespace(name=architecture, hyperparameters=hyperparameters)
+
+    def paced(model, *args, **kwargs):  # an epoch's cost grows with the square of the widths
+        width = model.hyperparameters["conv1_filters"] if model.hyperparameters else 16
+        return Pace(train_images_per_s=1e4 / width**2, infer_images_per_s=1e9)
+
+    monkeypatch.setattr(plan_stage, "build_model", built)
+    monkeypatch.setattr(plan_stage, "compile_model", lambda model, rate: None)
+    monkeypatch.setattr(plan_stage, "probe", paced)
+    config = load_config(profile="paper")
+    config = replace(config, modern=replace(config.modern, enabled=False))
+    split = SimpleNamespace(train=[0] * 100, validation=[0] * 10, test=[0] * 10)
+    made = plan_stage.plan_study(config, split)
+
+    widths = [p["conv1_filters"] for p in plan_stage.space_points(config)]
+    assert widths[0] < widths[1] < widths[-1]  # small, middle, large
+    per_width = [100 * w**2 / 1e4 for w in widths]  # training seconds an epoch at each point
+    trial = next(w for w in made.work if w.stage == "tune")
+    assert trial.epoch_s == pytest.approx(sum(per_width) / 3 + 10 / 1e9 + 1.0)
+    assert len(set(per_width)) == 3 and trial.epoch_s != pytest.approx(per_width[1] + 1.0)
+    assert "three points of its search space" in " ".join(made.notes)
+
+
+def test_eta_replay_compares_what_the_clock_said_with_the_real_time_left(tmp_path, capsys):
+    from benchmarks import eta_replay
+
+    log = tmp_path / "study.log"
+    log.write_text("2026-12-05 10:00:00 [train] running\n"
+                   "2026-12-05 10:01:00   model1 epoch 1/9: loss 0.7 in 60s; study ETA 8m (6m-12m)\n"
+                   "2026-12-05 10:05:00   model1 epoch 5/9: loss 0.6 in 60s; study ETA 1h02m\n"
+                   "2026-12-05 10:10:00 [report] done in 1s\n")
+    said, total = eta_replay.read_log(log)
+    assert total == 600 and [s.at_s for s in said] == [60, 300]
+    assert said[0] == eta_replay.Said(60, 480, 360, 720) and said[1].eta_s == 3720 and said[1].low_s is None
+    assert eta_replay.main([str(log), "--at", "0.1"]) == 0
+    # at 10 %: 8 min said, 9 min really left: ratio 0.89, inside ±25 % and inside the range
+    assert "| 10% | 8.0 min | 6.0-12.0 min | 9.0 min | 0.89 | yes | yes |" in capsys.readouterr().out

@@ -75,10 +75,13 @@ class Plan:
 
 
 class StudyClock:
-    """The time left for the study, after every epoch.
+    """The time left for the study, after every epoch, with the range it can still fall in.
 
     Left = the epochs left of the running unit at its own measured pace, plus every unit not yet
-    started at its planned pace times how fast this run has been against the plan so far.
+    started at its planned pace times how fast this run has been against the plan so far. The
+    range takes each unit's fewest and most epochs instead of its estimate (the running one from
+    the epoch it has reached), so it narrows as units finish: wide at the start, where early
+    stopping can still decide most of the run, a point at the end.
     """
 
     def __init__(self, plan: Plan):
@@ -89,7 +92,7 @@ class StudyClock:
 
     def eta(self, stage: str, name: str) -> Callable[[int, int, float], str]:
         """For unit (stage, name): a function of (epoch, max_epochs, that epoch's seconds) that
-        says the time left for the whole study."""
+        says the time left for the whole study and its range."""
         unit = next((w for w in self.plan.work if (w.stage, w.name) == (stage, name)), None)
 
         def after_epoch(epoch: int, max_epochs: int, epoch_s: float) -> str:
@@ -98,11 +101,21 @@ class StudyClock:
                 self.planned_s += unit.epoch_s
             pace = self.measured_s / self.planned_s if self.planned_s > 0 else 1.0
             expected = unit.epochs if unit is not None else max_epochs
-            here = max(0.0, min(max_epochs, max(expected, epoch + 1)) - epoch) * epoch_s
+            fewest = unit.fewest if unit is not None else max_epochs
+            # 1. The running unit: from this epoch to its estimate, its fewest, its most epochs.
+            here = [max(0.0, min(max_epochs, max(e, epoch + 1)) - epoch) * epoch_s
+                    for e in (expected, fewest, max_epochs)]
+            if fewest <= epoch:  # it may stop after this very epoch
+                here[1] = 0.0
+            # 2. The units not started yet, at this run's pace; the stages that train nothing.
             self.done.add((stage, name))
-            later = sum(w.seconds for w in self.plan.work if (w.stage, w.name) not in self.done)
-            left = here + pace * later + self.plan.fixed_after(stage)
-            return f"study ETA {format_seconds(left)}"
+            later = [w for w in self.plan.work if (w.stage, w.name) not in self.done]
+            fixed = self.plan.fixed_after(stage)
+            rest = (sum(w.epochs * w.epoch_s for w in later), sum(w.fewest * w.epoch_s for w in later),
+                    sum(w.most * w.epoch_s for w in later))  # planned seconds: estimate, fewest, most
+            left, low, high = (h + pace * r + fixed for h, r in zip(here, rest, strict=True))
+            return (f"study ETA {format_seconds(left)} "
+                    f"({format_seconds(low)}-{format_seconds(high)})")
 
         return after_epoch
 

@@ -47,6 +47,8 @@ from chimuf.data.sources import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
     from PIL import Image
 
@@ -55,7 +57,8 @@ if TYPE_CHECKING:
 
 HASH_SIDE = 32  # pHash: the image is shrunk to 32×32 gray, then the 8×8 lowest DCT frequencies kept
 HASH_BITS_SIDE = 8
-PAIR_CHUNK = 1024  # rows of the all-pairs Hamming matrix computed at once: 1024 × N uint64
+PAIR_CHUNK = 1 << 20  # candidate pairs checked at once by the near-duplicate search (~50 MB)
+EDGE_BUDGET = 1 << 22  # close pairs gathered before they are folded into the components
 
 
 def audit_folder(data_dir: Path, cfg: AuditConfig, console: Console, *, max_per_class: int = 0,
@@ -277,40 +280,145 @@ def exact_groups(records: list[FileRecord]) -> list[list[str]]:
 def near_groups(records: list[FileRecord], max_distance: int) -> list[list[str]]:
     """Files linked, transitively, by pHash distances ≤ `max_distance` (connected components)."""
     import numpy as np
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    n = len(records)
-    if n < 2:
+    if len(records) < 2:
         return []
     hashes = np.array([int(r.phash, 16) for r in records], dtype=np.uint64)  # (N,)
-    rows, cols = close_pairs(hashes, max_distance)  # (E,), (E,) with rows < cols
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)  # (N,) component id per file
+    component = near_components(hashes, max_distance)  # (N,) component id per file
     members: dict[int, list[str]] = {}
     for index, comp in enumerate(component.tolist()):
         members.setdefault(comp, []).append(records[index].path)
     return sorted(sorted(paths) for paths in members.values() if len(paths) > 1)
 
 
-def close_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) whose 64-bit hashes differ in at most `max_distance` bits.
+def near_components(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """Component id per hash: hashes linked, transitively, by distances ≤ `max_distance`.
 
-    All N²/2 pairs, a block of PAIR_CHUNK rows at a time: XOR, then a vectorised popcount.
+    Equal hashes are one node (a folder of identical copies costs no pairs); the close pairs
+    among the distinct hashes arrive a bounded chunk at a time and are folded into the
+    components whenever EDGE_BUDGET of them have gathered, so memory stays O(N + chunk).
+    """
+    import numpy as np
+
+    distinct, node = np.unique(hashes, return_inverse=True)  # (U,), (N,) index into distinct
+    n = len(distinct)
+    label = np.arange(n)  # (U,) a representative node per distinct hash
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    gathered = 0
+    for rows, cols in close_pair_chunks(distinct, max_distance):
+        pending.append((rows, cols))
+        gathered += len(rows)
+        if gathered >= EDGE_BUDGET:
+            label = merge_components(label, pending)
+            pending, gathered = [], 0
+    label = merge_components(label, pending)
+    return label[node.ravel()]
+
+
+def merge_components(label: np.ndarray, edges: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """New representatives after adding `edges` to the components that `label` describes.
+
+    The old components enter as a star (each node to its representative), so at most U - 1 old
+    edges are carried: union-find in bulk, with scipy's connected components as the find.
+    """
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not edges:
+        return label
+    n = len(label)
+    rows = np.concatenate([np.arange(n)] + [r for r, _ in edges])  # (U + E,)
+    cols = np.concatenate([label] + [c for _, c in edges])
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)  # (U,) ids 0..C-1
+    _, first = np.unique(component, return_index=True)  # (C,) lowest node of each component
+    return first[component]
+
+
+def close_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) whose 64-bit hashes differ in at most `max_distance` bits, each once."""
+    import numpy as np
+
+    chunks = list(close_pair_chunks(hashes, max_distance))
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    a = np.concatenate([r for r, _ in chunks])
+    b = np.concatenate([c for _, c in chunks])
+    order = np.lexsort((np.maximum(a, b), np.minimum(a, b)))
+    return np.minimum(a, b)[order], np.maximum(a, b)[order]
+
+
+def hash_bands(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of the bands that the search buckets on; together they cover 64 bits.
+
+    Multi-index hashing: two hashes within d bits of each other differ in at most d of d + 1
+    disjoint bands, so they agree exactly on at least one (pigeonhole); bucketing on each band
+    finds every close pair. A band of w bits puts a random pair in one bucket with odds 2^-w, so
+    d + 1 bands cost (d + 1)·2^-w of all pairs: from d ≈ 15 (4-bit bands) that is no better
+    than all pairs, and one band of no bits (every hash in one bucket) is used instead.
+    """
+    count = max_distance + 1
+    if count > 64 or 2 ** (64 // count) <= count:
+        return [(0, 0)]
+    widths = [64 // count + (1 if i < 64 % count else 0) for i in range(count)]
+    shifts = [64 - sum(widths[: i + 1]) for i in range(count)]  # band 0 holds the top bits
+    return list(zip(shifts, widths, strict=True))
+
+
+def close_pair_chunks(hashes: np.ndarray,
+                      max_distance: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs whose hashes differ in at most `max_distance` bits, PAIR_CHUNK candidates at a time.
+
+    For each band in turn: sort by the band's bits, enumerate the pairs inside each bucket, keep
+    those within the distance whose first agreeing band is this one, so every close pair comes
+    out exactly once. Work is the number of same-bucket pairs, memory O(N + PAIR_CHUNK).
     """
     import numpy as np
 
     n = len(hashes)
-    found_rows, found_cols = [], []
-    for start in range(0, n, PAIR_CHUNK):
-        stop = min(start + PAIR_CHUNK, n)
-        block = hashes[start:stop, None] ^ hashes[None, start:]  # (rows, N - start) uint64
-        distance = popcount(block)  # same shape, bits that differ
-        i, j = np.nonzero(distance <= max_distance)
-        upper = j > i  # column offset `start` cancels: keep each pair once, not the diagonal
-        found_rows.append(i[upper] + start)
-        found_cols.append(j[upper] + start)
-    return np.concatenate(found_rows), np.concatenate(found_cols)
+    if n < 2:
+        return
+    bands = hash_bands(max_distance)
+    for index, (shift, width) in enumerate(bands):
+        key = band_key(hashes, shift, width)  # (N,)
+        order = np.argsort(key, kind="stable")  # (N,) positions sorted by bucket
+        partners, cumulative = bucket_partners(key[order])  # (N,), (N,) later same-bucket partners
+        total = int(cumulative[-1])
+        for low in range(0, total, PAIR_CHUNK):
+            # 1. The q-th same-bucket pair: its first element p and, offset after p, the second.
+            q = np.arange(low, min(low + PAIR_CHUNK, total), dtype=np.int64)  # (C,)
+            p = np.searchsorted(cumulative, q, side="right")  # (C,) sorted position of the first
+            second = p + 1 + (q - (cumulative[p] - partners[p]))  # (C,) sorted position of the second
+            a, b = order[p], order[second]
+            # 2. Keep pairs within the distance that agree on no earlier band (found there).
+            diff = hashes[a] ^ hashes[b]  # (C,) uint64
+            keep = popcount(diff) <= max_distance
+            for earlier_shift, earlier_width in bands[:index]:
+                keep[keep] &= band_key(diff[keep], earlier_shift, earlier_width) != 0
+            yield a[keep], b[keep]
+
+
+def band_key(hashes: np.ndarray, shift: int, width: int) -> np.ndarray:
+    """The `width` bits of each hash starting at bit `shift` (all zero for a band of no bits)."""
+    import numpy as np
+
+    if width == 0:
+        return np.zeros(len(hashes), dtype=np.uint64)
+    mask = np.uint64((1 << width) - 1)
+    return (hashes >> np.uint64(shift)) & mask
+
+
+def bucket_partners(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sorted position: how many later positions share its bucket, and the running total."""
+    import numpy as np
+
+    n = len(sorted_keys)
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])  # (B,) bucket starts
+    ends = np.r_[starts[1:], n]  # (B,) one past each bucket
+    bucket = np.repeat(np.arange(len(starts)), ends - starts)  # (N,) bucket of each position
+    partners = ends[bucket] - np.arange(n) - 1  # (N,)
+    return partners, np.cumsum(partners)
 
 
 def popcount(values: np.ndarray) -> np.ndarray:

@@ -367,6 +367,10 @@ RULES: dict[str, Rule] = {
     "GlobalAveragePooling3D": global_pool_rule, "GlobalMaxPooling1D": global_pool_rule,
     "GlobalMaxPooling2D": global_pool_rule, "GlobalMaxPooling3D": global_pool_rule,
 }
+# chimuf's own layers (module chimuf.*), sized like the Keras layer they stand in for
+CHIMUF_RULES: dict[str, Rule] = {
+    "FusedBatchNorm": batch_norm_rule,  # chimuf.ml.fusednorm: gamma, beta, moving mean, variance
+}
 for _rank in (1, 2, 3):
     RULES[f"Conv{_rank}D"] = conv_rule(_rank, "conv")
     RULES[f"Conv{_rank}DTranspose"] = conv_rule(_rank, "transpose")

@@ -284,6 +284,8 @@ def deserialise(folder: Path, path: Path, console: Console | None = None) -> ker
     model.weights.h5, nothing else, so Keras extracts nothing). Its warnings go to the log."""
     import keras
 
+    import chimuf.ml.fusednorm  # noqa: F401  registers chimuf's layers, which the file may name
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chimuf.core.errors import ModelError
-from chimuf.ml.layershapes import MAX_RANK, RULES, Shape, Unsized
+from chimuf.ml.layershapes import CHIMUF_RULES, MAX_RANK, RULES, Shape, Unsized
 
 # Values in any one tensor, per image. chimuf's largest possible model (512 px, a first conv of
 # 1024 filters: chimuf.core.config's bounds) has 512 * 512 * 1024 = 2**28; nothing real needs more.
@@ -181,10 +181,12 @@ class Counter:
             outputs = self.model(layer, inputs)
             params, self.params = self.params, outer
             return params, outputs
-        rule = RULES.get(class_name) if module.split(".")[0] == "keras" else None
+        rules = {"keras": RULES, "chimuf": CHIMUF_RULES}.get(module.split(".")[0], {})
+        rule = rules.get(class_name)
         if rule is None:
             raise Unsized(f"layer {name_of(layer)} is a {describe(layer)}, whose size chimuf cannot tell "
-                          f"from its config; chimuf opens models made of {', '.join(sorted(RULES))}")
+                          f"from its config; chimuf opens models made of "
+                          f"{', '.join(sorted({**RULES, **CHIMUF_RULES}))}")
         config = mapping(layer.get("config", {}), f"the config of layer {name_of(layer)}")
         try:
             params, outputs = rule(config, inputs)

@@ -1,9 +1,15 @@
 """How fast a model trains and predicts on this machine: a short probe, a few seconds.
 
 The model trains a few batches of random pixels through the study's own input pipeline
-(augmentation included) and predicts a few more; the timed batches (after one warm-up epoch that
-traces the graph) give images per second for training and for inference, and with a split's sizes
-seconds per epoch (chimuf.stages.plan turns that into the study's plan).
+(augmentation included) and predicts a few more; the timed batches give images per second for
+training and for inference, and with a split's sizes seconds per epoch (chimuf.stages.plan turns
+that into the study's plan).
+
+Only the steady state is timed: a warm-up of WARMUP_STEPS batches traces the graph and lets oneDNN
+create its kernels and reorder its weights, and the clock runs from the end of the first timed
+batch to the end of the last, so neither `fit`'s start-up nor a slow first step counts. (Timing a
+whole 3-batch `fit` after a 1-batch warm-up put model 1 at 13.2 s an epoch in the paper run; it
+trained at 5 s.) Each epoch's fixed cost (one `fit` per epoch, its checkpoint) is EPOCH_OVERHEAD_S.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ if TYPE_CHECKING:
     from chimuf.core.config import AugmentConfig
 
 EPOCH_OVERHEAD_S = 1.0  # per epoch: the checkpoint written, the validation set up
-PROBE_STEPS = 3  # timed batches per probe
+WARMUP_STEPS = 2  # untimed batches first: tracing, oneDNN's kernel creation and weight reorders
+PROBE_STEPS = 4  # batches after the warm-up; the time between the ends of the first and the last counts
 
 
 @dataclass(frozen=True)
@@ -34,10 +41,17 @@ class Pace:
         return n_train / self.train_images_per_s + n_validation / self.infer_images_per_s + EPOCH_OVERHEAD_S
 
 
+def mean_pace(paces: list[Pace]) -> Pace:
+    """The pace whose epochs take the mean of `paces`' epoch times (harmonic means of the rates)."""
+    count = len(paces)
+    return Pace(count / sum(1 / p.train_images_per_s for p in paces),
+                count / sum(1 / p.infer_images_per_s for p in paces))
+
+
 def probe(model: keras.Model, batch_size: int, augment: AugmentConfig | None, seed: int = 0) -> Pace:
     """Training and inference images per second of compiled `model` here, on random pixels."""
     size = int(model.inputs[0].shape[1])
-    count = batch_size * PROBE_STEPS
+    count = batch_size * max(WARMUP_STEPS, PROBE_STEPS)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     labels = (np.arange(count) % 2).astype(np.int32)
@@ -47,12 +61,29 @@ def probe(model: keras.Model, batch_size: int, augment: AugmentConfig | None, se
         return make_dataset(images, labels, rows[: steps * batch_size], batch_size, shuffle=True,
                             seed=seed, epoch=epoch, augment=augment if with_augment else None)
 
-    model.fit(data(0, 1, True), epochs=1, verbose=0, shuffle=False)  # traces the training step
-    started = time.perf_counter()
-    model.fit(data(1, PROBE_STEPS, True), epochs=1, verbose=0, shuffle=False)
-    train_s = time.perf_counter() - started
-    model.predict(data(0, 1, False), verbose=0)  # traces the prediction step
-    started = time.perf_counter()
-    model.predict(data(2, PROBE_STEPS, False), verbose=0)
-    infer_s = time.perf_counter() - started
-    return Pace(count / train_s, count / infer_s)
+    model.fit(data(0, WARMUP_STEPS, True), epochs=1, verbose=0, shuffle=False)
+    ends = batch_ends("train")
+    model.fit(data(1, PROBE_STEPS, True), epochs=1, verbose=0, shuffle=False, callbacks=[ends])
+    train_s = step_seconds(ends.ends)
+    model.predict(data(0, WARMUP_STEPS, False), verbose=0)
+    ends = batch_ends("predict")
+    model.predict(data(2, PROBE_STEPS, False), verbose=0, callbacks=[ends])
+    infer_s = step_seconds(ends.ends)
+    return Pace(batch_size / train_s, batch_size / infer_s)
+
+
+def batch_ends(mode: str) -> keras.callbacks.Callback:
+    """A callback that records when each training (or prediction) batch ends, in `.ends`."""
+    import keras
+
+    ends: list[float] = []
+    record = {f"on_{mode}_batch_end": lambda _batch, logs=None: ends.append(time.perf_counter())}
+    callback = keras.callbacks.LambdaCallback(**record)
+    callback.ends = ends
+    return callback
+
+
+def step_seconds(ends: list[float]) -> float:
+    """Seconds per batch between the first batch's end and the last's (the steady state)."""
+    assert len(ends) >= 2, "the probe times at least two batches"
+    return max((ends[-1] - ends[0]) / (len(ends) - 1), 1e-6)
