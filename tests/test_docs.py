@@ -62,6 +62,8 @@ def check_chimuf_line(line: str) -> str:
     """"" when the line is a command chimuf's parser knows, else what is wrong."""
     words = shlex.split(line.replace("[", " ").replace("]", " ").replace("|", " "))
     commands = subparsers(build_parser())
+    if len(words) > 1 and re.fullmatch(r"[A-Z]+", words[1]):  # `chimuf COMMAND --help`
+        return ""
     if len(words) < 2 or words[1] not in commands:
         return f"`{line}`: no command `{words[1] if len(words) > 1 else ''}`"
     known = option_strings(commands[words[1]])
