@@ -146,7 +146,8 @@ class Study:
             return None
         after_split = STAGES[STAGES.index("split") + 1:]
         finished = [name for name in after_split if run.outcome_path(name).exists()]
-        study_plan = plan.plan_study(self.config, self.results.split, done=finished)
+        off = [spec.name for spec in SPECS if spec.off(self.config)]
+        study_plan = plan.plan_study(self.config, self.results.split, done=finished, off=off)
         for line in study_plan.lines():
             self.console.info(line)
         return study_plan
@@ -154,7 +155,8 @@ class Study:
     def replan(self) -> None:
         """Once the search has chosen, the final model and the folds are timed with its choice."""
         clock = self.monitoring.clock
-        if clock is not None and not self.run_folder.outcome_path("kfold").exists():
+        if (clock is not None and self.results.tune is not None
+                and not self.run_folder.outcome_path("kfold").exists()):
             clock.plan = plan.with_chosen(clock.plan, self.config, self.results.split,
                                           self.results.tune.best_hyperparameters)
 
@@ -213,7 +215,8 @@ def check_model_sizes(config: StudyConfig) -> None:
     tune = config.tune
     largest_tuned = Blueprint(tuple(int(tune.range_of(f"conv{i}_filters")[1]) for i in (1, 2, 3)),
                               int(tune.dense_units[1]), None, None)
-    plans = [(f"model {n}", blueprint(f"model{n}", None)) for n in config.train.models]
+    plans = [(f"model {n}", blueprint(f"model{n}", None)) for n in config.train.models
+             if config.train.enabled]
     plans.append(("the tuner's largest", largest_tuned))
     size = config.data.image_size
     name, count = max(((name, parameter_count(plan, size)) for name, plan in plans), key=lambda p: p[1])

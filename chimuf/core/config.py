@@ -188,6 +188,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    enabled: bool = opt(True, "train the paper's six trainings (models 1-3 without and with augmentation, "
+                        "sections 4-5); false leaves them and their sections out")
     models: tuple[int, ...] = opt((1, 2, 3), "which of the paper's models to train (section 4)",
                                   non_empty_subset(1, 2, 3))
     epochs: int = opt(50, "maximum epochs per training", at_least(1))
@@ -212,6 +214,8 @@ class TuneConfig:
     """Bayesian optimisation of the model-3 family (paper 6); one [min, max, step] range for each
     of chimuf.core.hyperparameters' six names."""
 
+    enabled: bool = opt(True, "run the Bayesian search (paper 6); false: the final model takes the paper's "
+                        "own best hyperparameters (16/96/192 filters, 96 units, dropouts 0.05/0.4)")
     max_trials: int = opt(10, "hyperparameter sets to try", at_least(1))
     epochs: int = opt(50, "maximum epochs per trial, as the trainings' (early stopping as in training; "
                       "the paper's search ran 50)", at_least(1))
@@ -297,6 +301,8 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class KFoldConfig:
     # 100 folds of ~6 000 images is already near leave-one-out cost (100 trainings); more is a typo.
+    enabled: bool = opt(True, "run the k-fold cross-validation (paper 8); false leaves it, the suspect "
+                        "labels and the fold ensemble out")
     folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)", between(2, 100))
     early_stopping: bool = opt(
         False, "true: each fold early-stops on its own held-out fold, as the paper did (costs epochs "

@@ -29,6 +29,11 @@ MAIN_TEMPLATE = "report.md.j2"
 # --- the one environment -----------------------------------------------------------------------
 
 
+def not_run(context: Any, stage: str) -> Trusted:
+    """A section's line for a stage without results, saying whether the config switched it off."""
+    return blocks.not_run(stage, off=stage in views.switched_off(context["r"]))
+
+
 def environment() -> Any:
     """The Jinja environment of the report: templates folder, escaping, every filter and helper."""
     import jinja2
@@ -68,7 +73,7 @@ def environment() -> Any:
     env.globals.update(
         table=blocks.table,
         figure=jinja2.pass_context(blocks.figure),
-        not_run=blocks.not_run,
+        not_run=jinja2.pass_context(not_run),
         paper=views.PAPER,
         paper_rows=views.paper_rows,
         trial_table=views.trial_table,

@@ -58,8 +58,13 @@ def class_names(results: Results) -> list[str]:
     return []
 
 
+def switched_off(results: Results) -> set[str]:
+    """The stages the run's config switched off."""
+    return {f.name for f in results.run.stages if f.status == "off"}
+
+
 def missing_stages(results: Results) -> list[str]:
-    off = {f.name for f in results.run.stages if f.status == "off"}
+    off = switched_off(results)
     return [name for name in ANALYSIS_STAGES if getattr(results, name) is None and name not in off]
 
 

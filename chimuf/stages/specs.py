@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from chimuf.core.config import ModelFilesConfig, StudyConfig
 from chimuf.core.console import Console
 from chimuf.core.engine import StageContext, Upstream
+from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     AuditOutcome,
@@ -140,8 +141,14 @@ def training_inputs(config: StudyConfig, results: Results) -> dict[str, Any]:
             "train": config.train, "augment": config.augment}
 
 
-def best_hyperparameters(results: Results) -> object:
-    return results.tune.best_hyperparameters if results.tune is not None else None
+def best_hyperparameters(results: Results) -> Hyperparameters:
+    """The search's choice; without a search (tune.enabled = false) the paper's own best values
+    (section 6): the architecture the paper ended with, not a default nobody chose."""
+    return results.tune.best_hyperparameters if results.tune is not None else PAPER_BEST
+
+
+def switch(on: bool, key: str) -> str:
+    return "" if on else f"{key} = false"
 
 
 def run_train(ctx: StageContext, setting: Setting, got: Inputs) -> TrainOutcome:
@@ -159,7 +166,8 @@ def run_final(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutco
 
 
 def run_evaluate(ctx: StageContext, setting: Setting, got: Inputs) -> EvaluateOutcome:
-    return evaluate.evaluate_final(ctx, got.cache, got.split, got.audit, got.final, got.train_outcome,
+    trainings = got.train_outcome or TrainOutcome([], [])  # train.enabled = false: nothing to pair with
+    return evaluate.evaluate_final(ctx, got.cache, got.split, got.audit, got.final, trainings,
                                    got.evaluate, got.train, got.seed, setting.model_files)
 
 
@@ -229,9 +237,10 @@ SPECS: tuple[StageSpec[Any], ...] = (
     AUDIT,
     SPLIT,
     CACHE,
-    StageSpec("train", TrainOutcome, lambda c, r, s: training_inputs(c, r), run_train, trains=True),
+    StageSpec("train", TrainOutcome, lambda c, r, s: training_inputs(c, r), run_train, trains=True,
+              off=lambda c: switch(c.train.enabled, "train.enabled")),
     StageSpec("tune", TuneOutcome, lambda c, r, s: {**training_inputs(c, r), "tune": c.tune}, run_tune,
-              trains=True),
+              trains=True, off=lambda c: switch(c.tune.enabled, "tune.enabled")),
     StageSpec("final", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "hyperparameters": best_hyperparameters(r)},
               run_final, trains=True),
@@ -244,11 +253,11 @@ SPECS: tuple[StageSpec[Any], ...] = (
               lambda c, r, s: {**training_inputs(c, r), "hyperparameters": best_hyperparameters(r),
                                "kfold": c.kfold, "audit": Upstream(r.audit),
                                "final_epoch": r.final.best_epoch},
-              run_kfold, trains=True),
+              run_kfold, trains=True, off=lambda c: switch(c.kfold.enabled, "kfold.enabled")),
     StageSpec("labels", LabelsOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "audit", "kfold"), "labels": c.labels,
                                "confidence": c.evaluate.confidence},
-              run_labels),
+              run_labels, off=lambda c: switch(c.kfold.enabled, "kfold.enabled")),
     StageSpec("explain", ExplainOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "explain": c.explain,
                                "seed": c.seed},
