@@ -1,7 +1,7 @@
 """The whole study, stage by stage, as the paper ran it.
 
     audit → split → (plan) → cache → train ×6 → tune → final → evaluate → kfold → labels
-      → explain → modern → pretrained → beyond → export → report
+      → explain → modern → pretrained → beyond → choose → export → report
 
 Every stage is declared once in chimuf.stages.specs (its inputs, its outcome, its work); this file
 walks that list: the engine runs a stage or reuses it when its inputs are unchanged, and after

@@ -547,6 +547,14 @@ class BeyondRow:
     roc_auc_interval: Interval
     chance_p_value: float  # exact binomial test: accuracy above the majority-class rate?
     vs_final: McNemarTest | None  # against the paper-protocol final model (None for that model)
+    # what the take-home choice reads (chimuf.stages.choose), never a test number: accuracy at 0.5 on
+    # the validation split, or out-of-fold on train+validation for the fold ensembles (whose models
+    # were trained on the validation images); NaN: no honest score (the candidate is not eligible)
+    validation_accuracy: float = float("nan")
+    validation_n: int = 0  # images behind validation_accuracy
+    validation_source: str = ""  # "validation" | "out-of-fold" | why there is no score
+    cost: int = 0  # parameters × forward passes per image (models × 2 with flips): the tie-break
+    model_paths: list[str] = field(default_factory=list)  # the members' .keras files (run-relative)
 
 
 @dataclass
@@ -557,6 +565,19 @@ class BeyondOutcome:
 
 
 # --- the model to take home --------------------------------------------------------------------
+
+
+@dataclass
+class ChooseOutcome:
+    """The model to take home, chosen among the beyond stage's candidates by a rule that reads
+    validation (or out-of-fold) scores only; its test numbers are the ones measured once there."""
+
+    rule: str  # the rule, in words, as fixed before any test number is read
+    candidates: list[BeyondRow]  # every candidate, in the beyond stage's order, with its scores
+    chosen: str  # the chosen candidate's name
+    model_path: str  # the chosen classifier as one .keras file (members and flips inside), run-relative
+    threshold: float  # decision threshold chosen on the chosen candidate's validation predictions
+    threshold_rule: str
 
 
 @dataclass
@@ -675,6 +696,7 @@ class Results:
     modern: TrainingOutcome | None = None
     pretrained: TrainingOutcome | None = None
     beyond: BeyondOutcome | None = None
+    choose: ChooseOutcome | None = None
     export: ExportOutcome | None = None
 
 

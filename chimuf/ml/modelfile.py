@@ -315,7 +315,6 @@ def one_line(text: str, limit: int = 240) -> str:
 
 def check_output(model: keras.Model, path: Path) -> None:
     """A binary classifier here has one output of shape (None, 1) from a sigmoid."""
-    import keras
 
     outputs = list(getattr(model, "outputs", None) or [])
     shapes = [tuple(o.shape) for o in outputs]
@@ -325,15 +324,29 @@ def check_output(model: keras.Model, path: Path) -> None:
             "(None, 1): the probability of the second class"
         )
     layer = model.layers[-1]
-    activation = getattr(layer, "activation", None)
-    name = keras.activations.serialize(activation) if activation is not None else None
-    if isinstance(name, dict):
-        name = name.get("config")
+    name = output_activation(layer)
     if name != "sigmoid":
         raise ModelError(
             f"model `{path}`: its output layer `{layer.name}` has activation {name!r}; chimuf "
             "needs a sigmoid output (a probability)"
         )
+
+
+def output_activation(layer: Any) -> str | None:
+    """The activation of a model's output: its last layer's, or, for an `Average` of models (an
+    ensemble, chimuf.stages.choose), "sigmoid" when every averaged model ends in a sigmoid (a mean of
+    probabilities is a probability)."""
+    import keras
+
+    if isinstance(layer, keras.layers.Average):
+        parents = [t._keras_history.operation for t in layer._inbound_nodes[0].input_tensors]
+        names = {output_activation(p.layers[-1] if isinstance(p, keras.Model) else p) for p in parents}
+        return names.pop() if len(names) == 1 else f"a mean of {sorted(map(str, names))}"
+    activation = getattr(layer, "activation", None)
+    name = keras.activations.serialize(activation) if activation is not None else None
+    if isinstance(name, dict):
+        name = name.get("config")
+    return name
 
 
 def input_size(model: keras.Model) -> int:

@@ -103,6 +103,9 @@ def environment() -> Any:
         export_rows=views.export_rows,
         beyond_rows=views.beyond_rows,
         beyond_verdict=views.beyond_verdict,
+        candidate_rows=views.candidate_rows,
+        chosen_row=views.chosen_row,
+        versus_final=views.versus_final,
         file_link=blocks.file_link,
         # what the data support, in words (claims.py), and the first page (glance.py)
         conclusion=claims.conclusion,

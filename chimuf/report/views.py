@@ -16,6 +16,8 @@ from chimuf.core.results import (
     ANALYSIS_STAGES,
     AuditOutcome,
     BeyondOutcome,
+    BeyondRow,
+    ChooseOutcome,
     ClassMetrics,
     Comparison,
     ConfigDifference,
@@ -309,6 +311,38 @@ def beyond_verdict(beyond: BeyondOutcome) -> str:
     if worse:
         parts.append(f"worse than it beyond chance: {', '.join(worse)}")
     return f"By McNemar's test (p < {SIGNIFICANCE:g}), " + "; ".join(parts) + "."
+
+
+def candidate_rows(choice: ChooseOutcome) -> list[list[object]]:
+    """One row per candidate of the take-home choice: what the rule read, and which one it chose."""
+    rows = []
+    for row in choice.candidates:
+        scored = row.validation_accuracy == row.validation_accuracy  # not NaN
+        score = f"{row.validation_accuracy:.3f} ({row.validation_source}, {count(row.validation_n)})" \
+            if scored else f"not eligible: {row.validation_source}"
+        rows.append([strong(row.name) if row.name == choice.chosen else row.name, score,
+                     count(row.cost), "chosen" if row.name == choice.chosen else ""])
+    return rows
+
+
+def chosen_row(choice: ChooseOutcome) -> BeyondRow:
+    """The chosen candidate's row: its test numbers, measured once by the beyond stage."""
+    return next(row for row in choice.candidates if row.name == choice.chosen)
+
+
+def versus_final(row: BeyondRow) -> str:
+    """McNemar's test of a candidate against the paper's final model, in words."""
+    if row.vs_final is None:
+        return "It is the paper's final model itself."
+    t = row.vs_final
+    if t.p_value >= SIGNIFICANCE:
+        return (f"McNemar's test against the paper's final model on the same test images: not "
+                f"distinguishable (p = {t.p_value:.2g}; {t.only_a_right} images only it got right, "
+                f"{t.only_b_right} only the final model).")
+    better = "better" if t.only_a_right > t.only_b_right else "worse"
+    return (f"McNemar's test against the paper's final model on the same test images: {better} "
+            f"(p = {t.p_value:.2g}; {t.only_a_right} images only it got right, {t.only_b_right} only "
+            "the final model).")
 
 
 def export_rows(export: ExportOutcome) -> list[list[object]]:

@@ -1,17 +1,19 @@
-"""The model to take home: the final model with the threshold chosen for it, and its TFLite file.
+"""The model to take home: the choose stage's model with the threshold chosen for it, and its TFLite file.
 
-    final/final.keras + the evaluate stage's validation-chosen threshold
-      → export/final.keras with export/final.classes.json (classes, threshold, how it was chosen)
+    choose/<chosen>.keras + its validation-chosen threshold (without a choice: final/final.keras and
+    the evaluate stage's threshold)
+      → export/<chosen>.keras with export/final.classes.json (classes, threshold, how it was chosen)
       → export/final.tflite (and the other formats of `export.formats`), each run on test images
         beside the Keras model: the largest difference of their probabilities
 
-`chimuf predict export/final.keras IMAGE...` then decides at the chosen threshold by default; the
-paper's metrics in the report stay at 0.5. TFLite runs on phones and small boards (Raspberry Pi).
+`chimuf predict RUN IMAGE...` (or `export/<chosen>.keras`) then decides at the chosen threshold by
+default; the paper's metrics in the report stay at 0.5. TFLite runs on phones and small boards (Raspberry Pi).
 """
 
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,17 +26,27 @@ from chimuf.ml.export import export_model
 if TYPE_CHECKING:
     from chimuf.core.config import ExportConfig, ModelFilesConfig
     from chimuf.core.engine import StageContext
-    from chimuf.core.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
+    from chimuf.core.results import (
+        CacheOutcome,
+        ChooseOutcome,
+        EvaluateOutcome,
+        SplitOutcome,
+        TrainingOutcome,
+    )
 
 
 def export_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
                  evaluation: EvaluateOutcome, cfg: ExportConfig,
-                 limits: ModelFilesConfig | None = None) -> ExportOutcome:
-    """Copy the final model with its chosen threshold, export it as `cfg.formats`, check each; the
-    model is opened within `limits` (the study's model_files)."""
-    chosen = evaluation.at_validation_threshold
-    model_path = ctx.dir / "final.keras"
-    shutil.copyfile(ctx.run_dir / final.model_path, model_path)
+                 limits: ModelFilesConfig | None = None,
+                 choice: ChooseOutcome | None = None) -> ExportOutcome:
+    """Copy the model to take home (the choose stage's, else the final model) with its threshold
+    chosen on validation, export it as `cfg.formats`, check each; the model is opened within
+    `limits` (the study's model_files)."""
+    chosen = (evaluation.at_validation_threshold if choice is None
+              else SimpleNamespace(threshold=choice.threshold, rule=choice.threshold_rule))
+    source = ctx.run_dir / (final.model_path if choice is None else choice.model_path)
+    model_path = ctx.dir / source.name
+    shutil.copyfile(source, model_path)
     sidecar = modelfile.write_classes(model_path, list(split.classes), chosen.threshold, chosen.rule)
     images = load_images(cache)
     step = max(1, len(split.test) // max(cfg.check_images, 1))

@@ -1,7 +1,7 @@
 """Every stage of the study, declared once: its name, its outcome, what it depends on, its work.
 
     audit → split → cache → train → tune → final → evaluate → kfold → labels → explain
-      → modern → pretrained → beyond → export → report
+      → modern → pretrained → beyond → choose → export → report
 
 A spec's `inputs(config, results, setting)` names everything the stage depends on: slices of the
 config and earlier outcomes (wrapped in `Upstream`, fingerprinted by their digest). The engine
@@ -33,6 +33,7 @@ from chimuf.core.results import (
     AuditOutcome,
     BeyondOutcome,
     CacheOutcome,
+    ChooseOutcome,
     EvaluateOutcome,
     ExplainOutcome,
     ExportOutcome,
@@ -48,7 +49,7 @@ from chimuf.core.results import (
 )
 from chimuf.data import audit, cache, split
 from chimuf.ml.fit import UNMONITORED, Monitoring
-from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, train, tune
+from chimuf.stages import beyond, choose, evaluate, explain, export, kfold, labels, train, tune
 
 if TYPE_CHECKING:
     from chimuf.tuning.protocol import Address
@@ -203,9 +204,13 @@ def run_beyond(ctx: StageContext, setting: Setting, got: Inputs) -> BeyondOutcom
                                  got.evaluate_cfg, got.seed, got.pretrained, setting.model_files)
 
 
+def run_choose(ctx: StageContext, setting: Setting, got: Inputs) -> ChooseOutcome:
+    return choose.choose_model(ctx, got.cache, got.split, got.beyond, got.kfold, setting.model_files)
+
+
 def run_export(ctx: StageContext, setting: Setting, got: Inputs) -> ExportOutcome:
     return export.export_final(ctx, got.cache, got.split, got.final, got.evaluate, got.export,
-                               setting.model_files)
+                               setting.model_files, got.choose)
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -272,8 +277,11 @@ SPECS: tuple[StageSpec[Any], ...] = (
                                           "pretrained"),
                                "evaluate_cfg": c.evaluate, "seed": c.seed},
               run_beyond),
+    StageSpec("choose", ChooseOutcome, lambda c, r, s: upstream(r, "cache", "split", "beyond", "kfold"),
+              run_choose),
     StageSpec("export", ExportOutcome,
-              lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "export": c.export},
+              lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "choose"),
+                               "export": c.export},
               run_export),
     StageSpec("report", ReportOutcome,
               lambda c, r, s: {"results": digest(results_without_run(r)), "report": c.report}, run_report),
