@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Class and probability for each IMAGE. A bad file is reported by name and "
         "reason and the others are still predicted; the exit status is 1 if any file failed.",
     )
-    predict.add_argument("model", metavar="MODEL", type=Path)
+    predict.add_argument("model", metavar="MODEL", type=Path,
+                         help="a .keras file, or a run folder: the model its study took home (export/)")
     predict.add_argument("images", metavar="IMAGE", type=Path, nargs="+")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_const", dest="format", const="json")
@@ -344,6 +345,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     config = load(args)  # its [audit] reads the images, its [model_files] limits the model file
     start_tensorflow()
+    args.model = predict.model_of(args.model)  # a run folder: the model it took home
     predictions = predict.predict_files(args.model, args.images, config.audit, console,
                                         threshold=args.threshold, ensemble=args.ensemble, flips=args.tta,
                                         limits=config.model_files)

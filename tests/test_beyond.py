@@ -269,7 +269,8 @@ def test_beyond_compares_flips_and_the_fold_ensemble_with_the_final_model(tiny_r
     assert sources == ["validation", "validation", "out-of-fold", "out-of-fold", "none", "none"]
     assert [r.validation_n for r in outcome.rows[:4]] == [4, 4, 4, 4]
     assert outcome.rows[2].validation_accuracy == 0.75 and math.isnan(outcome.rows[4].validation_accuracy)
-    assert outcome.rows[1].cost == 2 * outcome.rows[0].cost and outcome.rows[3].cost == 4 * outcome.rows[0].cost
+    one = outcome.rows[0].cost
+    assert outcome.rows[1].cost == 2 * one and outcome.rows[3].cost == 4 * one
     assert outcome.rows[2].model_paths == ["fold1/fold1.keras", "fold2/fold2.keras"]
 
 
