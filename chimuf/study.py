@@ -1,7 +1,7 @@
 """The whole study, stage by stage, as the paper ran it.
 
     audit → split → (plan) → cache → train ×6 → tune → final → evaluate → kfold → labels
-      → explain → modern → pretrained → beyond → choose → export → report
+      → explain → modern → pretrained → own → beyond → choose → export → report
 
 Every stage is declared once in chimuf.stages.specs (its inputs, its outcome, its work); this file
 walks that list: the engine runs a stage or reuses it when its inputs are unchanged, and after
@@ -11,7 +11,7 @@ every stage the run's results.json is rewritten, so even a partial run has a rep
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chimuf.core import environment
@@ -29,8 +29,10 @@ from chimuf.core.results import (
     EnvironmentInfo,
     Results,
     RunInfo,
+    recorded_model_digests,
 )
-from chimuf.ml import machine
+from chimuf.ml import builders, machine, modelfile
+from chimuf.ml.builders import Builder
 from chimuf.ml.fit import Monitoring
 from chimuf.ml.models import Blueprint, blueprint, parameter_count
 from chimuf.report.claims import headline_lines
@@ -49,7 +51,8 @@ __all__ = ["StudyPaths", "run_study"]
 
 def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str = "",
               tune_chief: Address | None = None, callbacks: Sequence[Any] = (),
-              plan_only: bool = False, project: Path | None = None) -> Results:
+              plan_only: bool = False, project: Path | None = None,
+              candidates: Mapping[str, Builder] | None = None) -> Results:
     """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
 
     With `tune_chief`, the search serves its trials to workers at that address (chimuf.tuning).
@@ -57,11 +60,14 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_aft
     With `tracking.mlflow_uri`, what the run found is logged to MLflow once the stages are done.
     With `plan_only`, the study stops after its split and the printed plan of the rest.
     With `project`, the report's Quarto project is also published there (chimuf.report.project).
+    `candidates` are the user's own model builders by name, besides `candidates.builders`
+    (chimuf.ml.builders): trained, judged and possibly taken home like the other candidates.
     """
     check_model_sizes(config)
     if config.tracking.mlflow_uri:
         tracking.check_mlflow(config.tracking)
-    study = Study(config, paths, console, stop_after, tune_chief, callbacks)
+    study = Study(config, paths, console, stop_after, tune_chief, callbacks,
+                  builders.all_builders(config.candidates.builders, candidates))
     results = study.run(plan_only, project)
     if config.tracking.mlflow_uri and not plan_only:
         tracking.log_run(results, paths.run_dir, config.tracking, console)
@@ -72,7 +78,8 @@ class Study:
     """One run of the stages: the run folder, the results so far, and how each stage is saved."""
 
     def __init__(self, config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str,
-                 tune_chief: Address | None, callbacks: Sequence[Any]):
+                 tune_chief: Address | None, callbacks: Sequence[Any],
+                 own: Mapping[str, Builder] | None = None):
         self.config, self.paths, self.console, self.stop_after = config, paths, console, stop_after
         machine.enable_determinism(config.train.deterministic)
         self.onednn = machine.start_onednn_probe(paths.cache_dir)  # answers in the background
@@ -83,10 +90,11 @@ class Study:
         board = paths.run_dir / "tensorboard" if config.tracking.tensorboard else None
         self.monitoring = Monitoring(board, tuple(callbacks))
         self.tune_chief = tune_chief
+        self.builders = dict(own or {})
 
     def setting(self) -> Setting:
         return Setting(self.paths.data_dir, self.paths.cache_dir, self.config.model_files, self.monitoring,
-                       self.tune_chief)
+                       self.tune_chief, self.builders)
 
     def run(self, plan_only: bool, project: Path | None) -> Results:
         run, config = self.run_folder, self.config
@@ -125,6 +133,7 @@ class Study:
         return stopping
 
     def stage(self, spec: StageSpec[Any]) -> Any:
+        modelfile.vouch(recorded_model_digests(self.results))  # the study's own files load again
         setting = self.setting()
         inputs = spec.inputs(self.config, self.results, setting)
         outcome = self.run_folder.stage(

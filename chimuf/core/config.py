@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -291,6 +292,21 @@ class PretrainedConfig:
     dropout: float = opt(0.2, "dropout before the output layer", between(0, 1, high_inclusive=False))
 
 
+BUILDER_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Architectures of the user's own, trained and judged beside the others (chimuf.ml.builders)."""
+
+    builders: tuple[str, ...] = opt(
+        (), "'module:function' names of model builders: function(image_size=..., seed=...) returns a Keras "
+        "model (one sigmoid output); each is trained by the fit loop (train.* settings, with augmentation), "
+        "evaluated, explained and may be chosen as the model to take home",
+        Check(lambda v: all(BUILDER_NAME.match(name) for name in v),
+              "a list of 'package.module:function' names"))
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     bootstrap_samples: int = opt(2000, "bootstrap resamples for confidence intervals", at_least(10))
@@ -386,6 +402,7 @@ class StudyConfig:
     kfold: KFoldConfig = field(default_factory=KFoldConfig)
     modern: ModernConfig = field(default_factory=ModernConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

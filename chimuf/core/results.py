@@ -183,6 +183,7 @@ class TrainingOutcome:
     images_per_s: float
     precision: str  # "float32" | "mixed_bfloat16"
     hyperparameters: Hyperparameters | None = None  # the tuned family's values; None for models 1-3
+    model_sha256: str = ""  # of model_path as saved: later stages trust the study's own file by it
 
 
 @dataclass
@@ -534,6 +535,13 @@ class ExplainOutcome:
 
 
 @dataclass
+class OwnOutcome:
+    """The user's own architectures (chimuf.ml.builders), each trained by the fit loop; [] = none."""
+
+    trainings: list[TrainingOutcome] = field(default_factory=list)
+
+
+@dataclass
 class BeyondRow:
     """One classifier beyond the paper's protocol, on the same test split as the final model."""
 
@@ -578,6 +586,24 @@ class ChooseOutcome:
     model_path: str  # the chosen classifier as one .keras file (members and flips inside), run-relative
     threshold: float  # decision threshold chosen on the chosen candidate's validation predictions
     threshold_rule: str
+    model_sha256: str = ""  # of model_path as saved (the export stage copies it byte for byte)
+
+
+def recorded_model_digests(value: Any) -> set[str]:
+    """Every `model_sha256` recorded anywhere in `value` (Results, an outcome): the model files the
+    study saved itself (chimuf.ml.modelfile.vouch)."""
+    found: set[str] = set()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name == "model_sha256" and isinstance(item, str) and item:
+                found.add(item)
+            else:
+                found |= recorded_model_digests(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found |= recorded_model_digests(item)
+    return found
 
 
 @dataclass
@@ -695,6 +721,7 @@ class Results:
     explain: ExplainOutcome | None = None
     modern: TrainingOutcome | None = None
     pretrained: TrainingOutcome | None = None
+    own: OwnOutcome | None = None
     beyond: BeyondOutcome | None = None
     choose: ChooseOutcome | None = None
     export: ExportOutcome | None = None

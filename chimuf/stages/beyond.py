@@ -7,6 +7,7 @@ same test images, what a user of today would try next:
     the modern recipe                       (chimuf.ml.modern; trained by the `modern` stage)
     the fold ensemble                       (the k k-fold models of the final architecture, averaged)
     the fold ensemble with the final model  (k + 1 models)
+    the pretrained backbone, the user's own architectures (`own` stage), where trained
       ... each also with flips
 
 For each: test accuracy and ROC AUC with bootstrap intervals, an exact binomial test against
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         CacheOutcome,
         EvaluateOutcome,
         KFoldOutcome,
+        OwnOutcome,
         SplitOutcome,
         TrainingOutcome,
     )
@@ -68,7 +70,7 @@ class Scored:
 def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
                    evaluation: EvaluateOutcome, kfold: KFoldOutcome | None, modern: TrainingOutcome | None,
                    cfg: EvaluateConfig, seed: int, pretrained: TrainingOutcome | None = None,
-                   limits: ModelFilesConfig | None = None) -> BeyondOutcome:
+                   limits: ModelFilesConfig | None = None, own: OwnOutcome | None = None) -> BeyondOutcome:
     """Every candidate's test metrics, with and without flips, against the final model's; the
     saved models are opened within `limits` (the study's model_files, as every stage opens them)."""
     images = load_images(cache)
@@ -79,7 +81,7 @@ def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
     final_predicted = metrics.predict_labels(np.asarray(evaluation.predictions.probabilities))
     majority = metrics.majority_rate(labels)
 
-    candidates = candidates_of(ctx, final, kfold, modern, pretrained, limits)
+    candidates = candidates_of(ctx, final, kfold, modern, pretrained, limits, own)
     first = row_of(FINAL, "the final model (the paper's protocol), as evaluated", 1, False,
                    labels, np.asarray(evaluation.predictions.probabilities), None, cfg, seed)
     rows = [with_choice_facts(first, candidates[0], False,
@@ -108,7 +110,7 @@ def compare_beyond(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
 def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome | None,
                   modern: TrainingOutcome | None,
                   pretrained: TrainingOutcome | None = None,
-                  limits: ModelFilesConfig | None = None) -> list[Candidate]:
+                  limits: ModelFilesConfig | None = None, own: OwnOutcome | None = None) -> list[Candidate]:
     """The models to set beside the final model: itself (for its flips), the modern recipe, the
     fold ensemble alone and with the final model; those that were not trained are left out."""
     def load(path: str) -> keras.Model:
@@ -121,6 +123,9 @@ def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome
     if pretrained is not None:
         out.append(Candidate("pretrained", "the pretrained baseline (an ImageNet backbone, fine-tuned)",
                              [load(pretrained.model_path)], [pretrained.model_path]))
+    for training in own.trainings if own else []:
+        out.append(Candidate(training.name, "the user's own architecture (candidates.builders)",
+                             [load(training.model_path)], [training.model_path]))
     folds = [f for f in (kfold.folds if kfold else []) if f.status == "COMPLETED" and f.model_path]
     if len(folds) >= 2:
         members = [load(f.model_path) for f in folds]

@@ -66,7 +66,7 @@ def choose_model(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, be
     threshold = chosen_threshold(cache, split, members, chosen, kfold)
     modelfile.write_classes(path, list(split.classes), threshold, metrics.describe_rule(THRESHOLD_RULE))
     return ChooseOutcome(RULE, list(beyond.rows), chosen.name, ctx.rel(path), threshold,
-                         metrics.describe_rule(THRESHOLD_RULE))
+                         metrics.describe_rule(THRESHOLD_RULE), modelfile.file_sha256(path))
 
 
 def chosen_threshold(cache: CacheOutcome, split: SplitOutcome, members: list[keras.Model],

@@ -1,7 +1,7 @@
 """Every stage of the study, declared once: its name, its outcome, what it depends on, its work.
 
     audit → split → cache → train → tune → final → evaluate → kfold → labels → explain
-      → modern → pretrained → beyond → choose → export → report
+      → modern → pretrained → own → beyond → choose → export → report
 
 A spec's `inputs(config, results, setting)` names everything the stage depends on: slices of the
 config and earlier outcomes (wrapped in `Upstream`, fingerprinted by their digest). The engine
@@ -18,8 +18,8 @@ the SPLIT and CACHE specs for the inputs the chief's study fingerprinted them wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -39,6 +39,7 @@ from chimuf.core.results import (
     ExportOutcome,
     KFoldOutcome,
     LabelsOutcome,
+    OwnOutcome,
     ReportOutcome,
     Results,
     SplitOutcome,
@@ -48,6 +49,8 @@ from chimuf.core.results import (
     digest,
 )
 from chimuf.data import audit, cache, split
+from chimuf.ml import builders
+from chimuf.ml.builders import Builder
 from chimuf.ml.fit import UNMONITORED, Monitoring
 from chimuf.stages import beyond, choose, evaluate, explain, export, kfold, labels, train, tune
 
@@ -69,6 +72,7 @@ class Setting:
     model_files: ModelFilesConfig
     monitor: Monitoring = UNMONITORED
     tune_chief: Address | None = None
+    builders: Mapping[str, Builder] = field(default_factory=dict)  # the user's own, by candidate name
 
 
 def always_on(config: StudyConfig) -> str:
@@ -199,9 +203,20 @@ def run_pretrained(ctx: StageContext, setting: Setting, got: Inputs) -> Training
                                   got.seed, setting.monitor)
 
 
+def own_inputs(config: StudyConfig, results: Results, setting: Setting) -> dict[str, Any]:
+    """The trainings' inputs and each builder by name and source (chimuf.ml.builders.fingerprint)."""
+    return {**training_inputs(config, results),
+            "builders": {name: builders.fingerprint(fn) for name, fn in setting.builders.items()}}
+
+
+def run_own(ctx: StageContext, setting: Setting, got: Inputs) -> OwnOutcome:
+    return train.train_own(ctx, got.cache, got.split, setting.builders, got.train, got.augment, got.seed,
+                           setting.monitor)
+
+
 def run_beyond(ctx: StageContext, setting: Setting, got: Inputs) -> BeyondOutcome:
     return beyond.compare_beyond(ctx, got.cache, got.split, got.final, got.evaluate, got.kfold, got.modern,
-                                 got.evaluate_cfg, got.seed, got.pretrained, setting.model_files)
+                                 got.evaluate_cfg, got.seed, got.pretrained, setting.model_files, got.own)
 
 
 def run_choose(ctx: StageContext, setting: Setting, got: Inputs) -> ChooseOutcome:
@@ -272,9 +287,10 @@ SPECS: tuple[StageSpec[Any], ...] = (
     StageSpec("pretrained", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "pretrained": c.pretrained}, run_pretrained,
               trains=True, off=lambda c: "" if c.pretrained.backbone else "pretrained.backbone is ''"),
+    StageSpec("own", OwnOutcome, own_inputs, run_own, trains=True),
     StageSpec("beyond", BeyondOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "kfold", "modern",
-                                          "pretrained"),
+                                          "pretrained", "own"),
                                "evaluate_cfg": c.evaluate, "seed": c.seed},
               run_beyond),
     StageSpec("choose", ChooseOutcome, lambda c, r, s: upstream(r, "cache", "split", "beyond", "kfold"),
