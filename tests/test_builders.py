@@ -22,7 +22,7 @@ def no_vouched():
 def test_the_config_names_builders_as_module_function() -> None:
     cfg = load_config(overrides={"candidates": {"builders": ["tests.own_builder:tiny"]}})
     assert builders.all_builders(cfg.candidates.builders, None) == {"tiny": tiny}
-    with pytest.raises(ConfigError, match="'package.module:function' names"):
+    with pytest.raises(ConfigError, match=r"'package\.module:function' names"):
         load_config(overrides={"candidates": {"builders": ["tests/own_builder.py"]}})
     with pytest.raises(ConfigError, match="cannot import `no_such_module`"):
         builders.resolve("no_such_module:build")
@@ -39,7 +39,7 @@ def test_a_builder_is_fingerprinted_by_its_source() -> None:
 def test_a_builders_model_is_checked_and_compiled(tmp_path) -> None:
     model = builders.build("mine", tiny, 16, seed=3, learning_rate=1e-3)
     assert model.optimizer is not None and model.output_shape == (None, 1)
-    with pytest.raises(ModelError, match="expected \\(None, 24, 24, 3\\)"):
+    with pytest.raises(ModelError, match=r"expected \(None, 24, 24, 3\)"):
         builders.build("mine", lambda image_size, seed: tiny(16, seed), 24, seed=3, learning_rate=1e-3)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from chimuf.core.config import load_config
 from chimuf.core.hyperparameters import PAPER_BEST
 from chimuf.core.results import StageFact
@@ -44,3 +46,23 @@ def test_the_report_says_in_one_line_which_sections_were_switched_off(tmp_path) 
     assert markdown.count("*Switched off in this run's config") == 5  # architectures, trainings too
     assert "the paper\\'s own best hyperparameters" in markdown
     assert not any(f"the {name} stage has no results" in markdown for name in ("train", "tune", "kfold"))
+
+
+def test_the_fast_profile_skips_the_papers_protocol_and_trains_the_candidates(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    config = load_config(profile="fast")
+    names = ("train", "tune", "kfold", "labels", "final", "modern", "pretrained", "beyond", "choose", "export")
+    off = {name: BY_NAME[name].off(config) for name in names}
+    assert {name for name, why in off.items() if why} == {"train", "tune", "kfold", "labels", "pretrained"}
+    assert "no mobilenet_v3_small weights at hand" in off["pretrained"]  # offline: one line, and on
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    (tmp_path / "keras" / "models" / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5").write_bytes(b"")
+    assert BY_NAME["pretrained"].off(config) == ""  # Keras' cached download is at hand
+
+
+def test_study_help_leads_new_users_to_the_fast_profile(capsys) -> None:
+    from chimuf.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    assert "--profile fast" in " ".join(capsys.readouterr().out.split())

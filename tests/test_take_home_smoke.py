@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from chimuf.core.errors import ModelError
 from chimuf.ml import modelfile
 from chimuf.stages.choose import pick
 from tests.conftest import SHARED_DATA, make_dataset
 from tests.test_study_smoke import environment
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """
 [data]
@@ -44,6 +46,8 @@ max_images = 1
 activation_images = 1
 [report]
 formats = ["html"]
+[candidates]
+builders = ["tests.own_builder:tiny"]
 """
 
 
@@ -56,7 +60,7 @@ def lean_run(tmp_path_factory) -> Path:
     out = root / "run"
     done = subprocess.run([sys.executable, "-m", "chimuf", "study", "--profile", "smoke", "--config",
                            str(config), "--data", str(data), "--out", str(out)],
-                          env=environment(root / "cache"), capture_output=True, text=True, timeout=900,
+                          env={**environment(root / "cache"), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -85,3 +89,20 @@ def test_the_exported_model_is_the_one_the_rule_chose(lean_run: Path) -> None:
     assert sidecar.threshold == results.choose.threshold == results.export.threshold
     assert [e.format for e in results.export.exports] == ["tflite"]
     assert (lean_run / results.export.exports[0].path).is_file()
+
+
+def test_a_users_own_architecture_is_trained_judged_and_loads_again_by_digest(lean_run: Path) -> None:
+    from chimuf.core.results import load_results, recorded_model_digests
+
+    results = load_results((lean_run / "results.json").read_text())
+    (own,) = results.own.trainings
+    assert own.name == "tiny" and own.epochs_run == 1
+    assert "tiny" in [row.name for row in results.beyond.rows]
+    assert any(c.name == "tiny" and c.validation_source == "validation" for c in results.choose.candidates)
+    path = lean_run / own.model_path
+    modelfile.VOUCHED.clear()
+    with pytest.raises(ModelError, match="RandomGrayscale"):
+        modelfile.load_model(path)  # its layers cannot be counted: an outside file would be refused
+    modelfile.vouch(recorded_model_digests(results))
+    assert modelfile.load_model(path).count_params() == own.params
+    modelfile.VOUCHED.clear()

@@ -49,7 +49,7 @@ from chimuf.core.results import (
     digest,
 )
 from chimuf.data import audit, cache, split
-from chimuf.ml import builders
+from chimuf.ml import builders, pretrained
 from chimuf.ml.builders import Builder
 from chimuf.ml.fit import UNMONITORED, Monitoring
 from chimuf.stages import beyond, choose, evaluate, explain, export, kfold, labels, train, tune
@@ -198,6 +198,17 @@ def run_modern(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutc
                               setting.monitor)
 
 
+def pretrained_off(config: StudyConfig) -> str:
+    """Off without a backbone; with `skip_offline`, off when its weights are not at hand."""
+    cfg = config.pretrained
+    if not cfg.backbone:
+        return "pretrained.backbone is ''"
+    if cfg.skip_offline and not pretrained.weights_at_hand(cfg):
+        return (f"no {cfg.backbone} weights at hand (offline: neither pretrained.weights nor Keras' cache "
+                "has them); pass --weights PATH to add the pretrained candidate")
+    return ""
+
+
 def run_pretrained(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutcome:
     return train.train_pretrained(ctx, got.cache, got.split, got.pretrained, got.train, got.augment,
                                   got.seed, setting.monitor)
@@ -286,7 +297,7 @@ SPECS: tuple[StageSpec[Any], ...] = (
               run_modern, trains=True, off=lambda c: "" if c.modern.enabled else "modern.enabled = false"),
     StageSpec("pretrained", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "pretrained": c.pretrained}, run_pretrained,
-              trains=True, off=lambda c: "" if c.pretrained.backbone else "pretrained.backbone is ''"),
+              trains=True, off=pretrained_off),
     StageSpec("own", OwnOutcome, own_inputs, run_own, trains=True),
     StageSpec("beyond", BeyondOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "kfold", "modern",
