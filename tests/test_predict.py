@@ -183,5 +183,5 @@ def test_a_run_folder_predicts_with_the_model_its_study_took_home(model_path, fi
     write_run(run_dir, results)
     with pytest.raises(ModelError, match="no exported model yet"):
         predict.model_of(run_dir)
-    with pytest.raises(ModelError, match="without results.json"):
+    with pytest.raises(ModelError, match=r"without results\.json"):
         predict.model_of(tmp_path / "run" / "export")

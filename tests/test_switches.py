@@ -51,7 +51,8 @@ def test_the_report_says_in_one_line_which_sections_were_switched_off(tmp_path) 
 def test_the_fast_profile_skips_the_papers_protocol_and_trains_the_candidates(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     config = load_config(profile="fast")
-    names = ("train", "tune", "kfold", "labels", "final", "modern", "pretrained", "beyond", "choose", "export")
+    names = ("train", "tune", "kfold", "labels", "final", "modern", "pretrained", "beyond", "choose",
+             "export")
     off = {name: BY_NAME[name].off(config) for name in names}
     assert {name for name, why in off.items() if why} == {"train", "tune", "kfold", "labels", "pretrained"}
     assert "no mobilenet_v3_small weights at hand" in off["pretrained"]  # offline: one line, and on

@@ -208,8 +208,15 @@ def conv_layer_names(model: keras.Model) -> list[str]:
 
 
 def model_precision(model: keras.Model) -> str:
-    """"mixed_bfloat16" or "float32": the dtype policy the model's conv layers were built with."""
-    return model.get_layer(conv_layer_names(model)[0]).dtype_policy.name
+    """"mixed_bfloat16" or "float32": the dtype policy the model's conv layers were built with (those
+    of its first nested model for an ensemble, chimuf.stages.choose; else the model's own)."""
+    import keras
+
+    names = conv_layer_names(model)
+    if names:
+        return model.get_layer(names[0]).dtype_policy.name
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return model_precision(nested[0]) if nested else model.dtype_policy.name
 
 
 def resolve_precision(setting: str) -> str:

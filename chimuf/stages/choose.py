@@ -24,7 +24,7 @@ from chimuf.core.files import safe_name
 from chimuf.core.results import BeyondOutcome, BeyondRow, ChooseOutcome
 from chimuf.data.cache import load_images
 from chimuf.ml import metrics, modelfile
-from chimuf.ml.models import save_model
+from chimuf.ml.models import float32_copy, model_precision, save_model
 from chimuf.ml.predictor import averaged_probabilities
 
 if TYPE_CHECKING:
@@ -84,9 +84,12 @@ def chosen_threshold(cache: CacheOutcome, split: SplitOutcome, members: list[ker
 
 def combined(members: list[keras.Model], flips: bool) -> keras.Model:
     """One model whose output is the mean of `members`' on each image (and on its left-right mirror
-    with `flips`), built from Keras layers only, so it loads in safe mode and exports to TFLite."""
+    with `flips`), built from Keras layers only, so it loads in safe mode and exports to TFLite; in
+    float32 (a member trained in mixed bfloat16 keeps its weights, which are float32 anyway)."""
     import keras
 
+    members = [float32_copy(member) if model_precision(member) != "float32" else member
+               for member in members]
     size = modelfile.input_size(members[0])
     inputs = keras.Input((size, size, 3), name="image")
     views = [inputs, mirrored(inputs, size)] if flips else [inputs]
