@@ -82,3 +82,18 @@ def test_the_report_says_the_rule_the_scores_the_choice_and_its_test_numbers(tmp
     assert "0.950 \\(validation\\, 473\\)" in section and "not eligible" in section
     assert "**Chosen: modern.**" in section and "0.962" in section and "better \\(p \\= 0.002" in section
     assert not math.isnan(results.choose.threshold)
+
+
+def test_the_console_and_the_headline_numbers_name_the_model_to_take_home(tmp_path) -> None:
+    from chimuf.core.headline import headline_numbers
+    from chimuf.report.claims import headline_lines
+
+    results = complete_results(tmp_path)
+    rows = [row("final", 0.90, 100, test=0.93), row("modern", 0.95, 500, test=0.962)]
+    results.beyond = BeyondOutcome(947, 0.54, rows)
+    results.choose = ChooseOutcome(RULE, rows, "modern", "choose/modern.keras", 0.47, "rule")
+    numbers = {n.key: n.value for n in headline_numbers(results)}
+    assert numbers["take_home.test_accuracy"] == 0.962 and numbers["take_home.test_roc_auc"] == 0.97
+    line = headline_lines(results)[-1]
+    assert line.startswith("model to take home, chosen on validation: modern; take-home test accuracy 0.962")
+    assert line.endswith("→ export/final.keras")

@@ -109,7 +109,8 @@ def test_values_that_would_crash_or_mislead_later_are_refused_by_name(tmp_path, 
 
 
 def test_profile_given_as_a_list_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"`profile` must be a string, one of paper, quick, fast, smoke; got \["):
+    with pytest.raises(ConfigError,
+                       match=r"`profile` must be a string, one of paper, quick, fast, smoke; got \["):
         load_config(write(tmp_path, 'profile = ["smoke"]\n'))
 
 

@@ -39,12 +39,26 @@ def headline_numbers(r: Results) -> list[Number]:
                               first_page=True))
         numbers.append(Number("kfold_mean_loss", "k-fold mean loss", value(k.mean_loss),
                               spread(k.mean_loss, k.std_loss), SD_OVER_FOLDS, value(k.std_loss)))
+    if r.choose is not None:
+        numbers += take_home_numbers(r)
     if r.tune is not None:
         numbers.append(Number("tune_best_score", "tuning best val_accuracy", value(r.tune.best_score)))
     for training in trainings(r):
         numbers.append(Number(f"{training.name}.best_val_accuracy", f"{training.name} best val_accuracy",
                               value(training.best_val_accuracy)))
     return numbers
+
+
+def take_home_numbers(r: Results) -> list[Number]:
+    """The model to take home (chimuf.stages.choose): its test numbers, measured once by the beyond
+    stage, with their intervals."""
+    c = r.choose
+    row = next(row for row in c.candidates if row.name == c.chosen)
+    kind = f"{round(100 * r.evaluate.confidence)}% bootstrap" if r.evaluate is not None else "bootstrap"
+    return [Number("take_home.test_accuracy", "take-home test accuracy", value(row.accuracy),
+                   row.accuracy_interval, kind),
+            Number("take_home.test_roc_auc", "take-home ROC AUC", value(row.roc_auc),
+                   row.roc_auc_interval, kind)]
 
 
 def test_numbers(e: EvaluateOutcome) -> list[Number]:
