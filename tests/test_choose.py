@@ -58,6 +58,13 @@ def test_the_take_home_file_predicts_as_the_chosen_candidate_with_its_validation
     sidecar = modelfile.read_sidecar(run_dir / outcome.model_path)
     assert sidecar.threshold == outcome.threshold and 0 < outcome.threshold < 1
     assert sidecar.threshold_rule == "maximum accuracy on the validation split"
+    test_p = want[20:]  # the cache's last 4 rows are the test split
+    mistakes = int(np.sum((test_p > 0.5) != np.array([0, 1, 0, 1], dtype=bool)))
+    if mistakes:  # Grad-CAM of the taken-home model's test mistakes, after the choice
+        figure = outcome.gradcam_figure
+        assert (run_dir / figure.path).is_file() and f"(of {mistakes})" in figure.caption
+    else:
+        assert outcome.gradcam_figure is None
 
 
 def test_a_single_model_without_flips_is_taken_home_as_its_own_file(tiny_run):  # noqa: F811

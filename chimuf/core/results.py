@@ -587,6 +587,7 @@ class ChooseOutcome:
     threshold: float  # decision threshold chosen on the chosen candidate's validation predictions
     threshold_rule: str
     model_sha256: str = ""  # of model_path as saved (the export stage copies it byte for byte)
+    gradcam_figure: Figure | None = None  # its most confident test mistakes, after the choice
 
 
 def recorded_model_digests(value: Any) -> set[str]:

@@ -5,6 +5,7 @@ number is read.
       → the highest wins; equal scores go to the cheaper candidate (parameters × forward passes)
       → its members (and flips) as one .keras file, its threshold chosen on its validation predictions
       → the export stage exports that file; its test numbers are the beyond row's, measured once
+      → once chosen: Grad-CAM of its most confident test mistakes (its last conv layer)
 
 The rule reads `validation_accuracy` and `cost` only, never a test number, so the choice is the
 one a user would have made without the test split; the report says the rule, every candidate's
@@ -21,7 +22,7 @@ import numpy as np
 
 from chimuf.core.errors import StageError
 from chimuf.core.files import safe_name
-from chimuf.core.results import BeyondOutcome, BeyondRow, ChooseOutcome
+from chimuf.core.results import BeyondOutcome, BeyondRow, ChooseOutcome, Figure
 from chimuf.data.cache import load_images
 from chimuf.ml import metrics, modelfile
 from chimuf.ml.models import float32_copy, model_precision, save_model
@@ -65,8 +66,9 @@ def choose_model(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, be
         save_model(combined(members, chosen.flips), path)
     threshold = chosen_threshold(cache, split, members, chosen, kfold)
     modelfile.write_classes(path, list(split.classes), threshold, metrics.describe_rule(THRESHOLD_RULE))
+    figure = mistakes_gradcam(ctx, cache, split, members, chosen)
     return ChooseOutcome(RULE, list(beyond.rows), chosen.name, ctx.rel(path), threshold,
-                         metrics.describe_rule(THRESHOLD_RULE), modelfile.file_sha256(path))
+                         metrics.describe_rule(THRESHOLD_RULE), modelfile.file_sha256(path), figure)
 
 
 def chosen_threshold(cache: CacheOutcome, split: SplitOutcome, members: list[keras.Model],
@@ -80,6 +82,38 @@ def chosen_threshold(cache: CacheOutcome, split: SplitOutcome, members: list[ker
     pixels = np.asarray(images.images[rows], dtype=np.uint8)
     p = averaged_probabilities(members, pixels, chosen.flips)
     return metrics.choose_threshold(np.asarray(images.labels)[rows], p, THRESHOLD_RULE)
+
+
+def mistakes_gradcam(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
+                     members: list[keras.Model], chosen: BeyondRow, shown: int = 8) -> Figure | None:
+    """Grad-CAM at the last conv layer of the chosen model (its first member for an ensemble) on its
+    most confident test mistakes, after the choice was made; None without mistakes or convolutions."""
+    from chimuf.ml.explain_plots import draw_heatmap_grid
+    from chimuf.ml.gradcam import gradcam_maps, logit_model
+    from chimuf.ml.models import conv_layer_names
+    from chimuf.ml.plots import save_figure
+
+    layers = conv_layer_names(members[0])
+    images = load_images(cache)
+    rows = images.rows(split.test)
+    pixels = np.asarray(images.images[rows], dtype=np.uint8)
+    labels = np.asarray(images.labels)[rows]
+    p = averaged_probabilities(members, pixels, chosen.flips)
+    predicted = metrics.predict_labels(p)
+    wrong = np.flatnonzero(predicted != labels)
+    if not layers or not len(wrong):
+        return None
+    p_true = np.where(labels[wrong] == 1, p[wrong], 1 - p[wrong])
+    worst = wrong[np.argsort(p_true, kind="stable")[:shown]]
+    maps = gradcam_maps(logit_model(members[0]), pixels[worst], [layers[-1]], predicted[worst].tolist())
+    names = list(split.classes)
+    captions = [f"{names[labels[i]]} as {names[predicted[i]]}" for i in worst]
+    figure = draw_heatmap_grid(pixels[worst], [(layers[-1], maps[layers[-1]])], captions,
+                               f"{chosen.name}: Grad-CAM of its mistakes")
+    path = save_figure(figure, ctx.dir / "gradcam_mistakes.png")
+    return Figure(ctx.rel(path), f"Grad-CAM at {layers[-1]}, the last convolution of the model taken "
+                                 f"home ({chosen.name}), on its {len(worst)} most confident test mistakes "
+                                 f"(of {len(wrong)}), explaining the class it predicted.")
 
 
 def combined(members: list[keras.Model], flips: bool) -> keras.Model:
