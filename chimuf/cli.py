@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "same settings skips finished stages and resumes an interrupted training where it stopped. "
         "New here? `--profile fast` skips the paper's six trainings, search and k-fold: the modern "
         "recipe beside a short final model, the model to take home chosen on validation and exported "
-        "(about 20 minutes on 2 cores at 128 px); `chimuf predict RUN_DIR IMAGE` then uses it.",
+        "(`--plan` says how long it takes here; add `--config` with [data] image_size = 64 for a "
+        "quicker first look); `chimuf predict RUN_DIR IMAGE` then uses it.",
     )
     add_config_options(study)
     study.add_argument("--data", metavar="DIR",

@@ -432,7 +432,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # "The best honest model for my folder, now": none of the paper's six trainings, search or
     # k-fold; the modern recipe (and the pretrained backbone where its weights are at hand) beside a
     # short final model (the paper's best hyperparameters: the reference of McNemar's tests), test-time
-    # flips, the model to take home chosen on validation, exported. Target: <= 20 min on 2 cores.
+    # flips, the model to take home chosen on validation, exported. Target: <= 20 min on 2 cores at
+    # 128 px; `chimuf study --profile fast --plan` prints this machine's estimate.
     "fast": {
         "train": {"enabled": False, "epochs": 12, "start_from_epoch": 4, "patience": 3},
         "tune": {"enabled": False},
