@@ -71,8 +71,13 @@ def test_a_single_model_without_flips_is_taken_home_as_its_own_file(tiny_run):  
     run_dir, cache, split = tiny_run
     ctx = StageContext("choose", run_dir / "choose", run_dir, quiet())
     ctx.dir.mkdir()
-    outcome = choose_model(ctx, cache, split, BeyondOutcome(4, 0.5, [row("final", 0.75, 10)]), None)
+    model = modelfile.load_model(run_dir / "final/final.keras")
+    first_conv = next(layer.name for layer in model.layers if type(layer).__name__ == "Conv2D")
+    outcome = choose_model(ctx, cache, split, BeyondOutcome(4, 0.5, [row("final", 0.75, 10)]), None,
+                           gradcam_layer=first_conv)
     assert (run_dir / outcome.model_path).read_bytes() == (run_dir / "final/final.keras").read_bytes()
+    if outcome.gradcam_figure is not None:  # the layer named in candidates.gradcam_layer
+        assert outcome.gradcam_figure.caption.startswith(f"Grad-CAM at {first_conv},")
 
 
 def test_the_report_says_the_rule_the_scores_the_choice_and_its_test_numbers(tmp_path) -> None:

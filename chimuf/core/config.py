@@ -308,6 +308,8 @@ class CandidatesConfig:
         "evaluated, explained and may be chosen as the model to take home",
         Check(lambda v: all(BUILDER_NAME.match(name) for name in v),
               "a list of 'package.module:function' names"))
+    gradcam_layer: str = opt("", "the layer whose Grad-CAM the take-home section shows for the chosen "
+                             "model, where the model has it; '' = its last Conv2D")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ def pick(rows: list[BeyondRow]) -> BeyondRow:
 
 
 def choose_model(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, beyond: BeyondOutcome,
-                 kfold: KFoldOutcome | None, limits: ModelFilesConfig | None = None) -> ChooseOutcome:
+                 kfold: KFoldOutcome | None, limits: ModelFilesConfig | None = None,
+                 gradcam_layer: str = "") -> ChooseOutcome:
     """Choose by RULE, write the chosen classifier as one .keras file with its validation threshold."""
     chosen = pick(beyond.rows)
     ctx.console.info(f"  by validation score: {chosen.name} ({chosen.validation_source} accuracy "
@@ -66,7 +67,7 @@ def choose_model(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, be
         save_model(combined(members, chosen.flips), path)
     threshold = chosen_threshold(cache, split, members, chosen, kfold)
     modelfile.write_classes(path, list(split.classes), threshold, metrics.describe_rule(THRESHOLD_RULE))
-    figure = mistakes_gradcam(ctx, cache, split, members, chosen)
+    figure = mistakes_gradcam(ctx, cache, split, members, chosen, gradcam_layer)
     return ChooseOutcome(RULE, list(beyond.rows), chosen.name, ctx.rel(path), threshold,
                          metrics.describe_rule(THRESHOLD_RULE), modelfile.file_sha256(path), figure)
 
@@ -85,15 +86,18 @@ def chosen_threshold(cache: CacheOutcome, split: SplitOutcome, members: list[ker
 
 
 def mistakes_gradcam(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
-                     members: list[keras.Model], chosen: BeyondRow, shown: int = 8) -> Figure | None:
-    """Grad-CAM at the last conv layer of the chosen model (its first member for an ensemble) on its
-    most confident test mistakes, after the choice was made; None without mistakes or convolutions."""
+                     members: list[keras.Model], chosen: BeyondRow, layer: str = "",
+                     shown: int = 8) -> Figure | None:
+    """Grad-CAM at `layer` (where the model has it, else its last Conv2D) of the chosen model (its
+    first member for an ensemble) on its most confident test mistakes, after the choice was made;
+    None without mistakes or such a layer."""
     from chimuf.ml.explain_plots import draw_heatmap_grid
     from chimuf.ml.gradcam import gradcam_maps, logit_model
     from chimuf.ml.models import conv_layer_names
     from chimuf.ml.plots import save_figure
 
-    layers = conv_layer_names(members[0])
+    named = [layer] if layer and layer in [each.name for each in members[0].layers] else []
+    layers = named or conv_layer_names(members[0])
     images = load_images(cache)
     rows = images.rows(split.test)
     pixels = np.asarray(images.images[rows], dtype=np.uint8)
@@ -111,8 +115,9 @@ def mistakes_gradcam(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome
     figure = draw_heatmap_grid(pixels[worst], [(layers[-1], maps[layers[-1]])], captions,
                                f"{chosen.name}: Grad-CAM of its mistakes")
     path = save_figure(figure, ctx.dir / "gradcam_mistakes.png")
-    return Figure(ctx.rel(path), f"Grad-CAM at {layers[-1]}, the last convolution of the model taken "
-                                 f"home ({chosen.name}), on its {len(worst)} most confident test mistakes "
+    where = "the layer named in candidates.gradcam_layer" if named else "its last convolution"
+    return Figure(ctx.rel(path), f"Grad-CAM at {layers[-1]}, {where}, of the model taken home "
+                                 f"({chosen.name}), on its {len(worst)} most confident test mistakes "
                                  f"(of {len(wrong)}), explaining the class it predicted.")
 
 

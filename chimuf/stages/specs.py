@@ -231,7 +231,8 @@ def run_beyond(ctx: StageContext, setting: Setting, got: Inputs) -> BeyondOutcom
 
 
 def run_choose(ctx: StageContext, setting: Setting, got: Inputs) -> ChooseOutcome:
-    return choose.choose_model(ctx, got.cache, got.split, got.beyond, got.kfold, setting.model_files)
+    return choose.choose_model(ctx, got.cache, got.split, got.beyond, got.kfold, setting.model_files,
+                               got.gradcam_layer)
 
 
 def run_export(ctx: StageContext, setting: Setting, got: Inputs) -> ExportOutcome:
@@ -304,7 +305,9 @@ SPECS: tuple[StageSpec[Any], ...] = (
                                           "pretrained", "own"),
                                "evaluate_cfg": c.evaluate, "seed": c.seed},
               run_beyond),
-    StageSpec("choose", ChooseOutcome, lambda c, r, s: upstream(r, "cache", "split", "beyond", "kfold"),
+    StageSpec("choose", ChooseOutcome,
+              lambda c, r, s: {**upstream(r, "cache", "split", "beyond", "kfold"),
+                               "gradcam_layer": c.candidates.gradcam_layer},
               run_choose),
     StageSpec("export", ExportOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "choose"),
