@@ -121,7 +121,7 @@ class Study:
     def do(self, spec: StageSpec[Any]) -> bool:
         """Run (or reuse) one stage and record it in results.json; True when the study should stop
         here (--stop-after: the run is then recorded as `stopped`, resumable)."""
-        why_off = spec.off(self.config)
+        why_off = self.why_off(spec)
         if why_off:
             self.run_folder.switched_off(spec.name, why_off)
         else:
@@ -131,6 +131,9 @@ class Study:
             self.run_folder.stop(spec.name)
         self.write_results()
         return stopping
+
+    def why_off(self, spec: StageSpec[Any]) -> str:
+        return spec.off(self.config) or spec.off_here(self.setting())
 
     def stage(self, spec: StageSpec[Any]) -> Any:
         modelfile.vouch(recorded_model_digests(self.results))  # the study's own files load again
@@ -155,7 +158,7 @@ class Study:
             return None
         after_split = STAGES[STAGES.index("split") + 1:]
         finished = [name for name in after_split if run.outcome_path(name).exists()]
-        off = [spec.name for spec in SPECS if spec.off(self.config)]
+        off = [spec.name for spec in SPECS if self.why_off(spec)]
         study_plan = plan.plan_study(self.config, self.results.split, done=finished, off=off)
         for line in study_plan.lines():
             self.console.info(line)

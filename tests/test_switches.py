@@ -5,6 +5,7 @@ one line per section."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,13 @@ def test_study_help_leads_new_users_to_the_fast_profile(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["study", "--help"])
     assert "--profile fast" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_own_stage_is_off_without_a_builder() -> None:
+    from chimuf.stages.specs import Setting
+    from tests.own_builder import tiny
+
+    config = load_config(profile="smoke")
+    setting = Setting(Path("data"), Path("cache"), config.model_files)
+    assert BY_NAME["own"].off_here(setting) == "no own architecture (candidates.builders)"
+    assert BY_NAME["own"].off_here(dataclasses.replace(setting, builders={"tiny": tiny})) == ""

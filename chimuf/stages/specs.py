@@ -93,6 +93,8 @@ class StageSpec(Generic[T]):
     run: Callable[[StageContext, Setting, Inputs], T]
     trains: bool = False  # trains models: the plan times it, the clock counts it
     off: Callable[[StudyConfig], str] = always_on  # why the config switches it off; "" = on
+    # why it is off in this study for what the config cannot hold (the API's own builders); "" = on
+    off_here: Callable[[Setting], str] = lambda setting: ""
     still_valid: Callable[[T], bool] = always_valid  # a saved outcome checked against the world
     announce: Callable[[T, Console], None] | None = None  # said after it runs or is reused
 
@@ -299,7 +301,8 @@ SPECS: tuple[StageSpec[Any], ...] = (
     StageSpec("pretrained", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "pretrained": c.pretrained}, run_pretrained,
               trains=True, off=pretrained_off),
-    StageSpec("own", OwnOutcome, own_inputs, run_own, trains=True),
+    StageSpec("own", OwnOutcome, own_inputs, run_own, trains=True,
+              off_here=lambda s: "" if s.builders else "no own architecture (candidates.builders)"),
     StageSpec("beyond", BeyondOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "kfold", "modern",
                                           "pretrained", "own"),
