@@ -47,7 +47,8 @@ __all__ = ["StudyRun", "compare", "evaluate", "load_run", "predict", "run_study"
 def run_study(data: str | Path | None = None, profile: str | None = None, out: str | Path | None = None, *,
               config: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
               stop_after: str = "", project: str | Path | None = None, quiet: bool = False,
-              callbacks: Sequence[Any] = (), **settings: Any) -> StudyRun:
+              callbacks: Sequence[Any] = (), candidates: Mapping[str, Any] | None = None,
+              **settings: Any) -> StudyRun:
     """Run (or resume) the study, as `chimuf study` does, and return the run.
 
     data      the data folder (one sub-folder per class); None: data.dir, $CHIMUF_DATA, ./data
@@ -59,10 +60,18 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
     project   where the Quarto project of the report goes besides RUN/report (chimuf.report.project)
     callbacks extra Keras callbacks for every training (the six, the final model, the folds, the
               modern recipe); they see each epoch under its real number
+    candidates your own architectures by name, {"mine": build}: build(image_size=..., seed=...)
+              returns a Keras model (chimuf.ml.builders); trained, judged and possibly taken home
+              beside the others. A dict of settings ({"builders": [...]}) is the config's section.
     """
     from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
     from chimuf.study import run_study as study
 
+    builders = {}
+    if candidates is not None and all(callable(v) for v in candidates.values()):
+        builders = dict(candidates)
+    elif candidates is not None:
+        settings["candidates"] = candidates  # the config section of that name
     merged = nested({**dict(overrides or {}), **settings})
     cfg = load_config(Path(config) if config is not None else None, profile, merged or None)
     paths = folders.study_paths(cfg, data, out)
@@ -72,7 +81,7 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
     start_tensorflow()
     try:
         study(cfg, paths, console, stop_after=stop_after, callbacks=callbacks,
-              project=check_project_dir(folder) if folder is not None else None)
+              project=check_project_dir(folder) if folder is not None else None, candidates=builders)
     finally:
         console.log_to(None)
     return load_run(paths.run_dir)

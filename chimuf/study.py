@@ -1,7 +1,7 @@
 """The whole study, stage by stage, as the paper ran it.
 
     audit → split → (plan) → cache → train ×6 → tune → final → evaluate → kfold → labels
-      → explain → modern → pretrained → beyond → export → report
+      → explain → modern → pretrained → own → beyond → choose → export → report
 
 Every stage is declared once in chimuf.stages.specs (its inputs, its outcome, its work); this file
 walks that list: the engine runs a stage or reuses it when its inputs are unchanged, and after
@@ -11,7 +11,7 @@ every stage the run's results.json is rewritten, so even a partial run has a rep
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chimuf.core import environment
@@ -29,8 +29,10 @@ from chimuf.core.results import (
     EnvironmentInfo,
     Results,
     RunInfo,
+    recorded_model_digests,
 )
-from chimuf.ml import machine
+from chimuf.ml import builders, machine, modelfile
+from chimuf.ml.builders import Builder
 from chimuf.ml.fit import Monitoring
 from chimuf.ml.models import Blueprint, blueprint, parameter_count, precision_choice
 from chimuf.report.claims import headline_lines
@@ -49,7 +51,8 @@ __all__ = ["StudyPaths", "run_study"]
 
 def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str = "",
               tune_chief: Address | None = None, callbacks: Sequence[Any] = (),
-              plan_only: bool = False, project: Path | None = None) -> Results:
+              plan_only: bool = False, project: Path | None = None,
+              candidates: Mapping[str, Builder] | None = None) -> Results:
     """Run (or resume) every stage of the study in `paths.run_dir`; return its results.
 
     With `tune_chief`, the search serves its trials to workers at that address (chimuf.tuning).
@@ -57,11 +60,14 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_aft
     With `tracking.mlflow_uri`, what the run found is logged to MLflow once the stages are done.
     With `plan_only`, the study stops after its split and the printed plan of the rest.
     With `project`, the report's Quarto project is also published there (chimuf.report.project).
+    `candidates` are the user's own model builders by name, besides `candidates.builders`
+    (chimuf.ml.builders): trained, judged and possibly taken home like the other candidates.
     """
     check_model_sizes(config)
     if config.tracking.mlflow_uri:
         tracking.check_mlflow(config.tracking)
-    study = Study(config, paths, console, stop_after, tune_chief, callbacks)
+    study = Study(config, paths, console, stop_after, tune_chief, callbacks,
+                  builders.all_builders(config.candidates.builders, candidates))
     results = study.run(plan_only, project)
     if config.tracking.mlflow_uri and not plan_only:
         tracking.log_run(results, paths.run_dir, config.tracking, console)
@@ -72,7 +78,8 @@ class Study:
     """One run of the stages: the run folder, the results so far, and how each stage is saved."""
 
     def __init__(self, config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str,
-                 tune_chief: Address | None, callbacks: Sequence[Any]):
+                 tune_chief: Address | None, callbacks: Sequence[Any],
+                 own: Mapping[str, Builder] | None = None):
         self.config, self.paths, self.console, self.stop_after = config, paths, console, stop_after
         machine.enable_determinism(config.train.deterministic)
         self.onednn = machine.start_onednn_probe(paths.cache_dir)  # answers in the background
@@ -83,11 +90,12 @@ class Study:
         board = paths.run_dir / "tensorboard" if config.tracking.tensorboard else None
         self.monitoring = Monitoring(board, tuple(callbacks))
         self.tune_chief = tune_chief
+        self.builders = dict(own or {})
 
     def setting(self) -> Setting:
         paths = self.paths
         return Setting(paths.data_dir, paths.cache_dir, self.config.model_files, self.monitoring,
-                       self.tune_chief, paths.labels_csv, paths.test_dir, paths.val_dir)
+                       self.tune_chief, paths.labels_csv, paths.test_dir, paths.val_dir, self.builders)
 
     def run(self, plan_only: bool, project: Path | None) -> Results:
         run, config = self.run_folder, self.config
@@ -114,7 +122,7 @@ class Study:
     def do(self, spec: StageSpec[Any]) -> bool:
         """Run (or reuse) one stage and record it in results.json; True when the study should stop
         here (--stop-after: the run is then recorded as `stopped`, resumable)."""
-        why_off = spec.off(self.config)
+        why_off = self.why_off(spec)
         if why_off:
             self.run_folder.switched_off(spec.name, why_off)
         else:
@@ -125,7 +133,11 @@ class Study:
         self.write_results()
         return stopping
 
+    def why_off(self, spec: StageSpec[Any]) -> str:
+        return spec.off(self.config) or spec.off_here(self.setting())
+
     def stage(self, spec: StageSpec[Any]) -> Any:
+        modelfile.vouch(recorded_model_digests(self.results))  # the study's own files load again
         setting = self.setting()
         inputs = spec.inputs(self.config, self.results, setting)
         outcome = self.run_folder.stage(
@@ -147,7 +159,8 @@ class Study:
             return None
         after_split = STAGES[STAGES.index("split") + 1:]
         finished = [name for name in after_split if run.outcome_path(name).exists()]
-        study_plan = plan.plan_study(self.config, self.results.split, done=finished)
+        off = [spec.name for spec in SPECS if self.why_off(spec)]
+        study_plan = plan.plan_study(self.config, self.results.split, done=finished, off=off)
         for line in study_plan.lines():
             self.console.info(line)
         return study_plan
@@ -155,7 +168,8 @@ class Study:
     def replan(self) -> None:
         """Once the search has chosen, the final model and the folds are timed with its choice."""
         clock = self.monitoring.clock
-        if clock is not None and not self.run_folder.outcome_path("kfold").exists():
+        if (clock is not None and self.results.tune is not None
+                and not self.run_folder.outcome_path("kfold").exists()):
             clock.plan = plan.with_chosen(clock.plan, self.config, self.results.split,
                                           self.results.tune.best_hyperparameters)
 
@@ -215,7 +229,8 @@ def check_model_sizes(config: StudyConfig) -> None:
     tune = config.tune
     largest_tuned = Blueprint(tuple(int(tune.range_of(f"conv{i}_filters")[1]) for i in (1, 2, 3)),
                               int(tune.dense_units[1]), None, None)
-    plans = [(f"model {n}", blueprint(f"model{n}", None)) for n in config.train.models]
+    plans = [(f"model {n}", blueprint(f"model{n}", None)) for n in config.train.models
+             if config.train.enabled]
     plans.append(("the tuner's largest", largest_tuned))
     size = config.data.image_size
     name, count = max(((name, parameter_count(plan, size)) for name, plan in plans), key=lambda p: p[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -250,7 +251,8 @@ def test_beyond_compares_flips_and_the_fold_ensemble_with_the_final_model(tiny_r
         predictions_csv="", confusion_figure=figure, roc_figure=figure, reliability_figure=figure)
     folds = [FoldOutcome(i, "COMPLETED", 10, 5, 0.5, 0.7, 1, 1.0, model_path=f"fold{i}/fold{i}.keras")
              for i in (1, 2)]
-    kfold = KFoldOutcome(folds, 0.5, 0.0, 0.7, 0.0, None)
+    oof = Predictions(["a", "b"], 0.5, split.train[:4], [0, 1, 0, 1], [0.2, 0.8, 0.6, 0.9])
+    kfold = KFoldOutcome(folds, 0.5, 0.0, 0.7, 0.0, None, predictions=oof)
     ctx = StageContext("beyond", run_dir / "beyond", run_dir, quiet())
     ctx.dir.mkdir()
     outcome = compare_beyond(ctx, cache, split, final, evaluation, kfold, None,
@@ -262,6 +264,14 @@ def test_beyond_compares_flips_and_the_fold_ensemble_with_the_final_model(tiny_r
     assert [r.models for r in outcome.rows] == [1, 1, 2, 2, 3, 3]
     assert outcome.n_images == 4 and outcome.majority_rate == 0.5
     assert all(0 <= r.chance_p_value <= 1 for r in outcome.rows)
+    # what the take-home choice reads: validation scores, out-of-fold for the folds, never the test
+    sources = [r.validation_source.split(" ")[0] for r in outcome.rows]
+    assert sources == ["validation", "validation", "out-of-fold", "out-of-fold", "none", "none"]
+    assert [r.validation_n for r in outcome.rows[:4]] == [4, 4, 4, 4]
+    assert outcome.rows[2].validation_accuracy == 0.75 and math.isnan(outcome.rows[4].validation_accuracy)
+    one = outcome.rows[0].cost
+    assert outcome.rows[1].cost == 2 * one and outcome.rows[3].cost == 4 * one
+    assert outcome.rows[2].model_paths == ["fold1/fold1.keras", "fold2/fold2.keras"]
 
 
 @pytest.mark.slow

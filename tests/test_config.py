@@ -60,8 +60,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, toml, message):
 
 
 def test_unknown_profile_lists_the_allowed_ones():
-    with pytest.raises(ConfigError, match="allowed: paper, quick, smoke"):
-        load_config(profile="fast")
+    with pytest.raises(ConfigError, match="allowed: paper, quick, fast, smoke"):
+        load_config(profile="fastest")
 
 
 def test_invalid_toml_and_missing_file_are_clear(tmp_path):
@@ -109,7 +109,8 @@ def test_values_that_would_crash_or_mislead_later_are_refused_by_name(tmp_path, 
 
 
 def test_profile_given_as_a_list_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"`profile` must be a string, one of paper, quick, smoke; got \["):
+    with pytest.raises(ConfigError,
+                       match=r"`profile` must be a string, one of paper, quick, fast, smoke; got \["):
         load_config(write(tmp_path, 'profile = ["smoke"]\n'))
 
 

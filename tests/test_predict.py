@@ -159,3 +159,29 @@ def test_predict_reads_the_model_size_limit_from_the_config(model_path, files, t
     config.write_text("[model_files]\nmax_params = 10\n")
     assert main(["-q", "predict", str(model_path), str(files[0]), "--config", str(config)]) == 2
     assert "more than `model_files.max_params` = 10" in capsys.readouterr().err
+
+
+def test_a_run_folder_predicts_with_the_model_its_study_took_home(model_path, files, tmp_path, capsys):
+    import shutil
+
+    from chimuf.cli import main
+    from chimuf.core.errors import ModelError
+    from tests.report_fixture import complete_results, write_run
+
+    run_dir = tmp_path / "run"
+    results = complete_results(run_dir)
+    (run_dir / "export").mkdir()
+    shutil.copy(model_path, run_dir / "export" / "modern.keras")
+    modelfile.write_classes(run_dir / "export" / "modern.keras", ["chihuahua", "muffin"], 0.3, "chosen")
+    results.export.model_path = "export/modern.keras"
+    write_run(run_dir, results)
+    assert predict.model_of(run_dir) == run_dir / "export" / "modern.keras"
+    assert predict.model_of(model_path) == model_path
+    assert main(["predict", str(run_dir), str(files[0]), "--json"]) == 0
+    assert "deciding at threshold 0.3 (from modern.classes.json" in capsys.readouterr().err
+    results.export = None
+    write_run(run_dir, results)
+    with pytest.raises(ModelError, match="no exported model yet"):
+        predict.model_of(run_dir)
+    with pytest.raises(ModelError, match=r"without results\.json"):
+        predict.model_of(tmp_path / "run" / "export")

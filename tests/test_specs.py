@@ -37,7 +37,7 @@ def console() -> tuple[Console, io.StringIO]:
 
 def test_the_specs_are_the_study_s_stages_in_their_order():
     assert tuple(spec.name for spec in SPECS) == STAGES
-    assert TRAINING_STAGES == ("train", "tune", "final", "kfold", "modern", "pretrained")
+    assert TRAINING_STAGES == ("train", "tune", "final", "kfold", "modern", "pretrained", "own")
 
 
 def test_switches_say_why_a_stage_is_off():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -199,6 +200,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    enabled: bool = opt(True, "train the paper's six trainings (models 1-3 without and with augmentation, "
+                        "sections 4-5); false leaves them and their sections out")
     models: tuple[int, ...] = opt((1, 2, 3), "which of the paper's models to train (section 4)",
                                   non_empty_subset(1, 2, 3))
     epochs: int = opt(50, "maximum epochs per training", at_least(1))
@@ -229,6 +232,8 @@ class TuneConfig:
     """Bayesian optimisation of the model-3 family (paper 6); one [min, max, step] range for each
     of chimuf.core.hyperparameters' six names."""
 
+    enabled: bool = opt(True, "run the Bayesian search (paper 6); false: the final model takes the paper's "
+                        "own best hyperparameters (16/96/192 filters, 96 units, dropouts 0.05/0.4)")
     max_trials: int = opt(10, "hyperparameter sets to try", at_least(1))
     epochs: int = opt(50, "maximum epochs per trial, as the trainings' (early stopping as in training; "
                       "the paper's search ran 50)", at_least(1))
@@ -295,6 +300,9 @@ class PretrainedConfig:
     weights: str = opt("", "the backbone's no-top weights file (.h5 or .weights.h5); '' = Keras' download "
                        "('imagenet'), which needs internet")
     epochs: int = opt(8, "epochs of the new head, the backbone frozen", at_least(1))
+    skip_offline: bool = opt(False, "when the weights are neither a given file nor in Keras' cache "
+                             "(~/.keras/models), leave the candidate out with one line instead of "
+                             "downloading them")
     fine_tune_epochs: int = opt(4, "then epochs with the backbone's last layers trainable (0 = none)",
                                 non_negative())
     fine_tune_layers: int = opt(20, "backbone layers fine-tuned (batch normalisation stays frozen)",
@@ -302,6 +310,23 @@ class PretrainedConfig:
     learning_rate: float = opt(1e-3, "Adam learning rate of the head", positive())
     fine_tune_learning_rate: float = opt(1e-5, "Adam learning rate of the fine-tuning", positive())
     dropout: float = opt(0.2, "dropout before the output layer", between(0, 1, high_inclusive=False))
+
+
+BUILDER_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Architectures of the user's own, trained and judged beside the others (chimuf.ml.builders)."""
+
+    builders: tuple[str, ...] = opt(
+        (), "'module:function' names of model builders: function(image_size=..., seed=...) returns a Keras "
+        "model (one sigmoid output); each is trained by the fit loop (train.* settings, with augmentation), "
+        "evaluated, explained and may be chosen as the model to take home",
+        Check(lambda v: all(BUILDER_NAME.match(name) for name in v),
+              "a list of 'package.module:function' names"))
+    gradcam_layer: str = opt("", "the layer whose Grad-CAM the take-home section shows for the chosen "
+                             "model, where the model has it; '' = its last Conv2D")
 
 
 @dataclass(frozen=True)
@@ -319,6 +344,8 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class KFoldConfig:
     # 100 folds of ~6 000 images is already near leave-one-out cost (100 trainings); more is a typo.
+    enabled: bool = opt(True, "run the k-fold cross-validation (paper 8); false leaves it, the suspect "
+                        "labels and the fold ensemble out")
     folds: int = opt(5, "folds of the cross-validation over train+validation (paper 8)", between(2, 100))
     early_stopping: bool = opt(
         False, "true: each fold early-stops on its own held-out fold, as the paper did (costs epochs "
@@ -401,7 +428,7 @@ class ModelFilesConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    profile: str = opt("paper", "the profile these values start from: paper, quick or smoke")
+    profile: str = opt("paper", "the profile these values start from: paper, fast, quick or smoke")
     seed: int = opt(42, "seed of the split, shuffling, augmentation, initialisation and tuning",
                     seed_range())
     data: DataConfig = field(default_factory=DataConfig)
@@ -414,6 +441,7 @@ class StudyConfig:
     kfold: KFoldConfig = field(default_factory=KFoldConfig)
     modern: ModernConfig = field(default_factory=ModernConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -436,6 +464,20 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "modern": {"epochs": 8, "warmup_epochs": 1},
         "evaluate": {"bootstrap_samples": 1000},
         "explain": {"max_images": 6, "activation_images": 2},
+    },
+    # "The best honest model for my folder, now": none of the paper's six trainings, search or
+    # k-fold; the modern recipe (and the pretrained backbone where its weights are at hand) beside a
+    # short final model (the paper's best hyperparameters: the reference of McNemar's tests), test-time
+    # flips, the model to take home chosen on validation, exported. Target: <= 20 min on 2 cores at
+    # 128 px; `chimuf study --profile fast --plan` prints this machine's estimate.
+    "fast": {
+        "train": {"enabled": False, "epochs": 12, "start_from_epoch": 4, "patience": 3},
+        "tune": {"enabled": False},
+        "kfold": {"enabled": False},
+        "modern": {"epochs": 20, "warmup_epochs": 2},
+        "pretrained": {"backbone": "mobilenet_v3_small", "skip_offline": True},
+        "evaluate": {"bootstrap_samples": 1000},
+        "explain": {"max_images": 8, "activation_images": 2},
     },
     # A tiny subset, tiny images, a couple of epochs: the pipeline end to end, for CI.
     "smoke": {

@@ -42,12 +42,26 @@ def headline_numbers(r: Results) -> list[Number]:
         confidence = r.evaluate.confidence if r.evaluate else 0.95
         numbers.append(Number("kfold_oof_accuracy", "k-fold out-of-fold accuracy", value(k.oof_accuracy),
                               k.oof_accuracy_interval, kind_of(k.oof_accuracy_interval, confidence)))
+    if r.choose is not None:
+        numbers += take_home_numbers(r)
     if r.tune is not None:
         numbers.append(Number("tune_best_score", "tuning best val_accuracy", value(r.tune.best_score)))
     for training in trainings(r):
         numbers.append(Number(f"{training.name}.best_val_accuracy", f"{training.name} best val_accuracy",
                               value(training.best_val_accuracy)))
     return numbers
+
+
+def take_home_numbers(r: Results) -> list[Number]:
+    """The model to take home (chimuf.stages.choose): its test numbers, measured once by the beyond
+    stage, with their intervals."""
+    c = r.choose
+    row = next(row for row in c.candidates if row.name == c.chosen)
+    confidence = r.evaluate.confidence if r.evaluate is not None else 0.95
+    return [Number("take_home.test_accuracy", "take-home test accuracy", value(row.accuracy),
+                   row.accuracy_interval, kind_of(row.accuracy_interval, confidence)),
+            Number("take_home.test_roc_auc", "take-home ROC AUC", value(row.roc_auc),
+                   row.roc_auc_interval, kind_of(row.roc_auc_interval, confidence))]
 
 
 def test_numbers(e: EvaluateOutcome) -> list[Number]:

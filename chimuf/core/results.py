@@ -195,6 +195,7 @@ class TrainingOutcome:
     images_per_s: float
     precision: str  # "float32" | "mixed_bfloat16"
     hyperparameters: Hyperparameters | None = None  # the tuned family's values; None for models 1-3
+    model_sha256: str = ""  # of model_path as saved: later stages trust the study's own file by it
 
 
 @dataclass
@@ -587,6 +588,13 @@ class ExplainOutcome:
 
 
 @dataclass
+class OwnOutcome:
+    """The user's own architectures (chimuf.ml.builders), each trained by the fit loop; [] = none."""
+
+    trainings: list[TrainingOutcome] = field(default_factory=list)
+
+
+@dataclass
 class BeyondRow:
     """One classifier beyond the paper's protocol, on the same test split as the final model."""
 
@@ -603,6 +611,14 @@ class BeyondRow:
     chance: ChanceTest | None = None  # the same test with its verdict (None in older runs)
     # vs_final with its verdict, Holm-adjusted over the rows (None for the reference, older runs)
     versus_final: Comparison | None = None
+    # what the take-home choice reads (chimuf.stages.choose), never a test number: accuracy at 0.5 on
+    # the validation split, or out-of-fold on train+validation for the fold ensembles (whose models
+    # were trained on the validation images); NaN: no honest score (the candidate is not eligible)
+    validation_accuracy: float = float("nan")
+    validation_n: int = 0  # images behind validation_accuracy
+    validation_source: str = ""  # "validation" | "out-of-fold" | why there is no score
+    cost: int = 0  # parameters × forward passes per image (models × 2 with flips): the tie-break
+    model_paths: list[str] = field(default_factory=list)  # the members' .keras files (run-relative)
 
 
 @dataclass
@@ -614,6 +630,38 @@ class BeyondOutcome:
 
 
 # --- the model to take home --------------------------------------------------------------------
+
+
+@dataclass
+class ChooseOutcome:
+    """The model to take home, chosen among the beyond stage's candidates by a rule that reads
+    validation (or out-of-fold) scores only; its test numbers are the ones measured once there."""
+
+    rule: str  # the rule, in words, as fixed before any test number is read
+    candidates: list[BeyondRow]  # every candidate, in the beyond stage's order, with its scores
+    chosen: str  # the chosen candidate's name
+    model_path: str  # the chosen classifier as one .keras file (members and flips inside), run-relative
+    threshold: float  # decision threshold chosen on the chosen candidate's validation predictions
+    threshold_rule: str
+    model_sha256: str = ""  # of model_path as saved (the export stage copies it byte for byte)
+    gradcam_figure: Figure | None = None  # its most confident test mistakes, after the choice
+
+
+def recorded_model_digests(value: Any) -> set[str]:
+    """Every `model_sha256` recorded anywhere in `value` (Results, an outcome): the model files the
+    study saved itself (chimuf.ml.modelfile.vouch)."""
+    found: set[str] = set()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name == "model_sha256" and isinstance(item, str) and item:
+                found.add(item)
+            else:
+                found |= recorded_model_digests(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found |= recorded_model_digests(item)
+    return found
 
 
 @dataclass
@@ -740,7 +788,9 @@ class Results:
     explain: ExplainOutcome | None = None
     modern: TrainingOutcome | None = None
     pretrained: TrainingOutcome | None = None
+    own: OwnOutcome | None = None
     beyond: BeyondOutcome | None = None
+    choose: ChooseOutcome | None = None
     export: ExportOutcome | None = None
 
 

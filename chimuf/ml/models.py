@@ -232,10 +232,16 @@ def conv_layer_names(model: keras.Model) -> list[str]:
 
 def model_precision(model: keras.Model) -> str:
     """The dtype policy the model's first conv layer was built with: "float32", "mixed_bfloat16" or
-    "mixed_float16" (a pretrained backbone without Conv2D layers: its first layer with weights)."""
+    "mixed_float16" (an ensemble, chimuf.stages.choose: its first nested model's; a pretrained
+    backbone without Conv2D layers: its first layer with weights)."""
+    import keras
+
     names = conv_layer_names(model)
     if names:
         return str(model.get_layer(names[0]).dtype_policy.name)
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if nested:
+        return model_precision(nested[0])
     layer = next((layer for layer in model.layers if layer.weights), model.layers[-1])
     return str(layer.dtype_policy.name)
 

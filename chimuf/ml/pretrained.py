@@ -14,7 +14,9 @@ through chimuf.ml.modelfile's checks. Weights come from a local file (`pretraine
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import ConfigError, ModelError
@@ -27,6 +29,21 @@ if TYPE_CHECKING:
 
 BACKBONES = {"mobilenet_v3_small": "MobileNetV3Small", "mobilenet_v3_large": "MobileNetV3Large",
              "efficientnet_b0": "EfficientNetB0"}
+
+
+# Keras' file names of the no-top ImageNet weights it downloads into its cache, per backbone.
+CACHED_WEIGHTS = {"mobilenet_v3_small": "*mobilenet_v3_small*no_top*", "mobilenet_v3_large":
+                  "*mobilenet_v3_large*no_top*", "efficientnet_b0": "efficientnetb0_notop*"}
+
+
+def weights_at_hand(cfg: PretrainedConfig) -> str:
+    """Where the backbone's weights are: the given file, or Keras' cached download; "" when neither
+    is here (offline, the download would fail)."""
+    if cfg.weights:
+        return cfg.weights if Path(cfg.weights).is_file() else ""
+    cache = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+    found = sorted(cache.glob(CACHED_WEIGHTS.get(cfg.backbone, "-"))) if cache.is_dir() else []
+    return str(found[0]) if found else ""
 
 
 def build_pretrained(image_size: int, cfg: PretrainedConfig, weights: str | None) -> keras.Model:

@@ -167,5 +167,10 @@ def file_link(path: str) -> Trusted:
     return Trusted(f"[{markdown_text(path)}](../{quote(path, safe='/')})")
 
 
-def not_run(stage: str) -> Trusted:
+def not_run(stage: str, off: bool = False) -> Trusted:
+    """The one line a section holds when its stage has no results: switched off by the config, or
+    not run yet."""
+    if off:
+        return Trusted(f"*Switched off in this run's config: the {markdown_text(stage)} stage did not run "
+                       "(see the settings that depart from the paper).*\n")
     return Trusted(f"*Not run yet in this run: the {markdown_text(stage)} stage has no results.*\n")

@@ -317,6 +317,11 @@ def headline_lines(r: Results) -> list[str]:
     if r.labels is not None:
         lines.append(f"{len(r.labels.suspects):,} suspect labels of {r.labels.n_checked:,} "
                      f"(out-of-fold, confident learning): {r.labels.suspects_csv}")
+    taken = [n for n in headline_numbers(r) if n.key.startswith("take_home.")]
+    if r.choose is not None and taken:
+        where = f" → {r.export.model_path}" if r.export is not None else ""
+        lines.append(f"model to take home, chosen on validation: {r.choose.chosen}; "
+                     + ", ".join(number_text(n) for n in taken) + where)
     return lines
 
 

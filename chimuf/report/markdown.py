@@ -30,6 +30,11 @@ MAIN_TEMPLATE = "report.md.j2"
 # --- the one environment -----------------------------------------------------------------------
 
 
+def not_run(context: Any, stage: str) -> Trusted:
+    """A section's line for a stage without results, saying whether the config switched it off."""
+    return blocks.not_run(stage, off=stage in views.switched_off(context["r"]))
+
+
 def environment(own: Path | None = None) -> Any:
     """The Jinja environment of the report: templates folder (the user's `own` folder first, when
     given: a template there replaces the packaged one of the same name), escaping, every filter and
@@ -73,7 +78,7 @@ def environment(own: Path | None = None) -> Any:
     env.globals.update(
         table=blocks.table,
         figure=jinja2.pass_context(blocks.figure),
-        not_run=blocks.not_run,
+        not_run=jinja2.pass_context(not_run),
         paper=views.PAPER,
         paper_rows=views.paper_rows,
         trial_table=views.trial_table,
@@ -106,6 +111,9 @@ def environment(own: Path | None = None) -> Any:
         export_rows=views.export_rows,
         beyond_rows=views.beyond_rows,
         beyond_verdict=views.beyond_verdict,
+        candidate_rows=views.candidate_rows,
+        chosen_row=views.chosen_row,
+        versus_final=views.versus_final,
         file_link=blocks.file_link,
         # what the data support, in words (claims.py), and the first page (glance.py)
         conclusion=claims.conclusion,

@@ -18,6 +18,7 @@ from chimuf.core.results import (
     AuditOutcome,
     BeyondOutcome,
     BeyondRow,
+    ChooseOutcome,
     ClassMetrics,
     Comparison,
     ConfigDifference,
@@ -60,8 +61,13 @@ def class_names(results: Results) -> list[str]:
     return []
 
 
+def switched_off(results: Results) -> set[str]:
+    """The stages the run's config switched off."""
+    return {f.name for f in results.run.stages if f.status == "off"}
+
+
 def missing_stages(results: Results) -> list[str]:
-    off = {f.name for f in results.run.stages if f.status == "off"}
+    off = switched_off(results)
     return [name for name in ANALYSIS_STAGES if getattr(results, name) is None and name not in off]
 
 
@@ -348,6 +354,39 @@ def beyond_verdict(beyond: BeyondOutcome) -> str:
     if worse:
         parts.append(f"worse than it beyond chance: {', '.join(worse)}")
     return f"By {how}: " + "; ".join(parts) + "."
+
+
+def candidate_rows(choice: ChooseOutcome) -> list[list[object]]:
+    """One row per candidate of the take-home choice: what the rule read, and which one it chose."""
+    rows = []
+    for row in choice.candidates:
+        scored = row.validation_accuracy == row.validation_accuracy  # not NaN
+        score = f"{row.validation_accuracy:.3f} ({row.validation_source}, {count(row.validation_n)})" \
+            if scored else f"not eligible: {row.validation_source}"
+        rows.append([strong(row.name) if row.name == choice.chosen else row.name, score,
+                     count(row.cost), "chosen" if row.name == choice.chosen else ""])
+    return rows
+
+
+def chosen_row(choice: ChooseOutcome) -> BeyondRow:
+    """The chosen candidate's row: its test numbers, measured once by the beyond stage."""
+    return next(row for row in choice.candidates if row.name == choice.chosen)
+
+
+def versus_final(row: BeyondRow) -> str:
+    """McNemar's test of a candidate against the paper's final model, in the words the beyond stage
+    stored (decided once, at the run's confidence, Holm-adjusted over the rows: chimuf.stats)."""
+    if row.vs_final is None:
+        return "It is the paper's final model itself."
+    t, c = row.vs_final, row.versus_final
+    counts = f"{t.only_a_right} images only it got right, {t.only_b_right} only the final model"
+    if c is None:  # a run made before the verdicts were stored: the numbers alone
+        return (f"McNemar's test against the paper's final model on the same test images: "
+                f"p = {t.p_value:.2g}; {counts}.")
+    said = f"{'better' if c.difference > 0 else 'worse'}, {c.verdict}" if c.distinguishable else c.verdict
+    p = c.p_adjusted if c.p_adjusted is not None else c.p_value
+    return (f"McNemar's test against the paper's final model on the same test images: {said} "
+            f"(p = {p:.2g}{', Holm-adjusted' if c.p_adjusted is not None else ''}; {counts}).")
 
 
 def export_rows(export: ExportOutcome) -> list[list[object]]:

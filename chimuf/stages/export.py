@@ -1,22 +1,25 @@
-"""The model to take home: the final model with the threshold chosen for it, its TFLite file, and
-that file quantized for small devices.
+"""The model to take home: the choose stage's model with the threshold chosen for it, its TFLite
+file, and that file quantized for small devices.
 
-    final/final.keras + the evaluate stage's validation-chosen threshold
-      → export/final.keras with export/final.classes.json (classes, threshold, how it was chosen)
+    choose/<chosen>.keras + its validation-chosen threshold (without a choice: final/final.keras and
+    the evaluate stage's threshold)
+      → export/<chosen>.keras with export/final.classes.json (classes, threshold, how it was chosen)
       → export/final.tflite (and the other formats of `export.formats`), each run on test images
         beside the Keras model: the largest difference of their probabilities
       → export/final.int8.tflite (`export.quantize`; int8 calibrated on validation photos)
       → every export's accuracy on the whole test split at the chosen threshold, beside the Keras
         model's: what quantizing costs, measured where it is paid
 
-`chimuf predict export/final.keras IMAGE...` then decides at the chosen threshold by default; the
-paper's metrics in the report stay at 0.5. TFLite runs on phones and small boards (Raspberry Pi);
-int8 is a quarter of the float file and what microcontroller-class accelerators (Edge TPU) run.
+`chimuf predict RUN IMAGE...` (or `export/<chosen>.keras`) then decides at the chosen threshold by
+default; the paper's metrics in the report stay at 0.5. TFLite runs on phones and small boards
+(Raspberry Pi); int8 is a quarter of the float file and what microcontroller-class accelerators
+(Edge TPU) run.
 """
 
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,19 +33,29 @@ from chimuf.ml.predictor import probabilities_of
 if TYPE_CHECKING:
     from chimuf.core.config import ExportConfig, ModelFilesConfig
     from chimuf.core.engine import StageContext
-    from chimuf.core.results import CacheOutcome, EvaluateOutcome, SplitOutcome, TrainingOutcome
+    from chimuf.core.results import (
+        CacheOutcome,
+        ChooseOutcome,
+        EvaluateOutcome,
+        SplitOutcome,
+        TrainingOutcome,
+    )
     from chimuf.data.cache import ImageSet
 
 
 def export_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, final: TrainingOutcome,
                  evaluation: EvaluateOutcome, cfg: ExportConfig,
-                 limits: ModelFilesConfig | None = None) -> ExportOutcome:
-    """Copy the final model with its chosen threshold, export it as `cfg.formats` (the TFLite one
-    quantized too, per `cfg.quantize`), check each and measure each on the test split; the model is
-    opened within `limits` (the study's model_files)."""
-    chosen = evaluation.at_validation_threshold
-    model_path = ctx.dir / "final.keras"
-    shutil.copyfile(ctx.run_dir / final.model_path, model_path)
+                 limits: ModelFilesConfig | None = None,
+                 choice: ChooseOutcome | None = None) -> ExportOutcome:
+    """Copy the model to take home (the choose stage's, else the final model) with its threshold
+    chosen on validation, export it as `cfg.formats` (the TFLite one quantized too, per
+    `cfg.quantize`), check each and measure each on the test split; the model is opened within
+    `limits` (the study's model_files)."""
+    chosen = (evaluation.at_validation_threshold if choice is None
+              else SimpleNamespace(threshold=choice.threshold, rule=choice.threshold_rule))
+    source = ctx.run_dir / (final.model_path if choice is None else choice.model_path)
+    model_path = ctx.dir / source.name
+    shutil.copyfile(source, model_path)
     sidecar = modelfile.write_classes(model_path, list(split.classes), chosen.threshold, chosen.rule)
     images = load_images(cache)
     samples = spread(images, split.test, cfg.check_images)  # (N, S, S, 3), over both classes

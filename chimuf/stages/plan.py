@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import replace
 
 from chimuf.core.config import StudyConfig
-from chimuf.core.hyperparameters import Hyperparameters
+from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
 from chimuf.core.plan import Plan, Work, training_epochs, trial_epochs
 from chimuf.core.results import STAGES, SplitOutcome
 from chimuf.ml.models import build_model, compile_model, resolve_precision
@@ -29,9 +29,13 @@ from chimuf.tuning.space import search_space
 SPACE_QUANTILES = (1 / 6, 1 / 2, 5 / 6)
 
 
-def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] = ()) -> Plan:
+def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] = (),
+               off: Collection[str] = ()) -> Plan:
     """Every training, trial and fold of `config` with its expected epochs and seconds per epoch,
-    leaving out the stages in `done` (a resumed run's finished ones: neither planned nor probed)."""
+    leaving out the stages in `done` (a resumed run's finished ones: neither planned nor probed)
+    and those the config switches `off`."""
+    finished = list(done)
+    done = {*done, *off}
     t, size = config.train, config.data.image_size
     precision = resolve_precision(t.precision)
     n_train, n_val = len(split.train), len(split.validation)
@@ -43,7 +47,8 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
         compile_model(model, t.learning_rate)
         return probe(model, t.batch_size, config.augment, config.seed)
 
-    points = space_points(config)
+    # without a search the final model takes the paper's values: the one point to time
+    points = [PAPER_BEST] if "tune" in off else space_points(config)
     epochs, fewest, most = training_epochs(t.epochs, t.start_from_epoch, t.patience)
     work: list[Work] = []
     for number in t.models if "train" not in done else ():  # timed with augmentation
@@ -74,13 +79,16 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
         compile_modern(model, m, math.ceil(n_train / m.batch_size))
         pace = probe(model, m.batch_size, config.augment if m.augment else None, config.seed)
         work.append(Work("modern", "modern", m.epochs, m.epochs, m.epochs, pace.epoch_s(n_train, n_val)))
+    searching = tuned and "tune" not in off
     notes = [f"the tuned family is timed at three points of its search space, from "
              f"({hyperparameters_text(points[0])}) to ({hyperparameters_text(points[-1])}): "
              f"{' / '.join(f'{p.epoch_s(n_train, n_val):.1f}' for p in paces)} s an epoch, the trials "
              "planned at their mean; the final model and the folds are re-timed with the chosen "
-             "hyperparameters once the search is done"] if tuned else []
-    if done:
-        notes.append(f"finished before, not planned again: {', '.join(s for s in STAGES if s in done)}")
+             "hyperparameters once the search is done"] if searching else []
+    if finished:
+        notes.append(f"finished before, not planned again: {', '.join(s for s in STAGES if s in finished)}")
+    if off:
+        notes.append(f"switched off by the config: {', '.join(s for s in STAGES if s in off)}")
     fixed = {stage: seconds for stage, seconds in fixed_seconds(config, split).items() if stage not in done}
     return Plan(stages=list(STAGES), work=work, fixed=fixed, notes=notes)
 
@@ -113,7 +121,7 @@ def fixed_seconds(config: StudyConfig, split: SplitOutcome) -> dict[str, float]:
     scale = images / 4733 * (config.data.image_size / 128) ** 2
     # the audit has run when the plan is made; what is left of it is the stages below
     measured = {"cache": 5.0, "evaluate": 10.0, "labels": 10.0, "explain": 30.0, "beyond": 30.0,
-                "export": 10.0, "report": 20.0}
+                "choose": 10.0, "export": 10.0, "report": 20.0}
     return {stage: 2.0 + seconds * scale for stage, seconds in measured.items()}
 
 

@@ -1,7 +1,7 @@
 """Every stage of the study, declared once: its name, its outcome, what it depends on, its work.
 
     audit → split → cache → train → tune → final → evaluate → kfold → labels → explain
-      → modern → pretrained → beyond → export → report
+      → modern → pretrained → own → beyond → choose → export → report
 
 A spec's `inputs(config, results, setting)` names everything the stage depends on: slices of the
 config and earlier outcomes (wrapped in `Upstream`, fingerprinted by their digest). The engine
@@ -19,8 +19,8 @@ the SPLIT and CACHE specs for the inputs the chief's study fingerprinted them wi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -28,16 +28,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from chimuf.core.config import ModelFilesConfig, StudyConfig
 from chimuf.core.console import Console
 from chimuf.core.engine import StageContext, Upstream
+from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
 from chimuf.core.results import (
     ANALYSIS_STAGES,
     AuditOutcome,
     BeyondOutcome,
     CacheOutcome,
+    ChooseOutcome,
     EvaluateOutcome,
     ExplainOutcome,
     ExportOutcome,
     KFoldOutcome,
     LabelsOutcome,
+    OwnOutcome,
     ReportOutcome,
     Results,
     SplitOutcome,
@@ -48,8 +51,10 @@ from chimuf.core.results import (
 )
 from chimuf.data import audit, cache, split
 from chimuf.data.sources import Sources
+from chimuf.ml import builders, pretrained
+from chimuf.ml.builders import Builder
 from chimuf.ml.fit import UNMONITORED, Monitoring
-from chimuf.stages import beyond, evaluate, explain, export, kfold, labels, train, tune
+from chimuf.stages import beyond, choose, evaluate, explain, export, kfold, labels, train, tune
 
 if TYPE_CHECKING:
     from chimuf.tuning.protocol import Address
@@ -72,6 +77,7 @@ class Setting:
     labels_csv: Path | None = None  # the data comes from this labels CSV (data_dir is its folder)
     test_dir: Path | None = None  # a given test folder
     val_dir: Path | None = None  # a given validation folder
+    builders: Mapping[str, Builder] = field(default_factory=dict)  # the user's own, by candidate name
 
     def sources(self) -> Sources:
         return Sources(self.data_dir, self.labels_csv, self.test_dir, self.val_dir)
@@ -95,6 +101,8 @@ class StageSpec(Generic[T]):
     run: Callable[[StageContext, Setting, Inputs], T]
     trains: bool = False  # trains models: the plan times it, the clock counts it
     off: Callable[[StudyConfig], str] = always_on  # why the config switches it off; "" = on
+    # why it is off in this study for what the config cannot hold (the API's own builders); "" = on
+    off_here: Callable[[Setting], str] = lambda setting: ""
     still_valid: Callable[[T], bool] = always_valid  # a saved outcome checked against the world
     announce: Callable[[T, Console], None] | None = None  # said after it runs or is reused
 
@@ -151,8 +159,14 @@ def training_inputs(config: StudyConfig, results: Results) -> dict[str, Any]:
             "train": config.train, "augment": config.augment}
 
 
-def best_hyperparameters(results: Results) -> object:
-    return results.tune.best_hyperparameters if results.tune is not None else None
+def best_hyperparameters(results: Results) -> Hyperparameters:
+    """The search's choice; without a search (tune.enabled = false) the paper's own best values
+    (section 6): the architecture the paper ended with, not a default nobody chose."""
+    return results.tune.best_hyperparameters if results.tune is not None else PAPER_BEST
+
+
+def switch(on: bool, key: str) -> str:
+    return "" if on else f"{key} = false"
 
 
 def run_train(ctx: StageContext, setting: Setting, got: Inputs) -> TrainOutcome:
@@ -170,7 +184,8 @@ def run_final(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutco
 
 
 def run_evaluate(ctx: StageContext, setting: Setting, got: Inputs) -> EvaluateOutcome:
-    return evaluate.evaluate_final(ctx, got.cache, got.split, got.audit, got.final, got.train_outcome,
+    trainings = got.train_outcome or TrainOutcome([], [])  # train.enabled = false: nothing to pair with
+    return evaluate.evaluate_final(ctx, got.cache, got.split, got.audit, got.final, trainings,
                                    got.evaluate, got.train, got.seed, setting.model_files)
 
 
@@ -197,19 +212,46 @@ def run_modern(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutc
                               setting.monitor)
 
 
+def pretrained_off(config: StudyConfig) -> str:
+    """Off without a backbone; with `skip_offline`, off when its weights are not at hand."""
+    cfg = config.pretrained
+    if not cfg.backbone:
+        return "pretrained.backbone is ''"
+    if cfg.skip_offline and not pretrained.weights_at_hand(cfg):
+        return (f"no {cfg.backbone} weights at hand (offline: neither pretrained.weights nor Keras' cache "
+                "has them); pass --weights PATH to add the pretrained candidate")
+    return ""
+
+
 def run_pretrained(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutcome:
     return train.train_pretrained(ctx, got.cache, got.split, got.pretrained, got.train, got.augment,
                                   got.seed, setting.monitor)
 
 
+def own_inputs(config: StudyConfig, results: Results, setting: Setting) -> dict[str, Any]:
+    """The trainings' inputs and each builder by name and source (chimuf.ml.builders.fingerprint)."""
+    return {**training_inputs(config, results),
+            "builders": {name: builders.fingerprint(fn) for name, fn in setting.builders.items()}}
+
+
+def run_own(ctx: StageContext, setting: Setting, got: Inputs) -> OwnOutcome:
+    return train.train_own(ctx, got.cache, got.split, setting.builders, got.train, got.augment, got.seed,
+                           setting.monitor)
+
+
 def run_beyond(ctx: StageContext, setting: Setting, got: Inputs) -> BeyondOutcome:
     return beyond.compare_beyond(ctx, got.cache, got.split, got.final, got.evaluate, got.kfold, got.modern,
-                                 got.evaluate_cfg, got.seed, got.pretrained, setting.model_files)
+                                 got.evaluate_cfg, got.seed, got.pretrained, setting.model_files, got.own)
+
+
+def run_choose(ctx: StageContext, setting: Setting, got: Inputs) -> ChooseOutcome:
+    return choose.choose_model(ctx, got.cache, got.split, got.beyond, got.kfold, setting.model_files,
+                               got.gradcam_layer)
 
 
 def run_export(ctx: StageContext, setting: Setting, got: Inputs) -> ExportOutcome:
     return export.export_final(ctx, got.cache, got.split, got.final, got.evaluate, got.export,
-                               setting.model_files)
+                               setting.model_files, got.choose)
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -253,9 +295,10 @@ SPECS: tuple[StageSpec[Any], ...] = (
     AUDIT,
     SPLIT,
     CACHE,
-    StageSpec("train", TrainOutcome, lambda c, r, s: training_inputs(c, r), run_train, trains=True),
+    StageSpec("train", TrainOutcome, lambda c, r, s: training_inputs(c, r), run_train, trains=True,
+              off=lambda c: switch(c.train.enabled, "train.enabled")),
     StageSpec("tune", TuneOutcome, lambda c, r, s: {**training_inputs(c, r), "tune": c.tune}, run_tune,
-              trains=True),
+              trains=True, off=lambda c: switch(c.tune.enabled, "tune.enabled")),
     StageSpec("final", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "hyperparameters": best_hyperparameters(r)},
               run_final, trains=True),
@@ -268,11 +311,11 @@ SPECS: tuple[StageSpec[Any], ...] = (
               lambda c, r, s: {**training_inputs(c, r), "hyperparameters": best_hyperparameters(r),
                                "kfold": c.kfold, "audit": Upstream(r.audit),
                                "final_epoch": r.final.best_epoch, "confidence": c.evaluate.confidence},
-              run_kfold, trains=True),
+              run_kfold, trains=True, off=lambda c: switch(c.kfold.enabled, "kfold.enabled")),
     StageSpec("labels", LabelsOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "audit", "kfold"), "labels": c.labels,
                                "confidence": c.evaluate.confidence},
-              run_labels),
+              run_labels, off=lambda c: switch(c.kfold.enabled, "kfold.enabled")),
     StageSpec("explain", ExplainOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "explain": c.explain,
                                "seed": c.seed},
@@ -281,14 +324,21 @@ SPECS: tuple[StageSpec[Any], ...] = (
               run_modern, trains=True, off=lambda c: "" if c.modern.enabled else "modern.enabled = false"),
     StageSpec("pretrained", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "pretrained": c.pretrained}, run_pretrained,
-              trains=True, off=lambda c: "" if c.pretrained.backbone else "pretrained.backbone is ''"),
+              trains=True, off=pretrained_off),
+    StageSpec("own", OwnOutcome, own_inputs, run_own, trains=True,
+              off_here=lambda s: "" if s.builders else "no own architecture (candidates.builders)"),
     StageSpec("beyond", BeyondOutcome,
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "kfold", "modern",
-                                          "pretrained"),
+                                          "pretrained", "own"),
                                "evaluate_cfg": c.evaluate, "seed": c.seed},
               run_beyond),
+    StageSpec("choose", ChooseOutcome,
+              lambda c, r, s: {**upstream(r, "cache", "split", "beyond", "kfold"),
+                               "gradcam_layer": c.candidates.gradcam_layer},
+              run_choose),
     StageSpec("export", ExportOutcome,
-              lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "export": c.export},
+              lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate", "choose"),
+                               "export": c.export},
               run_export),
     StageSpec("report", ReportOutcome,
               lambda c, r, s: {"results": digest(results_without_run(r)), "report": c.report,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,12 +26,15 @@ from chimuf.core.results import (
     CacheOutcome,
     EpochRecord,
     Figure,
+    OwnOutcome,
     SplitOutcome,
     TrainingOutcome,
     TrainOutcome,
 )
 from chimuf.data.cache import load_images
+from chimuf.ml import builders as own
 from chimuf.ml import modelfile
+from chimuf.ml.builders import Builder
 from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping, fit
 from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
@@ -114,6 +118,7 @@ def train_one(
         images_per_s=result.images_per_s,
         precision=result.precision,
         hyperparameters=Hyperparameters.of(hyperparameters) if architecture == "tuned" else None,
+        model_sha256=modelfile.file_sha256(model_path),
     )
 
 
@@ -209,3 +214,19 @@ def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome
     fine = replace(head, epochs=cfg.fine_tune_epochs)
     return train_one(ctx, "pretrained", "pretrained", True, None, images, split, fine, augment, seed, monitor,
                      model=model, stopping=Stopping.best_of_all())
+
+
+def train_own(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, builders: Mapping[str, Builder],
+              cfg: TrainConfig, augment: AugmentConfig, seed: int,
+              monitor: Monitoring = UNMONITORED) -> OwnOutcome:
+    """Each of the user's own architectures (chimuf.ml.builders), trained as the paper's models are:
+    the fit loop with train.* settings and early stopping, with augmentation, resumably."""
+    images = load_images(cache)
+    trainings = []
+    for name, builder in builders.items():
+        def work(name: str = name, builder: Builder = builder) -> TrainingOutcome:
+            model = own.build(name, builder, images.images.shape[1], seed, cfg.learning_rate)
+            return train_one(ctx, name, "own", True, None, images, split, cfg, augment, seed, monitor,
+                             model=model)
+        trainings.append(ctx.unit(name, TrainingOutcome, work))
+    return OwnOutcome(trainings)

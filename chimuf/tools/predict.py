@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.console import printable
-from chimuf.core.errors import ConfigError
+from chimuf.core.errors import ConfigError, ModelError
 from chimuf.core.files import csv_text
-from chimuf.core.results import to_jsonable
+from chimuf.core.results import load_results, to_jsonable
 from chimuf.ml.predictor import (
     Classifier,
     Scored,
@@ -38,6 +38,23 @@ class FilePrediction:
     label: str  # predicted class; "" when the file could not be used
     probability: float  # the model's probability of `label`; NaN when the file could not be used
     error: str = ""  # why the file could not be used; "" when it was predicted
+
+
+def model_of(path: Path) -> Path:
+    """The model file `path` names: a `.keras` file as given; a run folder, the model its study
+    took home (export stage: the candidate chosen on validation, its threshold beside it)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    results_file = path / "results.json"
+    if not results_file.is_file():
+        raise ModelError(f"`{path}` is a folder without results.json; pass a `.keras` file or a run "
+                         "folder (runs/<run-id>)")
+    export = load_results(results_file.read_text(encoding="utf-8")).export
+    if export is None:
+        raise ModelError(f"run `{path}` has no exported model yet (its export stage has not run); "
+                         "finish the study (chimuf study --out RUN) or pass a `.keras` file")
+    return path / export.model_path
 
 
 def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig, console: Console,
