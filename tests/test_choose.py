@@ -27,7 +27,8 @@ def row(name: str, validation: float, cost: int, test: float = 0.5, flips: bool 
         paths: tuple[str, ...] = ("final/final.keras",)) -> BeyondRow:
     versus = None if name == "final" else McNemarTest(name, "final", 30, 10, 9.0, 0.002, "exact binomial")
     return BeyondRow(name, f"the {name}", len(paths), flips, test, Interval(test - 0.02, test + 0.02), 0.97,
-                     Interval(0.95, 0.99), 1e-50, versus, validation, 473, "validation", cost, list(paths))
+                     Interval(0.95, 0.99), 1e-50, versus, validation_accuracy=validation, validation_n=473,
+                     validation_source="validation", cost=cost, model_paths=list(paths))
 
 
 def test_the_rule_takes_the_best_validation_score_and_never_a_test_number() -> None:
@@ -92,7 +93,7 @@ def test_the_report_says_the_rule_the_scores_the_choice_and_its_test_numbers(tmp
     section = markdown.split("# The model to take home")[1]
     assert "highest validation accuracy" in section and "**modern**" in section
     assert "0.950 \\(validation\\, 473\\)" in section and "not eligible" in section
-    assert "**Chosen: modern.**" in section and "0.962" in section and "better \\(p \\= 0.002" in section
+    assert "**Chosen: modern.**" in section and "0.962" in section and "p \\= 0.002" in section
     assert not math.isnan(results.choose.threshold)
 
 

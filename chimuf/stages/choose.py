@@ -24,9 +24,10 @@ from chimuf.core.errors import StageError
 from chimuf.core.files import safe_name
 from chimuf.core.results import BeyondOutcome, BeyondRow, ChooseOutcome, Figure
 from chimuf.data.cache import load_images
-from chimuf.ml import metrics, modelfile
+from chimuf.ml import modelfile
 from chimuf.ml.models import float32_copy, model_precision, save_model
 from chimuf.ml.predictor import averaged_probabilities
+from chimuf.stats import metrics
 
 if TYPE_CHECKING:
     import keras
