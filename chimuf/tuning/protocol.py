@@ -30,7 +30,8 @@ import os
 import re
 import socket
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from chimuf.core.environment import environ_for
@@ -50,13 +51,19 @@ WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 class Address:
     host: str  # a name or IP address; for the chief, 0.0.0.0 listens on every interface
     port: int
+    secret: str = field(default="", repr=False, compare=False)  # shared by chief and workers; "": none
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_address(text: str, flag: str) -> Address:
-    """`HOST:PORT` (IPv6 as `[::1]:PORT`) as an Address; `flag` names the option in errors."""
+def parse_address(text: str, flag: str, default_host: str | None = None) -> Address:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`) as an Address; `flag` names the option in errors.
+
+    With `default_host`, a bare `PORT` means that host (the chief: loopback unless told otherwise).
+    """
+    if default_host is not None and text.strip().isdigit():
+        text = f"{default_host}:{text.strip()}"
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\w+)|([^\s:\[\]]+):(\w+)", text.strip())
     if match is None:
         raise ConfigError(f"`{flag}` must be HOST:PORT (e.g. 10.0.0.5:8470 or [::1]:8470), got {text!r}")
@@ -65,6 +72,49 @@ def parse_address(text: str, flag: str) -> Address:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"`{flag}` port must be a number from 1 to 65535, got {port!r} in {text!r}")
     return Address(host, int(port))
+
+
+# --- the shared secret ----------------------------------------------------------------------
+
+SECRET_ENV = "CHIMUF_TUNE_SECRET"
+SECRET_HEADER = "chimuf-tune-secret"  # gRPC metadata keys are lower case
+MIN_SECRET = 16  # characters: a guessable secret is no secret
+MAX_SECRET_FILE = 4096  # bytes
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def load_secret(secret_file: str | None) -> str:
+    """The secret chief and workers share: the first line of `secret_file`, else $CHIMUF_TUNE_SECRET,
+    else "" (none). Read with a size cap, from a regular file only."""
+    from chimuf.core.files import read_bounded
+
+    if secret_file:
+        try:
+            data = read_bounded(Path(secret_file), MAX_SECRET_FILE, "--secret-file", ConfigError)
+        except OSError as exc:
+            raise ConfigError(f"`--secret-file` {secret_file} cannot be read: {exc.strerror}") from None
+        text = data.decode("utf-8", "replace")
+        secret, source = (text.strip().splitlines() or [""])[0].strip(), f"`--secret-file` {secret_file}"
+    else:
+        secret, source = os.environ.get(SECRET_ENV, "").strip(), f"${SECRET_ENV}"
+        if not secret:
+            return ""
+    if len(secret) < MIN_SECRET or not secret.isprintable():
+        raise ConfigError(f"the tuning secret from {source} must be at least {MIN_SECRET} printable "
+                          f"characters, got {len(secret)}; make one with `openssl rand -hex 32`")
+    return secret
+
+
+def with_secret(address: Address, secret_file: str | None, flag: str) -> Address:
+    """`address` with the shared secret; a chief or worker off loopback without one is refused."""
+    secret = load_secret(secret_file)
+    if not secret and address.host not in LOOPBACK:
+        raise ConfigError(
+            f"`{flag}` {address} is not a loopback address and no shared secret is set: any machine "
+            f"that reaches the port could steer the search; set ${SECRET_ENV} or --secret-file on the "
+            "chief and every worker (docs/distributed.md)"
+        )
+    return replace(address, secret=secret)
 
 
 def check_worker_id(worker_id: str) -> str:
@@ -168,6 +218,41 @@ def forget_epochs(trial: Any) -> None:
     restarted with the same id, a local rerun), and its history with it."""
     for name in [name for name in trial.metrics.metrics if name.startswith(EPOCH_PREFIX)]:
         del trial.metrics.metrics[name]
+
+
+@contextlib.contextmanager
+def client_secret(secret: str) -> Iterator[None]:
+    """Every request of Keras Tuner's OracleClient carries `secret` (gRPC metadata), inside the block.
+
+    Keras Tuner opens its channel with `grpc.insecure_channel` in its oracle_client module; the
+    module's `grpc` is swapped for one whose channels add the secret, and put back afterwards.
+    """
+    import grpc
+    from keras_tuner.src.distribute import oracle_client
+
+    if not secret:
+        yield
+        return
+
+    class WithSecret(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = [*(details.metadata or []), (SECRET_HEADER, secret)]
+            return continuation(details._replace(metadata=metadata), request)
+
+    class GrpcWithSecret:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(grpc, name)
+
+        @staticmethod
+        def insecure_channel(target: str, *args: Any, **kwargs: Any) -> Any:
+            return grpc.intercept_channel(grpc.insecure_channel(target, *args, **kwargs), WithSecret())
+
+    saved = oracle_client.grpc
+    oracle_client.grpc = GrpcWithSecret()
+    try:
+        yield
+    finally:
+        oracle_client.grpc = saved
 
 
 def rpc_reason(exc: Any) -> str:
