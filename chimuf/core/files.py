@@ -140,6 +140,19 @@ def read_bounded(path: Path, limit: int, what: str, error: type[ChimufError] = S
     return data
 
 
+def own_folder(path: Path, root: Path, what: str, error: type[ChimufError] = StageError) -> Path:
+    """`path`, a folder chimuf writes and deletes in, checked before it does: not a link, not
+    another kind of file, inside `root`. A run folder from someone else (a tarball keeps links)
+    could otherwise aim chimuf's writes anywhere the user can write."""
+    if path.is_symlink():
+        raise error(f"{what} `{path}` is a link (to `{path.readlink()}`); chimuf writes only in "
+                    "folders of the run itself: remove the link and rerun")
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} `{path}` is not a folder; remove it and rerun")
+    inside(path.parent, root, what, error)
+    return path
+
+
 def copy_bounded(source: Path, target: Path, limit: int, what: str, root: Path,
                  error: type[ChimufError] = StageError) -> None:
     """Copy the regular file `source`, which must lie inside `root`, to `target` (atomically)."""

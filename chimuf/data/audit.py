@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import AuditOutcome, ClassCount, DuplicateGroup, FileRecord
 from chimuf.data.imagefile import read_image
@@ -404,4 +405,4 @@ def summary(outcome: AuditOutcome) -> str:
     if outcome.skipped:
         lines += ["", f"Not walked ({len(outcome.skipped)}):"]
         lines += [f"  {entry}" for entry in outcome.skipped]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names from outside: no escape codes
