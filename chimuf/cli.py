@@ -450,6 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chimuf {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return Interrupted.exit_code
+    except MemoryError:
+        # A file or model that asks for more memory than there is: never a traceback.
+        print(f"chimuf {args.command}: error: out of memory; an input (a file, a model, a run folder) "
+              "asks for more memory than this machine has: check it, or free memory and rerun",
+              file=sys.stderr)
+        return 1
     except OSError as exc:
         # Disk full, permissions: say which file, leave the run marked failed (engine did).
         where = f" `{exc.filename}`" if exc.filename else ""

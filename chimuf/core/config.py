@@ -458,7 +458,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     """The TOML at `path`: a regular file of at most MAX_CONFIG_BYTES, every number finite."""
     from chimuf.core.files import read_bounded
 
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file `{path}` does not exist; pass a TOML file to --config")
     data = read_bounded(path, MAX_CONFIG_BYTES, "config file", ConfigError)
     try:
