@@ -23,7 +23,7 @@ from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
-from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address, with_secret
+from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address, with_secret, with_tls
 from chimuf.version import __version__
 
 PROJECT_DIR = Path.cwd()
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--secret-file", metavar="PATH",
                        help="the secret the tuning chief and its workers share (else $CHIMUF_TUNE_SECRET); "
                        "needed when --tune-chief listens beyond loopback")
+    study.add_argument("--tls-cert", metavar="PEM", help="the tuning chief serves TLS with this certificate")
+    study.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     study.add_argument("--plan", action="store_true",
                        help="print the plan only: the stages, trainings and epochs, and how long they should "
                        "take here (from a short probe of each architecture), then stop after the split")
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the address the chief's --tune-chief listens on")
     worker.add_argument("--secret-file", metavar="PATH",
                         help="the chief's shared secret (else $CHIMUF_TUNE_SECRET)")
+    worker.add_argument("--tls-ca", metavar="PEM",
+                        help="talk TLS to the chief, trusting this certificate (the chief's, or its CA's)")
     add_config_options(worker)
     worker.add_argument("--data", metavar="DIR",
                         help="data folder, needed only when --out holds no finished split and cache")
@@ -249,8 +253,11 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
     from chimuf.study import StudyPaths, resolve_data_dir, run_study
 
-    tune_chief = with_secret(parse_address(args.tune_chief, "--tune-chief", default_host="127.0.0.1"),
-                             args.secret_file, "--tune-chief") if args.tune_chief else None
+    tune_chief = None
+    if args.tune_chief:
+        listen = parse_address(args.tune_chief, "--tune-chief", default_host="127.0.0.1")
+        tune_chief = with_tls(with_secret(listen, args.secret_file, "--tune-chief"), cert=args.tls_cert,
+                              key=args.tls_key)
     overrides: dict[str, object] = {"seed": args.seed} if args.seed is not None else {}
     if args.mlflow:
         overrides["tracking"] = {"mlflow_uri": args.mlflow}
@@ -285,7 +292,8 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
     from chimuf.study import resolve_data_dir
     from chimuf.tools.tune_worker import WorkerSetup, run_worker
 
-    chief = with_secret(parse_address(args.chief, "--chief"), args.secret_file, "--chief")
+    chief = with_tls(with_secret(parse_address(args.chief, "--chief"), args.secret_file, "--chief"),
+                     ca=args.tls_ca)
     worker_id = check_worker_id(args.id) if args.id is not None else default_worker_id()
     if not (args.chief_timeout > 0 and math.isfinite(args.chief_timeout)):
         raise ConfigError(f"`--chief-timeout` must be a positive number of seconds, got {args.chief_timeout}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -168,13 +169,13 @@ def test_a_call_without_the_secret_is_refused_and_logged_with_the_peer(chief):
     assert create(address, "w9").status == "RUNNING"
 
 
-def test_keras_tuners_client_sends_the_secret_inside_client_secret(chief, monkeypatch):
+def test_keras_tuners_client_sends_the_secret_inside_client_channel(chief, monkeypatch):
     import grpc
     from keras_tuner.src.distribute import oracle_client
 
     _, address, _ = chief
     with protocol.tuner_role("w1", address), protocol.client_timeout(CALL_S):
-        with protocol.client_secret(SECRET):
+        with protocol.client_channel(address):
             space = oracle_client.OracleClient(chief_oracle()).get_space()
             assert [hp.name for hp in space.space] == ["units"]
         with pytest.raises(grpc.RpcError):  # the module's own grpc is back: no secret
@@ -307,3 +308,58 @@ def test_honest_workers_calling_at_once_finish_the_search_through_the_guard():
         assert sorted(t.status for t in oracle.trials.values()) == ["COMPLETED"] * 6
     finally:
         server.stop(grace=None)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chimuf chief")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (folder / "chief.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "chief.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return folder / "chief.pem", folder / "chief.key"
+
+
+def test_tls_is_an_option_and_a_plain_client_is_not_answered(tmp_path):
+    import grpc
+
+    from chimuf.tuning.chief import start_server
+
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    served = protocol.with_tls(Address("127.0.0.1", port, secret=SECRET), cert=str(cert), key=str(key))
+    server = start_server(chief_oracle(), served)
+    try:
+        worker = protocol.with_tls(Address("127.0.0.1", port, secret=SECRET), ca=str(cert))
+        stub = service_stub(protocol.channel(worker))
+        assert stub.GetSpace(service().GetSpaceRequest(), timeout=CALL_S).hyperparameters is not None
+        plain = service_stub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        with pytest.raises(grpc.RpcError):
+            plain.GetSpace(service().GetSpaceRequest(), timeout=5,
+                           metadata=[(protocol.SECRET_HEADER, SECRET)])
+    finally:
+        server.stop(grace=None)
+    with pytest.raises(ConfigError, match="go together"):
+        protocol.with_tls(Address("127.0.0.1", port), cert=str(cert))
+
+
+def service_stub(grpc_channel):
+    from keras_tuner.src import protos
+
+    return protos.get_service_grpc().OracleStub(grpc_channel)

@@ -191,7 +191,11 @@ def start_server(oracle: Any, address: Address, log: Callable[[str], None] = lam
     servicer = guarded_servicer(oracle, address.secret, log)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:
-        bound = server.add_insecure_port(str(address))
+        if address.cert:  # TLS (protocol.with_tls)
+            bound = server.add_secure_port(str(address), grpc.ssl_server_credentials([(address.key,
+                                                                                     address.cert)]))
+        else:
+            bound = server.add_insecure_port(str(address))
     except RuntimeError:  # gRPC >= 1.60 raises where older versions returned 0
         bound = 0
     if not bound:

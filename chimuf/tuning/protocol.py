@@ -52,6 +52,10 @@ class Address:
     host: str  # a name or IP address; for the chief, 0.0.0.0 listens on every interface
     port: int
     secret: str = field(default="", repr=False, compare=False)  # shared by chief and workers; "": none
+    # TLS, optional: the chief's certificate and key (PEM); a worker's trusted certificate (PEM)
+    cert: bytes = field(default=b"", repr=False, compare=False)
+    key: bytes = field(default=b"", repr=False, compare=False)
+    ca: bytes = field(default=b"", repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -115,6 +119,54 @@ def with_secret(address: Address, secret_file: str | None, flag: str) -> Address
             "chief and every worker (docs/distributed.md)"
         )
     return replace(address, secret=secret)
+
+
+MAX_PEM = 64 * 1024  # bytes of a certificate or key file
+
+
+def with_tls(address: Address, cert: str | None = None, key: str | None = None,
+             ca: str | None = None) -> Address:
+    """`address` with TLS files read (PEM, bounded): the chief's `cert` and `key` (both or
+    neither), a worker's `ca` (the chief's certificate, or the authority that signed it)."""
+    from chimuf.core.files import read_bounded
+
+    if bool(cert) != bool(key):
+        raise ConfigError("`--tls-cert` and `--tls-key` go together: give both, or neither")
+
+    def pem(path: str | None, flag: str) -> bytes:
+        if not path:
+            return b""
+        try:
+            return read_bounded(Path(path), MAX_PEM, flag, ConfigError)
+        except OSError as exc:
+            raise ConfigError(f"`{flag}` {path} cannot be read: {exc.strerror}") from None
+
+    return replace(address, cert=pem(cert, "--tls-cert"), key=pem(key, "--tls-key"), ca=pem(ca, "--tls-ca"))
+
+
+def channel(address: Address) -> Any:
+    """A gRPC channel to the chief at `address`: TLS when the address has a trusted certificate,
+    the shared secret on every call when it has one."""
+    import grpc
+
+    target = str(address)
+    if address.ca:
+        plain = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=address.ca))
+    else:
+        plain = grpc.insecure_channel(target)
+    return grpc.intercept_channel(plain, secret_interceptor(address.secret)) if address.secret else plain
+
+
+def secret_interceptor(secret: str) -> Any:
+    """A gRPC client interceptor that adds `secret` to every call's metadata."""
+    import grpc
+
+    class Interceptor(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = [*(details.metadata or []), (SECRET_HEADER, secret)]
+            return continuation(details._replace(metadata=metadata), request)
+
+    return Interceptor()
 
 
 def check_worker_id(worker_id: str) -> str:
@@ -221,34 +273,31 @@ def forget_epochs(trial: Any) -> None:
 
 
 @contextlib.contextmanager
-def client_secret(secret: str) -> Iterator[None]:
-    """Every request of Keras Tuner's OracleClient carries `secret` (gRPC metadata), inside the block.
+def client_channel(address: Address) -> Iterator[None]:
+    """Keras Tuner's OracleClient talks to the chief through `channel(address)` (TLS, the secret),
+    inside the block.
 
     Keras Tuner opens its channel with `grpc.insecure_channel` in its oracle_client module; the
-    module's `grpc` is swapped for one whose channels add the secret, and put back afterwards.
+    module's `grpc` is swapped for one whose insecure_channel is `channel(address)`, and put back
+    afterwards.
     """
     import grpc
     from keras_tuner.src.distribute import oracle_client
 
-    if not secret:
+    if not (address.secret or address.ca):
         yield
         return
 
-    class WithSecret(grpc.UnaryUnaryClientInterceptor):
-        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-            metadata = [*(details.metadata or []), (SECRET_HEADER, secret)]
-            return continuation(details._replace(metadata=metadata), request)
-
-    class GrpcWithSecret:
+    class ChimufGrpc:
         def __getattr__(self, name: str) -> Any:
             return getattr(grpc, name)
 
         @staticmethod
         def insecure_channel(target: str, *args: Any, **kwargs: Any) -> Any:
-            return grpc.intercept_channel(grpc.insecure_channel(target, *args, **kwargs), WithSecret())
+            return channel(address)
 
     saved = oracle_client.grpc
-    oracle_client.grpc = GrpcWithSecret()
+    oracle_client.grpc = ChimufGrpc()
     try:
         yield
     finally:
