@@ -185,6 +185,7 @@ def test_keras_tuners_client_sends_the_secret_inside_client_channel(chief, monke
 def test_a_silent_peers_trial_is_given_back_once_then_failed():
     oracle = chief_oracle(max_trials=1)
     taken = oracle.create_trial("greedy")
+    assert oracle.create_trial("honest").status == "IDLE"  # budget handed out: wait, do not stop
     oracle.last_heard[taken.trial_id] -= 100
     said: list[str] = []
     assert oracle.give_up_silent(timeout_s=50, say=said.append) == []  # given back, not failed
@@ -194,6 +195,7 @@ def test_a_silent_peers_trial_is_given_back_once_then_failed():
     assert oracle.trial_workers[again.trial_id] == "honest"
     assert not oracle.search_over()
     oracle.last_heard[again.trial_id] -= 100
+    assert oracle.create_trial("late").status == "STOPPED"  # given back once: it cannot come back
     assert oracle.give_up_silent(timeout_s=50) == [again.trial_id]  # silent twice: failed
     assert oracle.trials[again.trial_id].status == "FAILED"
     assert oracle.search_over()
@@ -280,6 +282,8 @@ def test_honest_workers_calling_at_once_finish_the_search_through_the_guard():
                 trial = trial_module.Trial.from_proto(response.trial)
                 if trial.status == "STOPPED":
                     return
+                if trial.status == "IDLE":  # as Keras Tuner's search loop: ask again
+                    continue
                 for epoch in range(2):
                     record = EpochRecord(epoch + 1, loss=0.6, accuracy=0.7, val_loss=0.6,
                                          val_accuracy=0.7)

@@ -51,6 +51,10 @@ class ChiefOracle(SeededBayesianOracle):
 
     @locked
     def create_trial(self, tuner_id: str) -> Any:
+        if self.may_come_back(tuner_id):  # the budget is handed out, but a trial may be given back
+            from keras_tuner.src.engine import trial as trial_module
+
+            return trial_module.Trial(self.get_space(), status="IDLE")  # Keras Tuner: ask again
         trial = super().create_trial(tuner_id)
         if trial.status == "RUNNING":
             forget_epochs(trial)
@@ -112,6 +116,14 @@ class ChiefOracle(SeededBayesianOracle):
             self.end_trial(trial)
             given_up.append(trial.trial_id)
         return given_up
+
+    def may_come_back(self, tuner_id: str) -> bool:
+        """Whether `tuner_id`, asking for a trial once all are handed out, should wait rather than
+        stop: another worker's running trial has not been given back yet and may be."""
+        budget_spent = bool(self.max_trials) and len(self.trials) >= self.max_trials
+        others = [t for worker, t in self.ongoing_trials.items() if worker != tuner_id]
+        return (budget_spent and tuner_id not in self.ongoing_trials and not self._retry_queue
+                and any(t.trial_id not in self.given_back for t in others))
 
     @locked
     def search_over(self) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ MAX_STEP = 100_000  # epochs: config's bound on tune.epochs is far below
 MAX_MESSAGE = 4000  # characters of a trial's error message kept
 MAX_VALUE = 1e12  # losses, seconds, images/s: finite and below this
 END_STATUSES = ("COMPLETED", "FAILED", "INVALID")
+IDLE_WAIT_S = 1.0  # a worker told to wait (no trial free yet) asks again after this
 
 
 class Refused(ChimufError):
@@ -216,6 +218,8 @@ def guarded_servicer(oracle: Any, secret: str, log: Callable[[str], None]) -> An
             trial = self.oracle.create_trial(tuner_id)
             if trial.status == trial_module.TrialStatus.STOPPED:
                 self.stop_triggered = True
+            elif trial.status == trial_module.TrialStatus.IDLE:
+                time.sleep(IDLE_WAIT_S)  # outside the lock: the worker asks again at once
             return service.CreateTrialResponse(trial=trial.to_proto())
 
         @answer
