@@ -88,7 +88,7 @@ def test_scaling_16_bits_to_8_costs_a_few_bytes_a_pixel_not_dozens():
     finally:
         tracemalloc.stop()
     assert scaled.mode == "L" and scaled.getpixel((side - 1, side - 1)) == 255
-    assert peak / side**2 < 3, f"{peak / side**2:.1f} bytes per pixel"
+    assert peak / side**2 < 4, f"{peak / side**2:.1f} bytes per pixel"  # the old way: 24.8
 
 
 def test_scaling_keeps_the_values_of_the_whole_image_way(tmp_path: Path):

@@ -271,7 +271,7 @@ def scale_to_8bit(image: Image.Image) -> Image.Image:
         values = band(top, bottom)
         if wide:  # v / 257 rounded: (v + 128) // 257 exactly for whole numbers (never a tie)
             values = np.clip(np.rint(values) if values.dtype.kind == "f" else values, 0, 65535)
-            out[top:bottom] = (values.astype(np.int64) + 128) // 257
+            out[top:bottom] = (values.astype(np.int32) + 128) // 257
         else:
             out[top:bottom] = np.clip(np.rint(values), 0, 255)
     return Image.fromarray(out, "L")
