@@ -32,7 +32,7 @@ from chimuf.core.errors import ChimufError, ConfigError, Interrupted
 from chimuf.core.files import atomic_write_json, atomic_write_text
 from chimuf.core.results import ANALYSIS_STAGES, dumps
 from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
-from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address
+from chimuf.tuning.protocol import check_worker_id, default_worker_id, parse_address, with_secret, with_tls
 from chimuf.version import __version__, python_refusal
 
 
@@ -77,9 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also publish the report's Quarto project into DIR (default: ./report when it "
                        "is chimuf's Quarto project, as in a checkout; else $CHIMUF_REPORT_PROJECT; "
                        "'none': nowhere)")
-    study.add_argument("--tune-chief", metavar="HOST:PORT",
+    study.add_argument("--tune-chief", metavar="[HOST:]PORT",
                        help="tune on several machines: during the tuning stage, serve its trials at "
-                       "HOST:PORT to `chimuf tune-worker` processes (docs/distributed.md)")
+                       "HOST:PORT (HOST: 127.0.0.1 unless given) to `chimuf tune-worker` processes "
+                       "(docs/distributed.md)")
+    study.add_argument("--secret-file", metavar="PATH",
+                       help="the secret the tuning chief and its workers share (else $CHIMUF_TUNE_SECRET); "
+                       "needed when --tune-chief listens beyond loopback")
+    study.add_argument("--tls-cert", metavar="PEM", help="the tuning chief serves TLS with this certificate")
+    study.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     study.add_argument("--plan", action="store_true",
                        help="print the plan only: the stages, trainings and epochs, and how long they should "
                        "take here (from a short probe of each architecture), then stop after the split")
@@ -100,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--chief", metavar="HOST:PORT", required=True,
                         help="the address the chief's --tune-chief listens on")
+    worker.add_argument("--secret-file", metavar="PATH",
+                        help="the chief's shared secret (else $CHIMUF_TUNE_SECRET)")
+    worker.add_argument("--tls-ca", metavar="PEM",
+                        help="talk TLS to the chief, trusting this certificate (the chief's, or its CA's)")
     add_config_options(worker)
     worker.add_argument("--data", metavar="DIR",
                         help="data folder, needed only when --out holds no finished split and cache")
@@ -294,7 +304,11 @@ def load(args: argparse.Namespace, **overrides: object) -> StudyConfig:
 def cmd_study(args: argparse.Namespace, console: Console) -> int:
     from chimuf.study import run_study
 
-    tune_chief = parse_address(args.tune_chief, "--tune-chief") if args.tune_chief else None
+    tune_chief = None
+    if args.tune_chief:
+        listen = parse_address(args.tune_chief, "--tune-chief", default_host="127.0.0.1")
+        tune_chief = with_tls(with_secret(listen, args.secret_file, "--tune-chief"), cert=args.tls_cert,
+                              key=args.tls_key)
     overrides: dict[str, object] = {"seed": args.seed} if args.seed is not None else {}
     if args.mlflow:
         overrides["tracking"] = {"mlflow_uri": args.mlflow}
@@ -328,7 +342,8 @@ def report_project(flag: Path | None) -> Path | None:
 def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
     from chimuf.tools.tune_worker import WorkerSetup, run_worker
 
-    chief = parse_address(args.chief, "--chief")
+    chief = with_tls(with_secret(parse_address(args.chief, "--chief"), args.secret_file, "--chief"),
+                     ca=args.tls_ca)
     worker_id = check_worker_id(args.id) if args.id is not None else default_worker_id()
     if not (args.chief_timeout > 0 and math.isfinite(args.chief_timeout)):
         raise ConfigError(f"`--chief-timeout` must be a positive number of seconds, got {args.chief_timeout}")
@@ -499,6 +514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chimuf {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return Interrupted.exit_code
+    except MemoryError:
+        # A file or model that asks for more memory than there is: never a traceback.
+        print(f"chimuf {args.command}: error: out of memory; an input (a file, a model, a run folder) "
+              "asks for more memory than this machine has: check it, or free memory and rerun",
+              file=sys.stderr)
+        return 1
     except OSError as exc:
         # Disk full, permissions: say which file, leave the run marked failed (engine did).
         where = f" `{exc.filename}`" if exc.filename else ""

@@ -36,7 +36,7 @@ def test_bad_config_value_is_one_line(tmp_path, capsys):
     config = tmp_path / "study.toml"
     config.write_text("[train]\nepochs = -1\n")
     assert main(["config", "--config", str(config)]) == 2
-    assert "`train.epochs` must be at least 1" in capsys.readouterr().err
+    assert "`train.epochs` must be a whole number from 1 to 10,000" in capsys.readouterr().err
 
 
 def test_audit_of_a_folder_with_one_class_says_what_layout_is_expected(tmp_path, capsys):

@@ -45,7 +45,7 @@ def test_unknown_section_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[train]\nepochs = 0\n", "`train.epochs` must be at least 1"),
+        ("[train]\nepochs = 0\n", "`train.epochs` must be a whole number from 1 to 10,000"),
         ('[train]\nepochs = "ten"\n', "`train.epochs` must be a whole number"),
         ("[split]\ntest_fraction = 1.5\n", "`split.test_fraction` must be between 0 and 1"),
         ('[train]\nprecision = "fp8"\n', "`train.precision` must be 'auto'"),

@@ -194,6 +194,7 @@ def test_silent_worker_loses_its_trial_and_its_late_result_is_ignored():
     oracle = chief_oracle(max_trials=2)
     silent, busy = oracle.create_trial("silent"), oracle.create_trial("busy")
     oracle.last_heard[silent.trial_id] -= 100  # nothing heard from it for 100 s
+    oracle.given_back.add(silent.trial_id)  # given back once already (tests/test_trust_chief.py)
 
     assert oracle.give_up_silent(timeout_s=50) == [silent.trial_id]
 
@@ -430,7 +431,7 @@ def test_two_workers_share_the_search_and_the_chief_records_every_trial_once(tra
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_fails_its_trial_and_the_search_still_finishes(trained_run, tmp_path):
+def test_a_worker_killed_mid_trial_loses_its_trial_to_another_and_the_search_finishes(trained_run, tmp_path):
     run, config = copy_run(trained_run, tmp_path, "worker_timeout_s = 15\n")
     port = free_port()
     marker = tmp_path / "victim-reported"
@@ -453,14 +454,11 @@ def test_a_worker_killed_mid_trial_fails_its_trial_and_the_search_still_finishes
 
     trials = tune_outcome(run)["trials"]
     assert sorted(t["trial_id"] for t in trials) == [str(i) for i in range(MAX_TRIALS)]
-    (lost,) = [t for t in trials if t["worker"] == "victim"]
-    assert lost["status"] == "FAILED"
-    assert "worker `victim` went silent" in lost["error"]
-    assert len(lost["history"]) == 1  # the epoch it reported before it died
-    finished = [t for t in trials if t["worker"] == "healthy"]
-    assert len(finished) == MAX_TRIALS - 1
-    assert {t["status"] for t in finished} == {"COMPLETED"}
-    assert "went silent" in processes.log("chief")
+    # The victim's trial was given back: the healthy worker ran it, from its first epoch.
+    assert {t["worker"] for t in trials} == {"healthy"}
+    assert {t["status"] for t in trials} == {"COMPLETED"}
+    assert "worker `victim` silent" in processes.log("chief")
+    assert "goes to the next worker" in processes.log("chief")
 
 
 

@@ -38,6 +38,20 @@ class Check:
     allowed: str
 
 
+# Upper bounds a typo must not pass: 10 000 epochs is 200× the paper's; Adam or AdamW above a
+# learning rate of 1 only diverges.
+MAX_EPOCHS = 10_000
+MAX_LEARNING_RATE = 1.0
+
+
+def epoch_count(low: int = 1) -> Check:
+    return Check(lambda v: low <= v <= MAX_EPOCHS, f"a whole number from {low} to {MAX_EPOCHS:,}")
+
+
+def learning_rate_check() -> Check:
+    return Check(lambda v: 0 < v <= MAX_LEARNING_RATE, f"above 0 and at most {MAX_LEARNING_RATE:g}")
+
+
 def at_least(low: float) -> Check:
     return Check(lambda v: v >= low, f"at least {low:g}")
 
@@ -204,9 +218,9 @@ class TrainConfig:
                         "sections 4-5); false leaves them and their sections out")
     models: tuple[int, ...] = opt((1, 2, 3), "which of the paper's models to train (section 4)",
                                   non_empty_subset(1, 2, 3))
-    epochs: int = opt(50, "maximum epochs per training", at_least(1))
+    epochs: int = opt(50, "maximum epochs per training", epoch_count())
     batch_size: int = opt(64, "images per batch", at_least(1))
-    learning_rate: float = opt(1e-3, "Adam learning rate", positive())
+    learning_rate: float = opt(1e-3, "Adam learning rate", learning_rate_check())
     patience: int = opt(5, "early stopping: epochs without val_loss improvement (paper 3.3)",
                         non_negative())
     start_from_epoch: int = opt(15, "early stopping: epochs before val_loss is watched (paper 3.3)",
@@ -236,7 +250,7 @@ class TuneConfig:
                         "own best hyperparameters (16/96/192 filters, 96 units, dropouts 0.05/0.4)")
     max_trials: int = opt(10, "hyperparameter sets to try", at_least(1))
     epochs: int = opt(50, "maximum epochs per trial, as the trainings' (early stopping as in training; "
-                      "the paper's search ran 50)", at_least(1))
+                      "the paper's search ran 50)", epoch_count())
     prune: bool = opt(True, "stop a trial whose best val_accuracy so far is below the median of the "
                       "finished trials' at the same epoch (the median stopping rule); false: every trial "
                       "runs until early stopping, the paper's protocol")
@@ -275,13 +289,13 @@ class ModernConfig:
                                         "a non-empty list of whole numbers of at least 1"))
     blocks: int = opt(1, "residual blocks per stage", at_least(1))
     epochs: int = opt(25, "epochs of the cosine schedule (no early stopping; the best val_loss epoch "
-                      "is kept)", at_least(1))
+                      "is kept)", epoch_count())
     batch_size: int = opt(64, "images per batch", at_least(1))
-    learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", positive())
+    learning_rate: float = opt(2e-3, "AdamW peak learning rate, after the warm-up", learning_rate_check())
     weight_decay: float = opt(0.05, "AdamW decoupled weight decay", non_negative())
     schedule: str = opt("cosine", "learning rate after the warm-up: 'cosine' (decay to 0 over the training) "
                         "or 'constant'", one_of(*SCHEDULES))
-    warmup_epochs: int = opt(3, "epochs of linear warm-up before the cosine decay", non_negative())
+    warmup_epochs: int = opt(3, "epochs of linear warm-up before the cosine decay", epoch_count(0))
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy",
                                  between(0, 0.5, high_inclusive=False))
     dropout: float = opt(0.2, "dropout before the output layer", between(0, 1, high_inclusive=False))
@@ -299,7 +313,7 @@ class PretrainedConfig:
                         one_of("", *BACKBONES))
     weights: str = opt("", "the backbone's no-top weights file (.h5 or .weights.h5); '' = Keras' download "
                        "('imagenet'), which needs internet")
-    epochs: int = opt(8, "epochs of the new head, the backbone frozen", at_least(1))
+    epochs: int = opt(8, "epochs of the new head, the backbone frozen", epoch_count())
     skip_offline: bool = opt(False, "when the weights are neither a given file nor in Keras' cache "
                              "(~/.keras/models), leave the candidate out with one line instead of "
                              "downloading them")
@@ -307,8 +321,8 @@ class PretrainedConfig:
                                 non_negative())
     fine_tune_layers: int = opt(20, "backbone layers fine-tuned (batch normalisation stays frozen)",
                                 non_negative())
-    learning_rate: float = opt(1e-3, "Adam learning rate of the head", positive())
-    fine_tune_learning_rate: float = opt(1e-5, "Adam learning rate of the fine-tuning", positive())
+    learning_rate: float = opt(1e-3, "Adam learning rate of the head", learning_rate_check())
+    fine_tune_learning_rate: float = opt(1e-5, "Adam learning rate of the fine-tuning", learning_rate_check())
     dropout: float = opt(0.2, "dropout before the output layer", between(0, 1, high_inclusive=False))
 
 
@@ -527,16 +541,40 @@ def load_config(
     return config
 
 
+MAX_CONFIG_BYTES = 2**20  # a study config is a few kB
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    """The TOML at `path`: a regular file of at most MAX_CONFIG_BYTES, every number finite."""
+    from chimuf.core.files import read_bounded
+
+    if not path.exists():
         raise ConfigError(f"config file `{path}` does not exist; pass a TOML file to --config")
+    data = read_bounded(path, MAX_CONFIG_BYTES, "config file", ConfigError)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(data.decode("utf-8"), parse_float=finite_float)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file `{path}` is not valid TOML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config file `{path}`: {exc}") from None
+    except ValueError:  # an integer of more digits than Python converts (4 300)
+        raise ConfigError(f"config file `{path}` holds a number of more than "
+                          f"{sys.get_int_max_str_digits():,} digits; a study config's numbers are short: "
+                          "fix that value") from None
     except RecursionError:
         raise ConfigError(f"config file `{path}` nests arrays or tables too deeply to read; a study "
                           "config needs two levels ([section] and key = value)") from None
+
+
+def finite_float(text: str) -> float:
+    """A TOML float; one written as digits that overflows (`1e999`) is refused here, where its text
+    is known: it would read as inf and be shown so. The words inf and nan go on to check_config,
+    which names their key."""
+    value = float(text)
+    if not math.isfinite(value) and text.lstrip("+-") not in ("inf", "nan"):
+        raise ConfigError(f"the number {text[:40]} is beyond the largest a float holds (about 1.8e308); "
+                          "write a number within range")
+    return value
 
 
 def build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -20,13 +20,14 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from chimuf.core.errors import StageError
+from chimuf.core.errors import ChimufError, StageError
 from chimuf.core.results import dumps
 
 
@@ -70,19 +71,93 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, dumps(value) + "\n")
 
 
-def read_json(path: Path) -> Any | None:
+MAX_JSON_BYTES = 256 * 2**20  # a results.json of thousands of trials is a few MB
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any | None:
     """The JSON at `path`, or None when there is none. Files are only ever written atomically,
-    so a file that does not parse was damaged outside chimuf: that is an error, not a skip."""
+    so a file that does not parse was damaged outside chimuf: that is an error, not a skip.
+    A link to a device, a FIFO or a file over `limit` bytes is refused (read_bounded)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, limit, "JSON file", error=StageError).decode("utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except UnicodeDecodeError as exc:
+        raise StageError(f"`{path}` is damaged (not UTF-8: {exc.reason}); delete it to redo that "
+                         "step, then rerun") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
         raise StageError(
-            f"`{path}` is damaged ({exc}); delete it to redo that step, then rerun"
+            f"`{path}` is damaged ({reason[:200]}); delete it to redo that step, then rerun"
         ) from None
+
+
+# --- reading files someone else made: regular files only, inside their folder, bounded -----------
+
+
+def inside(path: Path, root: Path, what: str, error: type[ChimufError] = StageError) -> Path:
+    """`path` resolved (links followed), refused unless it lies inside `root`: a run folder from
+    someone else may hold links that point anywhere on this machine."""
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != base and base not in real.parents:
+        raise error(f"{what} `{path}` leads outside `{root}` (to `{real}`); a run folder's files must "
+                    "lie inside it: remove the link, or copy the file in")
+    return real
+
+
+def open_regular(path: Path, what: str, error: type[ChimufError] = StageError) -> int:
+    """A read-only descriptor of `path`, refused unless it is a regular file. Opened without
+    blocking, so a FIFO is refused instead of hanging the reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                    stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a folder"
+                    if stat.S_ISDIR(mode) else "not a regular file")
+            raise error(f"{what} `{path}` is {kind}; chimuf reads regular files only")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: Path, limit: int, what: str, error: type[ChimufError] = StageError,
+                 root: Path | None = None) -> bytes:
+    """The bytes of the regular file `path`, refused when over `limit` bytes (a link to
+    /dev/zero, a sparse file of gigabytes) and, with `root`, when it leads outside `root`.
+    The one way chimuf reads a file someone else may have made."""
+    if root is not None:
+        inside(path, root, what, error)
+    fd = open_regular(path, what, error)
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(limit + 1)  # the size can grow after fstat: read at most one byte over
+    if len(data) > limit:
+        raise error(f"{what} `{path}` is larger than the {limit:,} bytes chimuf reads; it is not "
+                    "a file chimuf wrote")
+    return data
+
+
+def own_folder(path: Path, root: Path, what: str, error: type[ChimufError] = StageError) -> Path:
+    """`path`, a folder chimuf writes and deletes in, checked before it does: not a link, not
+    another kind of file, inside `root`. A run folder from someone else (a tarball keeps links)
+    could otherwise aim chimuf's writes anywhere the user can write."""
+    if path.is_symlink():
+        raise error(f"{what} `{path}` is a link (to `{path.readlink()}`); chimuf writes only in "
+                    "folders of the run itself: remove the link and rerun")
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} `{path}` is not a folder; remove it and rerun")
+    inside(path.parent, root, what, error)
+    return path
+
+
+def copy_bounded(source: Path, target: Path, limit: int, what: str, root: Path,
+                 error: type[ChimufError] = StageError) -> None:
+    """Copy the regular file `source`, which must lie inside `root`, to `target` (atomically)."""
+    atomic_write_bytes(target, read_bounded(source, limit, what, error, root))
 
 
 def now_iso() -> str:

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import AuditOutcome, ClassCount, DuplicateGroup, FileRecord
 from chimuf.data.imagefile import read_image
@@ -498,7 +499,7 @@ def summary(outcome: AuditOutcome, full: bool = True, full_list: Path | None = N
         lines += shorten([f"  {entry}" for entry in outcome.skipped], full, SHORT_FILES, "entries")
     if not full and full_list is not None:
         lines += ["", f"Every file and group: {full_list} (or run with --list-duplicates)"]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names from outside: no escape codes
 
 
 def first_groups(groups: list[DuplicateGroup], full: bool, keep: int) -> list[str]:
@@ -515,6 +516,7 @@ def group_lines(groups: list[DuplicateGroup]) -> list[str]:
         lines.append(f"  {g.kind:<5} {len(g.files)} files{flag}")
         lines += [f"      {path}" for path in g.files]
     return lines
+
 
 
 def shorten(lines: list[str], full: bool, keep: int, what: str) -> list[str]:

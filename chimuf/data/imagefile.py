@@ -244,20 +244,37 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     return image.convert("RGB"), [f"{mode} → RGB"]
 
 
+SCALE_ROWS_PIXELS = 2**20  # pixels converted at a time by scale_to_8bit
+
+
 def scale_to_8bit(image: Image.Image) -> Image.Image:
     """16-bit (or 32-bit) gray to 8-bit by scaling 0..65535 onto 0..255, not by clipping.
 
     Pillow's own `convert("L")` clips a 16-bit image at 255, turning most photos white. Modes I
     and F carry 16-bit data when they come from 16-bit PNGs; values already within 0..255 are
-    kept as they are.
+    kept as they are. Done a band of rows at a time: at audit.max_pixels, converting the whole
+    image in float64 at once cost over 1 GB; the bands cost a few MB beside the 8-bit result.
     """
     import numpy as np
     from PIL import Image
 
-    values = np.asarray(image).astype(np.float64)  # (H, W)
-    if image.mode.startswith("I;16") or values.max(initial=0) > 255:
-        values = np.clip(values, 0, 65535) / 257.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    width, height = image.size
+    rows = max(1, SCALE_ROWS_PIXELS // max(width, 1))
+    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+    def band(top: int, bottom: int) -> np.ndarray:
+        return np.asarray(image.crop((0, top, width, bottom)))
+
+    wide = image.mode.startswith("I;16") or any(band(t, b).max(initial=0) > 255 for t, b in bands)
+    out = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in bands:
+        values = band(top, bottom)
+        if wide:  # v / 257 rounded: (v + 128) // 257 exactly for whole numbers (never a tie)
+            values = np.clip(np.rint(values) if values.dtype.kind == "f" else values, 0, 65535)
+            out[top:bottom] = (values.astype(np.int32) + 128) // 257
+        else:
+            out[top:bottom] = np.clip(np.rint(values), 0, 255)
+    return Image.fromarray(out, "L")
 
 
 def upright(stored: Image.Image, rgb: Image.Image) -> tuple[Image.Image, str]:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from chimuf.core.config import MAX_IMAGE_SIZE, ModelFilesConfig
 from chimuf.core.errors import ModelError
-from chimuf.core.files import atomic_write_json
+from chimuf.core.files import atomic_write_json, read_bounded
 from chimuf.core.results import DEFAULT_THRESHOLD
 from chimuf.ml import modelarchive, modelsize
 from chimuf.ml.modelarchive import CONFIG, METADATA, WEIGHTS, Inventory
@@ -61,6 +61,7 @@ KERAS_VALUE_MARKERS = ("__keras_tensor__", "__tensor__", "__numpy__", "__slice__
 # parameter), or a float64 weight and one slot. Measured: model 1 after an epoch, 12.01 bytes a
 # parameter; MobileNetV2 with amsgrad, 16.08 (its batch-norm statistics have no slots, its HDF5
 # headers cost about 800 bytes per dataset).
+MAX_SIDECAR_BYTES = 2**20  # <model>.classes.json: two names and a threshold
 BYTES_PER_PARAM = 16
 HDF5_MARGIN = 1024 * 1024  # file header and B-trees
 HDF5_PER_LAYER = 4096  # headers of a layer's datasets (weights and optimizer slots)
@@ -430,11 +431,11 @@ def read_sidecar(model_path: Path) -> Sidecar | None:
     """The sidecar beside `model_path`, or None when there is none. One written before thresholds
     travelled holds classes only: its threshold is the default."""
     path = classes_path(model_path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a regular file of at most MAX_SIDECAR_BYTES: a link to /dev/zero or a FIFO is refused
+        data = json.loads(read_bounded(path, MAX_SIDECAR_BYTES, "classes file", ModelError).decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ModelError(f"`{path}` cannot be read ({exc}); delete it or write it again") from None
     classes = data.get("classes") if isinstance(data, dict) else None
     if not (isinstance(classes, list) and len(classes) == 2 and all(isinstance(c, str) for c in classes)):

@@ -7,6 +7,12 @@ an image's class is decided by the same rule (chimuf.core.results.predicted_id).
 
     files → read_image (verdict, RGB; as the audit) → model_array (S, S, 3) uint8 (as the cache)
       → batches → model → P(classes[1])
+
+A model file of a few hundred kB can ask for a huge activation (UpSampling to 512 px × 1024
+channels is 2**28 values per image, 1 GiB in float32): before any image is fed, the batch is
+lowered so that its largest activation fits PREDICT_MEMORY_BYTES, and a model whose single image
+does not fit is refused (prediction_batch; the largest layer output comes from the model's config,
+chimuf.ml.modelsize).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 from chimuf.core.errors import ModelError
 from chimuf.core.results import DEFAULT_THRESHOLD, predicted_id
 from chimuf.data.imagefile import model_array, read_image
-from chimuf.ml import modelfile
+from chimuf.ml import modelfile, modelsize
 from chimuf.ml.pipeline import make_dataset
 
 if TYPE_CHECKING:
@@ -32,6 +38,9 @@ if TYPE_CHECKING:
     from chimuf.data.cache import ImageSet
 
 BATCH = 64  # images decoded and predicted at a time: bounds memory on large folders
+PREDICT_MEMORY_BYTES = 2 * 2**30  # a prediction batch's largest activation, input and output alive
+LIVE_COPIES = 2  # a layer's input and its output are alive at once
+BYTES_PER_VALUE = 4  # float32
 
 
 @dataclass
@@ -152,12 +161,47 @@ def score_files(classifier: Classifier, files: list[Path], audit_cfg: AuditConfi
 
 
 def probabilities_of(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
-    """P(classes[1]) of uint8 images (N, S, S, 3), BATCH at a time: float64 (N,)."""
+    """P(classes[1]) of uint8 images (N, S, S, 3), at most BATCH at a time and fewer when the
+    model's activations ask for it (prediction_batch): float64 (N,)."""
     out = []
-    for start in range(0, len(pixels), BATCH):
-        batch = pixels[start:start + BATCH].astype(np.float32)  # 0-255: the model rescales inside
-        out.append(np.asarray(model(batch, training=False), dtype=np.float64)[:, 0])
+    step = prediction_batch(model) if len(pixels) else BATCH
+    for start in range(0, len(pixels), step):
+        batch = pixels[start:start + step].astype(np.float32)  # 0-255: the model rescales inside
+        out.append(np.asarray(run_batch(model, batch), dtype=np.float64)[:, 0])
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def run_batch(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    return model(batch, training=False)
+
+
+def prediction_batch(model: keras.Model, budget: int | None = None) -> int:
+    """Images per prediction batch so that the model's largest activation, for the whole batch,
+    fits `budget` bytes (PREDICT_MEMORY_BYTES); ModelError when not even one image fits."""
+    budget = PREDICT_MEMORY_BYTES if budget is None else budget
+    per_image = largest_activation(model) * BYTES_PER_VALUE * LIVE_COPIES
+    fits = budget // max(per_image, 1)
+    if fits < 1:
+        raise ModelError(
+            f"model `{model.name}` computes {per_image // LIVE_COPIES:,} bytes of activations per image "
+            f"in one layer, more than the {budget:,}-byte prediction budget allows; refused before any "
+            "image was fed (a model of chimuf's needs far less)"
+        )
+    return int(min(BATCH, fits))
+
+
+def largest_activation(model: keras.Model) -> int:
+    """Values per image of the largest tensor `model` computes, from its config (modelsize)."""
+    import json
+
+    import keras
+
+    cached = getattr(model, "_chimuf_largest_activation", None)
+    if cached is None:
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(model), default=str))
+        cached = modelsize.estimate(config).largest_tensor
+        model._chimuf_largest_activation = cached  # the config never changes once loaded
+    return int(cached)
 
 
 def averaged_probabilities(models: Sequence[keras.Model], pixels: np.ndarray, flips: bool) -> np.ndarray:

@@ -21,12 +21,16 @@ A partial run renders too: a stage without results gets a section that says it h
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from chimuf.core.config import ReportConfig
 from chimuf.core.console import Console
 from chimuf.core.errors import ReportError
+from chimuf.core.files import own_folder, read_bounded
 from chimuf.core.results import LayoutError, ReportOutcome, Results, load_results
 from chimuf.report.figures import embedded, place_figures, plan_figures
 from chimuf.report.markdown import own_templates, render_markdown
@@ -58,6 +62,8 @@ def build_report(run_dir: Path, cfg: ReportConfig, console: Console) -> ReportOu
     # 1. Which figures, under which names; paths leading out of the run are refused here.
     plan = plan_figures(results)
     report_dir = run_dir / "report"
+    for folder in (report_dir, report_dir / "figures", report_dir / "include"):  # before any write
+        own_folder(folder, run_dir, "report folder", ReportError)
     report_dir.mkdir(parents=True, exist_ok=True)
     placed, missing = place_figures(run_dir, report_dir, plan)
     for path in missing:
@@ -90,11 +96,19 @@ def build_report(run_dir: Path, cfg: ReportConfig, console: Console) -> ReportOu
                          pdf=rel(outputs.get("pdf")), engine=engine)
 
 
+MAX_RESULTS_BYTES = 256 * 2**20  # a study's results.json is well under 10 MB
+
+
 def read_results(run_dir: Path) -> Results:
-    """The run's results.json, or a ReportError that says what to do."""
+    """The run's results.json, or a ReportError that says what to do. Read as a file someone else
+    may have made: a regular file inside the run, at most MAX_RESULTS_BYTES, of two classes."""
     path = run_dir / "results.json"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_bounded(path, MAX_RESULTS_BYTES, "results.json", ReportError, root=run_dir)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"`{path}` is not UTF-8 text ({exc.reason}); rerun the study to rewrite "
+                          "it") from None
     except FileNotFoundError:
         raise ReportError(
             f"no results.json in `{run_dir}`: this is not a chimuf run folder, or its study has not "
@@ -103,7 +117,9 @@ def read_results(run_dir: Path) -> Results:
     except OSError as exc:
         raise ReportError(f"cannot read `{path}` ({exc.strerror or exc})") from None
     try:
-        return load_results(text)
+        results = load_results(text)
+        check_two_classes(results)
+        return results
     except json.JSONDecodeError as exc:
         raise ReportError(f"`{path}` is not valid JSON ({exc}); rerun the study to rewrite it") from None
     except RecursionError:
@@ -119,3 +135,34 @@ def read_results(run_dir: Path) -> Results:
             f"`{path}` does not have the layout of results.json (docs/results.md): {exc!r}; "
             "rerun the study with this chimuf to rewrite it"
         ) from None
+
+
+def check_two_classes(results: Any) -> None:
+    """Every class list of the run names two classes, every confusion matrix is 2 × 2 and every
+    per-class list has at most two rows: the report and compare are written for a binary study,
+    and a tampered results.json must stop here in one line, not deep in a table (LayoutError)."""
+    for where, name, value in walk(results, "results"):
+        if name == "classes" and isinstance(value, list) and len(value) != 2:
+            raise LayoutError(f"{where} names {len(value)} classes; a chimuf study has two")
+        if name == "confusion_matrix" and isinstance(value, list) and (
+                len(value) != 2 or any(not isinstance(r, list) or len(r) != 2 for r in value)):
+            raise LayoutError(f"{where} is not a 2 × 2 matrix")
+        if name == "per_class" and isinstance(value, list) and len(value) > 2:
+            raise LayoutError(f"{where} has {len(value)} rows; a chimuf study has two classes")
+
+
+def walk(value: Any, where: str, depth: int = 0) -> Iterator[tuple[str, str, Any]]:
+    """(path, field name, value) of every field of the dataclasses inside `value`."""
+    if depth > 12:
+        return
+    if dataclasses.is_dataclass(value):
+        for field in dataclasses.fields(value):
+            inner = getattr(value, field.name)
+            yield f"{where}.{field.name}", field.name, inner
+            yield from walk(inner, f"{where}.{field.name}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from walk(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk(item, f"{where}[{key!r}]", depth + 1)

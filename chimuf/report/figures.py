@@ -18,9 +18,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from chimuf.core.errors import ReportError
-from chimuf.core.files import atomic_write_bytes
+from chimuf.core.files import atomic_write_bytes, read_bounded
 from chimuf.core.results import Figure, Results
 from chimuf.report.blocks import slug
+
+MAX_FIGURE_BYTES = 32 * 2**20  # chimuf's figures are PNGs of well under 1 MB; a sparse 3 GiB file is not one
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 
@@ -116,10 +118,11 @@ def place_figures(run_dir: Path, report_dir: Path,
                 f"figure `{source}` in results.json leads out of the run folder (to `{real}`) "
                 "through a link; the report only shows files of the run. Replace the link by the file."
             )
-        if not real.is_file():
+        if not real.exists():
             missing.append(source)
             continue
-        atomic_write_bytes(report_dir / target, real.read_bytes())
+        data = read_bounded(run_dir / source, MAX_FIGURE_BYTES, "figure", ReportError, root=run_dir)
+        atomic_write_bytes(report_dir / target, data)
         placed[source] = ImageRef(target, ident(target))
     return placed, missing
 
@@ -132,7 +135,7 @@ def embedded(report_dir: Path, placed: dict[str, ImageRef]) -> dict[str, ImageRe
     """
     out = {}
     for source, ref in placed.items():
-        data = (report_dir / ref.src).read_bytes()
+        data = read_bounded(report_dir / ref.src, MAX_FIGURE_BYTES, "figure", ReportError, root=report_dir)
         kind = IMAGE_TYPES[PurePosixPath(ref.src).suffix]
         out[source] = ImageRef(f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}", ref.ident)
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -119,10 +120,21 @@ def published_run(project: Path) -> Path | None:
 
 
 def copy(source: Path, target: Path) -> None:
+    """Copy folders and regular files; links, FIFOs and devices (a run folder from someone else may
+    hold them) are left out: copying would block on a FIFO or publish a link to anywhere."""
     if source.is_dir() and not source.is_symlink():
-        shutil.copytree(source, target, symlinks=True)
-    else:
+        shutil.copytree(source, target, symlinks=True, ignore=unsafe_entries)
+    elif source.is_file() and not source.is_symlink():
         shutil.copy2(source, target, follow_symlinks=False)
+
+
+def unsafe_entries(folder: str, names: list[str]) -> set[str]:
+    """The entries of `folder` that are neither regular files nor folders (links included)."""
+    def plain(name: str) -> bool:
+        mode = (Path(folder) / name).lstat().st_mode
+        return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+    return {name for name in names if not plain(name)}
 
 
 def remove_stale_staging(project: Path, older_than_s: float = 3600.0) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from chimuf.core.config import REPORT_ENGINES
 from chimuf.core.errors import ReportError
-from chimuf.core.files import atomic_write_bytes, atomic_write_text
+from chimuf.core.files import atomic_write_bytes, atomic_write_text, read_bounded
 from chimuf.report.resources import PROJECT_TEMPLATE_DIR
 
 # Copied into RUN/report/ at the same relative paths. (The includes sit in include/ because the
@@ -34,6 +34,8 @@ PROJECT_FILES = ("_quarto.yml", "include/head.html", "include/typst-header.typ")
 # The Markdown reader, as _quarto.yml sets it: no raw HTML / TeX / attribute blocks, no maths, no
 # citations. Run data is escaped anyway; this makes a slip inert rather than live.
 READER = "markdown-raw_html-raw_attribute-raw_tex-tex_math_dollars-citations"
+
+MAX_OUTPUT_BYTES = 2**30  # a rendered HTML or PDF, figures embedded
 
 PANDOC_HINT = "install it with `pip install pypandoc-binary` (it ships pandoc 3)"
 TYPST_HINT = "install it with `pip install typst`"
@@ -190,11 +192,12 @@ def render_pdf_pandoc(report_dir: Path, deadline: Deadline) -> Path:
     )
     atomic_write_bytes(report_dir / "index.typ", typ)
     partial = report_dir / ".index.pdf.partial"
+    partial.unlink(missing_ok=True)  # a link left here would have Typst write through it
     try:
         run_tool([sys.executable, "-c", TYPST_COMPILE, "index.typ", partial.name, "."],
                  report_dir, deadline, "typst (PDF)")
         target = report_dir / "index.pdf"
-        atomic_write_bytes(target, partial.read_bytes())
+        atomic_write_bytes(target, read_bounded(partial, MAX_OUTPUT_BYTES, "rendered PDF", ReportError))
     finally:
         partial.unlink(missing_ok=True)
     return target
@@ -207,11 +210,13 @@ def render_quarto(report_dir: Path, formats: tuple[str, ...], deadline: Deadline
         if fmt not in formats:
             continue
         partial = f"chimuf-partial-index{suffix}"
+        (report_dir / partial).unlink(missing_ok=True)  # a link left here would be written through
         try:
             run_tool(["quarto", "render", "index.qmd", "--to", to, "--output", partial],
                      report_dir, deadline, f"quarto ({fmt})")
             target = report_dir / f"index{suffix}"
-            atomic_write_bytes(target, (report_dir / partial).read_bytes())
+            atomic_write_bytes(target, read_bounded(report_dir / partial, MAX_OUTPUT_BYTES, f"rendered {fmt}",
+                                                    ReportError))
         finally:
             (report_dir / partial).unlink(missing_ok=True)
         outputs[fmt] = target

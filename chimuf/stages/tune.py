@@ -54,7 +54,7 @@ from chimuf.ml.fit import (
 from chimuf.ml.models import resolve_precision, training_strategy
 from chimuf.ml.plots import save_figure
 from chimuf.ml.tuning_plots import draw_against_hyperparameters, draw_progress
-from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_timeout, tuner_role
+from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_channel, client_timeout, tuner_role
 from chimuf.tuning.pruning import MedianStopping, epochs_saved
 from chimuf.tuning.space import search_space
 
@@ -304,7 +304,8 @@ def work_for_chief(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train
 
     hypermodel = trial_hypermodel(cfg, images.images.shape[1], train_cfg)
     data = search_data(images, split, cfg, train_cfg, augment, seed)
-    with tuner_role(worker_id, chief), client_timeout(chief_timeout_s), quiet_keras_tuner():
+    with (tuner_role(worker_id, chief), client_timeout(chief_timeout_s), client_channel(chief),
+          quiet_keras_tuner()):
         tuner = new_tuner(hypermodel, cfg, workdir, seed, console,
                           watch=trial_watch(cfg, train_cfg, len(split.train), workdir / "tensorboard"))
         run_search(tuner, data)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chimuf.core.config import flatten
+from chimuf.core.console import printable
 from chimuf.core.headline import headline_numbers, number_of
 from chimuf.core.results import EnvironmentInfo, Interval, Results, dumps
 from chimuf.report import read_results
@@ -291,7 +292,7 @@ def format_comparison(comparison: Comparison, as_json: bool = False) -> str:
     lines.append(f"Intervals: {'; '.join(kinds) or 'none recorded'}. \"within the intervals\": each run's "
                  "value lies inside the other run's interval.")
     lines.append("Identical inputs and numbers." if comparison.identical else verdict_line(comparison))
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # keys and names too
 
 
 def verdict_line(comparison: Comparison) -> str:
@@ -310,7 +311,9 @@ def shown(value: float | None, interval: Interval | None) -> str:
 
 
 def text(value: Any) -> str:
-    return MISSING if value is None else str(value)
+    """A value from a results.json, which may come from anyone: no escape codes, newlines or bidi
+    overrides reach the terminal (chimuf.core.console.printable)."""
+    return MISSING if value is None else printable(str(value))
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -12,7 +12,12 @@ training, fold and trial; and as artifacts results.json, the report (HTML and PD
 to take home (export/: the .keras file, its classes and threshold, its TFLite file).
 
 A run is logged once: its MLflow run carries the digest of what it found
-(`chimuf.results_digest`), and a second logging of the same results is skipped. A tracker that
+(`chimuf.results_digest`), and a second logging of the same results is skipped. The tag
+`chimuf.logged` is set last, once params, metrics and artifacts are all in: a run without it was
+cut off half-way (a crash, a lost server), and a retry deletes it and logs the run again.
+
+A run folder may come from someone else: only regular files inside the run are logged, each within
+a size cap; a link out of the run, a FIFO or a device is refused before anything is logged. A tracker that
 cannot be reached, or refuses, is a one-line warning: the study has finished either way.
 
 Where it goes: a URI with a scheme (http://, sqlite:///, postgresql://, databricks, file:) as given;
@@ -26,8 +31,10 @@ line that shows the store.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,8 @@ from typing import Any
 from chimuf.core.config import TrackingConfig, flatten
 from chimuf.core.console import Console
 from chimuf.core.environment import environ_for
-from chimuf.core.errors import ConfigError
+from chimuf.core.errors import ConfigError, DataError
+from chimuf.core.files import inside
 from chimuf.core.headline import headline_numbers, trainings
 from chimuf.core.results import Results, digest
 
@@ -44,6 +52,9 @@ STORE_FILE = "mlflow.db"  # in a local folder given as the tracking URI
 ARTIFACTS = "artifacts"  # beside it
 PARAM_CHARS = 500  # MLflow caps a param value (6 000 characters today); long lists are cut here
 BATCH = 900  # metrics per log_batch call (MLflow's limit is 1 000)
+LOGGED_TAG = "chimuf.logged"  # set last: the MLflow run is complete
+MAX_ARTIFACT_BYTES = 4 * 2**30  # one file: chimuf's largest (a model within model_files limits) is far below
+MAX_ARTIFACTS_BYTES = 8 * 2**30  # all of a run's artifacts together
 
 
 def check_mlflow(cfg: TrackingConfig) -> None:
@@ -70,7 +81,8 @@ def log_run(results: Results, run_dir: Path, cfg: TrackingConfig, console: Conso
             run_id = log_to(mlflow.tracking.MlflowClient(uri), results, run_dir, cfg, console)
             console.info(f"MLflow: see it with `{ui_command(uri)}`")
             return run_id
-    except (mlflow.exceptions.MlflowException, requests.RequestException, OSError, ValueError) as exc:
+    except (mlflow.exceptions.MlflowException, requests.RequestException, OSError, ValueError,
+            DataError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         console.warn(f"MLflow at {cfg.mlflow_uri} could not log this run ({first[:300]}); the study's "
                      f"results are in {run_dir}. Log it later with `chimuf track {run_dir} --mlflow URI`")
@@ -83,11 +95,14 @@ def log_to(client: Any, results: Results, run_dir: Path, cfg: TrackingConfig, co
                      else client.create_experiment(cfg.mlflow_experiment,
                                                    artifact_location=artifact_location(cfg.mlflow_uri)))
     found = results_digest(results)
-    same = client.search_runs([experiment_id], filter_string=f"tags.`chimuf.results_digest` = '{found}'",
-                              max_results=1)
-    if same:
-        console.info(f"MLflow: this run's results are logged already (run {same[0].info.run_id})")
-        return same[0].info.run_id
+    files = artifact_files(run_dir)  # refused before anything is logged
+    for earlier in client.search_runs([experiment_id], max_results=100,
+                                      filter_string=f"tags.`chimuf.results_digest` = '{found}'"):
+        if earlier.data.tags.get(LOGGED_TAG) == "true":
+            console.info(f"MLflow: this run's results are logged already (run {earlier.info.run_id})")
+            return earlier.info.run_id
+        console.info(f"MLflow: run {earlier.info.run_id} was logged only in part; logging it again")
+        client.delete_run(earlier.info.run_id)
     run = client.create_run(experiment_id, run_name=results.run.run_id, tags=tags_of(results, found))
     run_id = run.info.run_id
     from mlflow.entities import Metric, Param
@@ -98,12 +113,10 @@ def log_to(client: Any, results: Results, run_dir: Path, cfg: TrackingConfig, co
     metrics = [Metric(key, value, 0, step) for key, value, step in metrics_of(results)]
     for start in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[start:start + BATCH])
-    for path, folder in artifacts_of(run_dir):
-        if path.is_dir():
-            client.log_artifacts(run_id, str(path), folder)
-        else:
-            client.log_artifact(run_id, str(path), folder)
+    for path, folder in files:
+        client.log_artifact(run_id, str(path), folder or None)
     client.set_terminated(run_id, "FINISHED" if results.run.status == "finished" else "KILLED")
+    client.set_tag(run_id, LOGGED_TAG, "true")  # last: everything above is in
     console.info(f"MLflow: logged as run {run_id} of experiment `{cfg.mlflow_experiment}` "
                  f"at {tracking_uri(cfg.mlflow_uri)}")
     return run_id
@@ -217,5 +230,48 @@ def artifacts_of(run_dir: Path) -> list[tuple[Path, str]]:
     """(file or folder, artifact folder) of what there is to log."""
     wanted = [(run_dir / "results.json", ""), (run_dir / "report" / "index.html", "report"),
               (run_dir / "report" / "index.pdf", "report"), (run_dir / "export", "model")]
-    return [(path, folder) for path, folder in wanted if path.exists()]
+    return [(path, folder) for path, folder in wanted if path.exists() or path.is_symlink()]
+
+
+def artifact_files(run_dir: Path) -> list[tuple[Path, str]]:
+    """(regular file, artifact folder) of every file to log, each checked: inside the run (links
+    that lead out are refused), a regular file (no FIFO, device or socket), within the size caps.
+    Folders are walked without following links."""
+    files: list[tuple[Path, str]] = []
+    for path, folder in artifacts_of(run_dir):
+        if path.is_dir() and not path.is_symlink():
+            for parent, dirs, names in os.walk(path, followlinks=False):
+                here = Path(parent)
+                relative = here.relative_to(path).as_posix()
+                sub = folder if relative == "." else f"{folder}/{relative}"
+                for name in dirs:  # a link to a folder: os.walk lists it, never enters it
+                    if (here / name).is_symlink():
+                        files.append((here / name, sub))
+                files += [(here / name, sub) for name in sorted(names)]
+        else:
+            files.append((path, folder))
+    total = 0
+    for path, _ in files:
+        total += checked_size(path, run_dir)
+        if total > MAX_ARTIFACTS_BYTES:
+            raise DataError(f"the files of run `{run_dir}` come to more than {MAX_ARTIFACTS_BYTES:,} bytes; "
+                            "not a run chimuf wrote: nothing was logged")
+    return files
+
+
+def checked_size(path: Path, run_dir: Path) -> int:
+    """The size of `path`, a regular file inside the run of at most MAX_ARTIFACT_BYTES; DataError
+    (nothing logged yet) otherwise."""
+    real = inside(path, run_dir, "run file", DataError)
+    try:
+        info = real.stat()
+    except OSError as exc:
+        raise DataError(f"run file `{path}` cannot be read ({exc.strerror}); nothing was logged") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"run file `{path}` is not a regular file (a FIFO, device or folder link); "
+                        "nothing was logged: remove it and retry")
+    if info.st_size > MAX_ARTIFACT_BYTES:
+        raise DataError(f"run file `{path}` has {info.st_size:,} bytes, more than the {MAX_ARTIFACT_BYTES:,} "
+                        "a run's file may have; nothing was logged")
+    return info.st_size
 

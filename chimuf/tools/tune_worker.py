@@ -30,6 +30,7 @@ from chimuf.data.split import split_dataset
 from chimuf.ml import machine
 from chimuf.stages import tune
 from chimuf.stages.specs import CACHE, SPLIT
+from chimuf.tuning import protocol
 from chimuf.tuning.protocol import Address, ChiefLost, rpc_reason
 
 
@@ -75,7 +76,7 @@ def run_worker(config: StudyConfig, setup: WorkerSetup, console: Console) -> int
 def wait_for_chief(chief: Address, timeout_s: float) -> None:
     import grpc
 
-    channel = grpc.insecure_channel(str(chief))
+    channel = protocol.channel(chief)
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:

@@ -2,13 +2,17 @@
 
 The chief's loop is chimuf's own (serve_search), not Keras Tuner's `start_server`, which waits
 forever for a trial whose worker died. A trial whose worker has been silent for longer than
-`tune.worker_timeout_s` is ended FAILED, with the reason; the search goes on. It is not requeued:
-a worker that dies in a trial may have died of it (memory), and a FAILED trial costs one trial of
-the budget, never a loop of crashing workers. A worker restarted with the same `--id` before the
-timeout gets its trial back (Keras Tuner's own rule) and trains it again.
+`tune.worker_timeout_s` is given back once: the next worker that asks gets it (a peer that takes
+trials and never reports does not use up the budget). Silent a second time, it is ended FAILED,
+with the reason; the search goes on: a worker that dies in a trial may have died of it (memory),
+and a FAILED trial costs one trial of the budget, never a loop of crashing workers. A worker
+restarted with the same `--id` before the timeout gets its trial back (Keras Tuner's own rule)
+and trains it again.
 
 The chief's oracle (ChiefOracle) files the workers' epoch reports (chimuf.tuning.protocol) beside
-each trial's metrics, so every trial's history reaches the chief's run folder.
+each trial's metrics, so every trial's history reaches the chief's run folder. Every call a peer
+makes passes chimuf.tuning.guard first (the secret, then the message); the oracle's lock is
+released whatever a call raises (guard.locked).
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
-import keras_tuner as kt
-
 from chimuf.core.console import Console
 from chimuf.core.errors import StageError
 from chimuf.core.results import EpochRecord
+from chimuf.tuning.guard import guarded_servicer, locked
 from chimuf.tuning.protocol import Address, forget_epochs, history_from_metrics, is_epoch_report
 from chimuf.tuning.search import SeededBayesianOracle, error_line
 
@@ -44,9 +47,14 @@ class ChiefOracle(SeededBayesianOracle):
         self.last_heard: dict[str, float] = {}  # trial id -> time.monotonic() of its last call
         self.trial_workers: dict[str, str] = {}  # trial id -> worker id
         self.stop_sent = False  # a worker was told the search is over
+        self.given_back: set[str] = set()  # trials taken from a silent worker and handed out again
 
-    @kt.synchronized
+    @locked
     def create_trial(self, tuner_id: str) -> Any:
+        if self.may_come_back(tuner_id):  # the budget is handed out, but a trial may be given back
+            from keras_tuner.src.engine import trial as trial_module
+
+            return trial_module.Trial(self.get_space(), status="IDLE")  # Keras Tuner: ask again
         trial = super().create_trial(tuner_id)
         if trial.status == "RUNNING":
             forget_epochs(trial)
@@ -56,7 +64,7 @@ class ChiefOracle(SeededBayesianOracle):
             self.stop_sent = True
         return trial
 
-    @kt.synchronized
+    @locked
     def update_trial(self, trial_id: str, metrics: Any, step: int = 0) -> Any:
         self.last_heard[trial_id] = time.monotonic()
         trial = self.trials[trial_id]
@@ -73,7 +81,7 @@ class ChiefOracle(SeededBayesianOracle):
         self._save_trial(trial)
         return trial
 
-    @kt.synchronized
+    @locked
     def end_trial(self, trial: Any) -> None:
         if trial.trial_id in self.end_order:  # its worker was given up on, then came back
             return
@@ -82,35 +90,53 @@ class ChiefOracle(SeededBayesianOracle):
         self.last_heard[trial.trial_id] = time.monotonic()
         super().end_trial(trial)
 
-    @kt.synchronized
-    def give_up_silent(self, timeout_s: float) -> list[str]:
-        """End as FAILED every running trial whose worker has been silent over `timeout_s`;
-        their ids. The reason is the trial's message, and so its error in the trials table."""
+    @locked
+    def give_up_silent(self, timeout_s: float, say: Callable[[str], None] = lambda line: None) -> list[str]:
+        """Every running trial whose worker has been silent over `timeout_s`: given back to the
+        next worker the first time, ended FAILED the second; the ids of those ended. The reason is
+        the trial's message, and so its error in the trials table."""
         now, given_up = time.monotonic(), []
         for tuner_id, trial in list(self.ongoing_trials.items()):
             silent = now - self.last_heard.get(trial.trial_id, now)
             if silent <= timeout_s:
                 continue
+            self.tuner_ids.discard(tuner_id)
+            if trial.trial_id not in self.given_back:
+                self.given_back.add(trial.trial_id)
+                del self.ongoing_trials[tuner_id]
+                trial.status = "IDLE"
+                forget_epochs(trial)
+                self._retry_queue.append(trial.trial_id)
+                say(f"  trial {int(trial.trial_id) + 1}: worker `{tuner_id}` silent for {silent:.0f} s "
+                    f"(tune.worker_timeout_s = {timeout_s:g}); the trial goes to the next worker")
+                continue
             trial.status = "FAILED"
             trial.message = (f"worker `{tuner_id}` went silent: nothing heard for {silent:.0f} s "
                              f"(tune.worker_timeout_s = {timeout_s:g}); trial given up")
             self.end_trial(trial)
-            self.tuner_ids.discard(tuner_id)
             given_up.append(trial.trial_id)
         return given_up
 
-    @kt.synchronized
+    def may_come_back(self, tuner_id: str) -> bool:
+        """Whether `tuner_id`, asking for a trial once all are handed out, should wait rather than
+        stop: another worker's running trial has not been given back yet and may be."""
+        budget_spent = bool(self.max_trials) and len(self.trials) >= self.max_trials
+        others = [t for worker, t in self.ongoing_trials.items() if worker != tuner_id]
+        return (budget_spent and tuner_id not in self.ongoing_trials and not self._retry_queue
+                and any(t.trial_id not in self.given_back for t in others))
+
+    @locked
     def search_over(self) -> bool:
         no_more = self.stop_sent or (self.max_trials and len(self.trials) >= self.max_trials)
         return bool(no_more) and not self.ongoing_trials and not self._retry_queue
 
-    @kt.synchronized
+    @locked
     def running_histories(self) -> dict[str, tuple[Any, list[EpochRecord]]]:
         """trial id → (trial, the epochs its worker reported) of every running trial."""
         return {trial.trial_id: (trial, history_from_metrics(trial)[0])
                 for trial in self.ongoing_trials.values()}
 
-    @kt.synchronized
+    @locked
     def failed_in_a_row(self) -> int:
         count = 0
         for trial_id in self.end_order:
@@ -135,7 +161,7 @@ def serve_search(oracle: Any, address: Address, worker_timeout_s: float, console
     search does; the trials so far are kept.
     """
     oracle.verbose = 0  # Keras Tuner's own trial tables; chimuf prints one line a trial
-    server = start_server(oracle, address)
+    server = start_server(oracle, address, console.warn)
     console.info(f"  tuning chief listening on {address}; start workers with "
                  f"`chimuf tune-worker --chief HOST:{address.port}` (same config, profile and seed)")
     announced = set(oracle.end_order)
@@ -146,7 +172,7 @@ def serve_search(oracle: Any, address: Address, worker_timeout_s: float, console
                 for record in history[epochs_said.get(trial_id, 0):]:
                     on_epoch(trial, record)
                 epochs_said[trial_id] = len(history)
-            oracle.give_up_silent(worker_timeout_s)  # announced below, as any ended trial
+            oracle.give_up_silent(worker_timeout_s, console.warn)  # ended: announced below
             over = oracle.search_over()  # before announcing, so that no last trial goes unsaid
             for trial_id in [t for t in list(oracle.end_order) if t not in announced]:
                 announced.add(trial_id)
@@ -165,18 +191,23 @@ def serve_search(oracle: Any, address: Address, worker_timeout_s: float, console
         server.stop(grace=1.0)
 
 
-def start_server(oracle: Any, address: Address) -> Any:
-    """Keras Tuner's OracleServicer on a gRPC server bound to `address` (started)."""
+def start_server(oracle: Any, address: Address, log: Callable[[str], None] = lambda line: None) -> Any:
+    """Keras Tuner's OracleServicer, each call checked (chimuf.tuning.guard), on a gRPC server bound
+    to `address` (started); refused calls are said through `log`, with the peer's address."""
     import grpc
     from keras_tuner.src import protos
-    from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
     # gRPC sets SO_REUSEPORT by default, which lets a second chief share a port silently.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
                          options=[("grpc.so_reuseport", 0)])
-    protos.get_service_grpc().add_OracleServicer_to_server(OracleServicer(oracle), server)
+    servicer = guarded_servicer(oracle, address.secret, log)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:
-        bound = server.add_insecure_port(str(address))
+        if address.cert:  # TLS (protocol.with_tls)
+            bound = server.add_secure_port(str(address), grpc.ssl_server_credentials([(address.key,
+                                                                                     address.cert)]))
+        else:
+            bound = server.add_insecure_port(str(address))
     except RuntimeError:  # gRPC >= 1.60 raises where older versions returned 0
         bound = 0
     if not bound:

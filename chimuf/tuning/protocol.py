@@ -30,7 +30,8 @@ import os
 import re
 import socket
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from chimuf.core.environment import environ_for
@@ -50,13 +51,23 @@ WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 class Address:
     host: str  # a name or IP address; for the chief, 0.0.0.0 listens on every interface
     port: int
+    secret: str = field(default="", repr=False, compare=False)  # shared by chief and workers; "": none
+    # TLS, optional: the chief's certificate and key (PEM); a worker's trusted certificate (PEM)
+    cert: bytes = field(default=b"", repr=False, compare=False)
+    key: bytes = field(default=b"", repr=False, compare=False)
+    ca: bytes = field(default=b"", repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_address(text: str, flag: str) -> Address:
-    """`HOST:PORT` (IPv6 as `[::1]:PORT`) as an Address; `flag` names the option in errors."""
+def parse_address(text: str, flag: str, default_host: str | None = None) -> Address:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`) as an Address; `flag` names the option in errors.
+
+    With `default_host`, a bare `PORT` means that host (the chief: loopback unless told otherwise).
+    """
+    if default_host is not None and text.strip().isdigit():
+        text = f"{default_host}:{text.strip()}"
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\w+)|([^\s:\[\]]+):(\w+)", text.strip())
     if match is None:
         raise ConfigError(f"`{flag}` must be HOST:PORT (e.g. 10.0.0.5:8470 or [::1]:8470), got {text!r}")
@@ -65,6 +76,97 @@ def parse_address(text: str, flag: str) -> Address:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"`{flag}` port must be a number from 1 to 65535, got {port!r} in {text!r}")
     return Address(host, int(port))
+
+
+# --- the shared secret ----------------------------------------------------------------------
+
+SECRET_ENV = "CHIMUF_TUNE_SECRET"
+SECRET_HEADER = "chimuf-tune-secret"  # gRPC metadata keys are lower case
+MIN_SECRET = 16  # characters: a guessable secret is no secret
+MAX_SECRET_FILE = 4096  # bytes
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def load_secret(secret_file: str | None) -> str:
+    """The secret chief and workers share: the first line of `secret_file`, else $CHIMUF_TUNE_SECRET,
+    else "" (none). Read with a size cap, from a regular file only."""
+    from chimuf.core.files import read_bounded
+
+    if secret_file:
+        try:
+            data = read_bounded(Path(secret_file), MAX_SECRET_FILE, "--secret-file", ConfigError)
+        except OSError as exc:
+            raise ConfigError(f"`--secret-file` {secret_file} cannot be read: {exc.strerror}") from None
+        text = data.decode("utf-8", "replace")
+        secret, source = (text.strip().splitlines() or [""])[0].strip(), f"`--secret-file` {secret_file}"
+    else:
+        secret, source = os.environ.get(SECRET_ENV, "").strip(), f"${SECRET_ENV}"
+        if not secret:
+            return ""
+    if len(secret) < MIN_SECRET or not secret.isprintable():
+        raise ConfigError(f"the tuning secret from {source} must be at least {MIN_SECRET} printable "
+                          f"characters, got {len(secret)}; make one with `openssl rand -hex 32`")
+    return secret
+
+
+def with_secret(address: Address, secret_file: str | None, flag: str) -> Address:
+    """`address` with the shared secret; a chief or worker off loopback without one is refused."""
+    secret = load_secret(secret_file)
+    if not secret and address.host not in LOOPBACK:
+        raise ConfigError(
+            f"`{flag}` {address} is not a loopback address and no shared secret is set: any machine "
+            f"that reaches the port could steer the search; set ${SECRET_ENV} or --secret-file on the "
+            "chief and every worker (docs/distributed.md)"
+        )
+    return replace(address, secret=secret)
+
+
+MAX_PEM = 64 * 1024  # bytes of a certificate or key file
+
+
+def with_tls(address: Address, cert: str | None = None, key: str | None = None,
+             ca: str | None = None) -> Address:
+    """`address` with TLS files read (PEM, bounded): the chief's `cert` and `key` (both or
+    neither), a worker's `ca` (the chief's certificate, or the authority that signed it)."""
+    from chimuf.core.files import read_bounded
+
+    if bool(cert) != bool(key):
+        raise ConfigError("`--tls-cert` and `--tls-key` go together: give both, or neither")
+
+    def pem(path: str | None, flag: str) -> bytes:
+        if not path:
+            return b""
+        try:
+            return read_bounded(Path(path), MAX_PEM, flag, ConfigError)
+        except OSError as exc:
+            raise ConfigError(f"`{flag}` {path} cannot be read: {exc.strerror}") from None
+
+    return replace(address, cert=pem(cert, "--tls-cert"), key=pem(key, "--tls-key"), ca=pem(ca, "--tls-ca"))
+
+
+def channel(address: Address) -> Any:
+    """A gRPC channel to the chief at `address`: TLS when the address has a trusted certificate,
+    the shared secret on every call when it has one."""
+    import grpc
+
+    target = str(address)
+    if address.ca:
+        plain = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=address.ca))
+    else:
+        plain = grpc.insecure_channel(target)
+    return grpc.intercept_channel(plain, secret_interceptor(address.secret)) if address.secret else plain
+
+
+def secret_interceptor(secret: str) -> Any:
+    """A gRPC client interceptor that adds `secret` to every call's metadata."""
+    import grpc
+
+    class Interceptor(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = [*(details.metadata or []), (SECRET_HEADER, secret)]
+            return continuation(details._replace(metadata=metadata), request)
+
+    return Interceptor()
 
 
 def check_worker_id(worker_id: str) -> str:
@@ -168,6 +270,38 @@ def forget_epochs(trial: Any) -> None:
     restarted with the same id, a local rerun), and its history with it."""
     for name in [name for name in trial.metrics.metrics if name.startswith(EPOCH_PREFIX)]:
         del trial.metrics.metrics[name]
+
+
+@contextlib.contextmanager
+def client_channel(address: Address) -> Iterator[None]:
+    """Keras Tuner's OracleClient talks to the chief through `channel(address)` (TLS, the secret),
+    inside the block.
+
+    Keras Tuner opens its channel with `grpc.insecure_channel` in its oracle_client module; the
+    module's `grpc` is swapped for one whose insecure_channel is `channel(address)`, and put back
+    afterwards.
+    """
+    import grpc
+    from keras_tuner.src.distribute import oracle_client
+
+    if not (address.secret or address.ca):
+        yield
+        return
+
+    class ChimufGrpc:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(grpc, name)
+
+        @staticmethod
+        def insecure_channel(target: str, *args: Any, **kwargs: Any) -> Any:
+            return channel(address)
+
+    saved = oracle_client.grpc
+    oracle_client.grpc = ChimufGrpc()
+    try:
+        yield
+    finally:
+        oracle_client.grpc = saved
 
 
 def rpc_reason(exc: Any) -> str:

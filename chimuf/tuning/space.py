@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from chimuf.core.errors import StageError
 from chimuf.core.hyperparameters import COUNT_NAMES, KIND, NAMES, RATE_NAMES, Hyperparameters
 from chimuf.core.results import SearchDimension
 
@@ -34,14 +35,30 @@ def dimension_values(name: str, lo_hi_step: tuple[float, ...]) -> list[float]:
 
 
 def declare_space(hp: kt.HyperParameters, cfg: TuneConfig) -> Hyperparameters:
-    """Declare the six hyperparameters on `hp` and return this trial's values."""
+    """Declare the six hyperparameters on `hp` and return this trial's values.
+
+    Keras Tuner returns a value the chief sent without looking at the range, so each is checked
+    against the space declared here: a worker never builds a model outside it (whose size the
+    study checked against `model_files.max_params`)."""
     values: dict[str, float] = {}
     for name in COUNT_NAMES:
         low, high, step = (int(v) for v in cfg.range_of(name))
         values[name] = int(hp.Int(name, low, high, step=step))
     for name in RATE_NAMES:
         values[name] = float(hp.Choice(name, dimension_values(name, cfg.range_of(name)), ordered=True))
+    check_in_space(values, cfg)
     return Hyperparameters.of(values)
+
+
+def check_in_space(values: dict[str, Any], cfg: TuneConfig) -> None:
+    """Refuse (StageError) a trial whose values are not the space's: a chief not to be trusted."""
+    for name in NAMES:
+        allowed = dimension_values(name, cfg.range_of(name))
+        value = values.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value not in allowed:
+            raise StageError(f"the chief asked for {name} = {str(value)[:40]}, outside this worker's "
+                             f"search space ({allowed[0]} to {allowed[-1]}); refused: check that chief "
+                             "and worker share one config")
 
 
 def trial_values(values: dict[str, Any]) -> Hyperparameters:
