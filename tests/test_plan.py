@@ -163,3 +163,24 @@ def test_eta_replay_compares_what_the_clock_said_with_the_real_time_left(tmp_pat
     assert eta_replay.main([str(log), "--at", "0.1"]) == 0
     # at 10 %: 8 min said, 9 min really left: ratio 0.89, inside ±25 % and inside the range
     assert "| 10% | 8.0 min | 6.0-12.0 min | 9.0 min | 0.89 | yes | yes |" in capsys.readouterr().out
+
+
+def test_the_pretrained_baseline_is_planned_and_timed_without_its_weights(monkeypatch):
+    """The plan and the clock count the pretrained stage (both its phases), timed on the backbone
+    with random weights: no download, no weights file needed to plan."""
+    from types import SimpleNamespace
+
+    from chimuf.core.config import load_config
+    from chimuf.ml.probe import Pace
+    from chimuf.stages import plan as plan_stage
+
+    probed: list[str] = []
+    pace = Pace(train_images_per_s=1e3, infer_images_per_s=1e3)
+    monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: probed.append(model.name) or pace)
+    config = load_config(profile="smoke", overrides={"pretrained": {"backbone": "mobilenet_v3_small",
+                                                                    "epochs": 3, "fine_tune_epochs": 2}})
+    split = SimpleNamespace(train=[0] * 40, validation=[0] * 10, test=[0] * 10)
+    made = plan_stage.plan_study(config, split, done=["train", "tune", "final", "kfold", "modern"])
+    assert [(w.stage, w.name, w.epochs) for w in made.work] == [("pretrained", "pretrained_head", 3),
+                                                                ("pretrained", "pretrained", 2)]
+    assert probed == ["pretrained_mobilenet_v3_small"]

@@ -3,7 +3,7 @@ lock they were meant to come from, and the CPU's instruction sets.
 
 Plain Python (importlib.metadata, the lock's TOML, /proc/cpuinfo), so the facts are gathered in
 milliseconds and `chimuf compare` can set two runs' facts side by side without TensorFlow. What
-only TensorFlow can say (GPUs, the kernels oneDNN picked, op determinism) is in chimuf.ml.hardware.
+only TensorFlow can say (GPUs, the kernels oneDNN picked, op determinism) is in chimuf.ml.machine.
 """
 
 from __future__ import annotations

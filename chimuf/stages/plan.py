@@ -19,6 +19,7 @@ from chimuf.core.plan import Plan, Work, training_epochs, trial_epochs
 from chimuf.core.results import STAGES, SplitOutcome
 from chimuf.ml.models import build_model, compile_model, resolve_precision
 from chimuf.ml.modern import build_modern, compile_modern
+from chimuf.ml.pretrained import build_pretrained, compile_pretrained
 from chimuf.ml.probe import Pace, mean_pace, probe
 from chimuf.tuning.space import search_space
 
@@ -79,6 +80,8 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
         compile_modern(model, m, math.ceil(n_train / m.batch_size))
         pace = probe(model, m.batch_size, config.augment if m.augment else None, config.seed)
         work.append(Work("modern", "modern", m.epochs, m.epochs, m.epochs, pace.epoch_s(n_train, n_val)))
+    if config.pretrained.backbone and "pretrained" not in done:
+        work += pretrained_work(config, n_train, n_val)
     searching = tuned and "tune" not in off
     notes = [f"the tuned family is timed at three points of its search space, from "
              f"({hyperparameters_text(points[0])}) to ({hyperparameters_text(points[-1])}): "
@@ -91,6 +94,18 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
         notes.append(f"switched off by the config: {', '.join(s for s in STAGES if s in off)}")
     fixed = {stage: seconds for stage, seconds in fixed_seconds(config, split).items() if stage not in done}
     return Plan(stages=list(STAGES), work=work, fixed=fixed, notes=notes)
+
+
+def pretrained_work(config: StudyConfig, n_train: int, n_val: int) -> list[Work]:
+    """The pretrained baseline's two phases, timed on its backbone with random weights (the same
+    arithmetic as the real ones; no download). Both phases are timed frozen: fine-tuning its last
+    layers costs somewhat more, so this part of the plan errs short."""
+    p = config.pretrained
+    model = build_pretrained(config.data.image_size, p, None)
+    compile_pretrained(model, p.learning_rate)
+    epoch_s = probe(model, config.train.batch_size, config.augment, config.seed).epoch_s(n_train, n_val)
+    return [Work("pretrained", name, epochs, epochs, epochs, epoch_s)
+            for name, epochs in (("pretrained_head", p.epochs), ("pretrained", p.fine_tune_epochs)) if epochs]
 
 
 def space_points(config: StudyConfig) -> list[Hyperparameters]:
