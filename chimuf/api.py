@@ -69,7 +69,9 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
     folder = project_dir(Path(project) if project is not None else None, Path.cwd())
     console = Console(quiet=quiet)
     quiet_tensorflow()
-    start_tensorflow()
+    note = start_tensorflow(cfg.train.threads_per_unit)
+    if note:
+        console.warn(note)
     try:
         study(cfg, paths, console, stop_after=stop_after, callbacks=callbacks,
               project=check_project_dir(folder) if folder is not None else None)
