@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import epoch_end, machine_limit, modern_recipe, train_throughput
+from benchmarks import epoch_end, machine_limit, modern_recipe, pool_scaling, train_throughput
 
 # name → (entry point, the arguments it runs with here)
 BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
     "epoch_end": (epoch_end.main, []),
     "machine_limit": (machine_limit.main, []),
     "modern_recipe": (modern_recipe.main, ["--compare", "--images", "1000"]),
+    "pool_scaling": (pool_scaling.main, []),
 }
 
 

@@ -34,10 +34,11 @@ def test_without_gpus_the_pool_has_one_worker_per_threads_per_unit_cores_or_as_m
 
 
 def test_with_several_gpus_each_worker_gets_one_gpu_and_never_more_workers_than_gpus():
-    assert pool.worker_slots(0, threads=2, cores=64, gpus=["0", "1", "2", "3"], units=6) == ["0", "1", "2", "3"]
-    assert pool.worker_slots(2, threads=2, cores=64, gpus=["0", "1", "2", "3"], units=6) == ["0", "1"]
+    four = ["0", "1", "2", "3"]
+    assert pool.worker_slots(0, threads=2, cores=64, gpus=four, units=6) == four
+    assert pool.worker_slots(2, threads=2, cores=64, gpus=four, units=6) == ["0", "1"]
     assert pool.worker_slots(8, threads=2, cores=64, gpus=["0", "1"], units=6) == ["0", "1"]
-    assert pool.worker_slots(0, threads=2, cores=64, gpus=["0", "1", "2", "3"], units=2) == ["0", "1"]
+    assert pool.worker_slots(0, threads=2, cores=64, gpus=four, units=2) == ["0", "1"]
     assert pool.worker_slots(0, threads=1, cores=64, gpus=["0"], units=6) == ["0"]  # one GPU: in-process
 
 
@@ -151,9 +152,9 @@ def study(tmp_path: Path, data: Path, workers: int) -> dict:
                       "[evaluate]\nbootstrap_samples = 20\n", encoding="utf-8")
     out = tmp_path / f"run{workers}"
     env = {**os.environ, "CHIMUF_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "chimuf", "study", "--profile", "smoke", "--config", str(config),
-                           "--data", str(data), "--out", str(out), "--stop-after", "kfold"],
-                          capture_output=True, text=True, env=env, timeout=900)
+    command = [sys.executable, "-m", "chimuf", "study", "--profile", "smoke", "--config", str(config),
+               "--data", str(data), "--out", str(out), "--stop-after", "kfold"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     if workers > 1:
         assert "units in 2 worker processes of 1 TensorFlow threads" in done.stderr
