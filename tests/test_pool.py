@@ -49,6 +49,46 @@ def test_gpu_ids_follow_the_users_cuda_visible_devices():
     assert pool.visible_gpus(0, {"CUDA_VISIBLE_DEVICES": ""}) == []
 
 
+# --- the settings -------------------------------------------------------------------------------
+
+
+def test_the_pools_size_is_no_part_of_a_fingerprint_and_the_thread_count_is():
+    from chimuf.core.config import TrainConfig
+    from chimuf.core.engine import fingerprinted
+
+    assert fingerprinted(TrainConfig(workers=1)) == fingerprinted(TrainConfig(workers=4))
+    assert fingerprinted(TrainConfig(threads_per_unit=1)) != fingerprinted(TrainConfig(threads_per_unit=2))
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("workers", -1, "`train.workers` must be 0 (one per threads_per_unit cores) or more, got -1"),
+    ("threads_per_unit", 0, "`train.threads_per_unit` must be between 1 and 256 threads, got 0"),
+])
+def test_bad_pool_settings_are_one_line_naming_the_key(key, value, words):
+    from chimuf.core.config import load_config
+    from chimuf.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"train": {key: value}})
+    assert str(caught.value) == words
+
+
+@pytest.mark.slow
+def test_tensorflow_starts_with_the_threads_asked_and_says_when_it_cannot():
+    code = ("from chimuf.ml.tfstart import set_threads, start_tensorflow\n"
+            "assert start_tensorflow(1) == ''\n"
+            "import tensorflow as tf\n"
+            "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+            " tf.config.threading.get_inter_op_parallelism_threads())\n"
+            "tf.ones(2)  # the runtime starts: its threads are fixed now\n"
+            "print(set_threads(1) == '', set_threads(3))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, second = done.stdout.splitlines()
+    assert first == "1 1"
+    assert second.startswith("True TensorFlow was started before chimuf, with 1 threads, not "
+                             "train.threads_per_unit = 3")
+
+
 # --- what a worker says ------------------------------------------------------------------------
 
 
