@@ -119,10 +119,11 @@ def run_units(ctx: StageContext, units: Sequence[Unit[T]], outcome_type: type[T]
     """Each unit's outcome (saved ones reused), in the order of `units`; a failure the stage
     records (`recorded`), a fatal one in a worker, or a worker's death as a UnitFailure.
 
-    In the study's process (one worker, or the user's callbacks) a fatal failure is raised as it
-    is, as before there was a pool.
+    In the study's process (one worker, one unit left to run, or the user's callbacks) a fatal
+    failure is raised as it is, as before there was a pool.
     """
-    slots = worker_slots(workers, threads, machine_cores(), local_gpus(), len(units))
+    waiting = sum(saved_outcome(ctx, unit.name, outcome_type) is None for unit in units)
+    slots = worker_slots(workers, threads, machine_cores(), local_gpus(), waiting)
     if len(slots) > 1 and monitor.callbacks:
         ctx.console.info(f"  Keras callbacks cannot cross processes: the {len(units)} units run one after "
                          "another in this process")
