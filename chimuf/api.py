@@ -58,7 +58,8 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
     settings  the same as keyword arguments: seed=7, train={"epochs": 4}
     project   where the Quarto project of the report goes besides RUN/report (chimuf.report.project)
     callbacks extra Keras callbacks for every training (the six, the final model, the folds, the
-              modern recipe); they see each epoch under its real number
+              modern recipe); they see each epoch under its real number. They cannot cross
+              processes: with callbacks the trainings and folds run one after another here
     """
     from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
     from chimuf.study import run_study as study

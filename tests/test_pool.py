@@ -141,6 +141,34 @@ class FixedClock:
         return lambda epoch, max_epochs, seconds: f"study ETA {epoch}m from {stage}/{name}"
 
 
+def test_with_the_users_callbacks_the_units_run_here_one_after_another_and_the_study_says_so(
+        tmp_path, monkeypatch):
+    import functools
+
+    monkeypatch.setattr(pool, "local_gpus", lambda: [])
+    stream = io.StringIO()
+    ctx = StageContext("train", tmp_path / "train", tmp_path, Console(stream=stream, live=False))
+    units = [pool.Unit(name, functools.partial(say_and_return, name=name)) for name in ("a", "b")]
+    watched = Monitoring(callbacks=(object(),))
+    results = pool.run_units(ctx, units, Echo, workers=2, threads=1, monitor=watched)
+    assert [r.pid for r in results] == [os.getpid()] * 2
+    assert "  Keras callbacks cannot cross processes: the 2 units run one after another in this process\n" \
+        in stream.getvalue()
+
+
+def test_in_the_studys_process_a_recorded_failure_is_returned_and_any_other_is_raised(tmp_path, monkeypatch):
+    import functools
+
+    monkeypatch.setattr(pool, "local_gpus", lambda: [])
+    ctx = StageContext("kfold", tmp_path / "kfold", tmp_path, Console(stream=io.StringIO(), live=False))
+    unit = pool.Unit("c", functools.partial(fail, name="c"))
+    [failure] = pool.run_units(ctx, [unit], Echo, workers=1, threads=1, monitor=Monitoring(),
+                               recorded=lambda: (ValueError,))
+    assert failure == pool.UnitFailure("c", "ValueError: c cannot", False, failure.wall_s)
+    with pytest.raises(ValueError, match="c cannot"):
+        pool.run_units(ctx, [unit], Echo, workers=1, threads=1, monitor=Monitoring())
+
+
 @pytest.mark.slow
 def test_units_run_in_workers_a_killed_one_fails_in_one_line_and_the_rest_go_on(tmp_path, monkeypatch):
     import functools
