@@ -60,6 +60,18 @@ def test_the_pools_size_is_no_part_of_a_fingerprint_and_the_thread_count_is():
     assert fingerprinted(TrainConfig(threads_per_unit=1)) != fingerprinted(TrainConfig(threads_per_unit=2))
 
 
+def test_a_checkpoint_made_in_a_pool_of_two_resumes_in_a_pool_of_one():
+    import keras
+
+    from chimuf.core.config import TrainConfig
+    from chimuf.ml.fit import Stopping, fingerprint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="out")])
+    made = [fingerprint(model, TrainConfig(workers=w), None, 1, 10, 5, Stopping.fixed()) for w in (2, 1)]
+    assert made[0] == made[1]
+    assert made[0] != fingerprint(model, TrainConfig(threads_per_unit=1), None, 1, 10, 5, Stopping.fixed())
+
+
 @pytest.mark.parametrize(("key", "value", "words"), [
     ("workers", -1, "`train.workers` must be 0 (one per threads_per_unit cores) or more, got -1"),
     ("threads_per_unit", 0, "`train.threads_per_unit` must be between 1 and 256 threads, got 0"),
