@@ -123,6 +123,12 @@ def test_a_killed_worker_is_one_line_naming_the_unit_the_signal_and_the_way_on()
     assert "exit code 3" in pool.death_message("fold2", 1, 3)
 
 
+def test_a_worker_whose_study_is_gone_ends_itself():
+    code = "from chimuf.ml.pool import exit_with_parent; exit_with_parent(-1); print('still here')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (1, "")
+
+
 # --- the pool with real worker processes (no training: the mechanics) ---------------------------
 
 

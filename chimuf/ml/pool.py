@@ -29,6 +29,7 @@ import os
 import pickle
 import queue
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -331,6 +332,7 @@ def worker_main(threads: int, tasks: Any, events: Any) -> None:
     from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle: it stops us
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     quiet_tensorflow()
     start_tensorflow(threads)
     while True:
@@ -338,6 +340,14 @@ def worker_main(threads: int, tasks: Any, events: Any) -> None:
         if payload is None:
             return
         run_task(pickle.loads(payload), events)
+
+
+def exit_with_parent(parent: int) -> None:
+    """End this worker when the study's process is gone (killed: it cannot stop us), so that no
+    orphan goes on writing into a run folder that a rerun now uses."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def run_task(task: Task[Any], events: Any) -> None:
