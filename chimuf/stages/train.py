@@ -6,7 +6,8 @@ the final model with the tuned hyperparameters (section 6).
     → history CSV/JSON and curves → TrainingOutcome
 
 Each training is a unit of the stage (ctx.unit): finished ones are reused when the stage resumes,
-and an interrupted one continues from its last epoch.
+and an interrupted one continues from its last epoch. The six run in a pool of worker processes
+(chimuf.ml.pool, `train.workers`), with the same numbers for any pool size (docs/parallel.md).
 """
 
 from __future__ import annotations
