@@ -148,7 +148,7 @@ def print_table(runs: dict[tuple[int, int], dict]) -> None:
     print_differences(runs[SAME_THREADS]["numbers"], runs[POOLED]["numbers"], "1 × 1", "2 × 1")
     threads_matter = runs[BASELINE]["numbers"] != runs[SAME_THREADS]["numbers"]
     print(f"1 × 2 against 1 × 1: the thread count {'changes' if threads_matter else 'does not change'} "
-          "the numbers" + (" (in the last digits: largest difference below)" if threads_matter else ""))
+          "the numbers" + (" (largest difference below)" if threads_matter else ""))
     if threads_matter:
         print_differences(runs[BASELINE]["numbers"], runs[SAME_THREADS]["numbers"], "1 × 2", "1 × 1")
 
