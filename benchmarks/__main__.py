@@ -11,7 +11,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import epoch_end, fused_norm, machine_limit, modern_recipe, near_duplicates, train_throughput
+from benchmarks import (
+    epoch_end,
+    fused_norm,
+    machine_limit,
+    modern_recipe,
+    near_duplicates,
+    pool_scaling,
+    train_throughput,
+)
 
 # name → (entry point, the arguments it runs with here)
 BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
@@ -21,6 +29,7 @@ BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], list[str]]] = {
     "modern_recipe": (modern_recipe.main, ["--compare", "--images", "1000"]),
     "fused_norm": (fused_norm.main, ["--throughput", "--accuracy"]),
     "near_duplicates": (near_duplicates.main, []),
+    "pool_scaling": (pool_scaling.main, []),
 }
 
 

@@ -59,7 +59,8 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
     settings  the same as keyword arguments: seed=7, train={"epochs": 4}
     project   where the Quarto project of the report goes besides RUN/report (chimuf.report.project)
     callbacks extra Keras callbacks for every training (the six, the final model, the folds, the
-              modern recipe); they see each epoch under its real number
+              modern recipe); they see each epoch under its real number. They cannot cross
+              processes: with callbacks the trainings and folds run one after another here
     candidates your own architectures by name, {"mine": build}: build(image_size=..., seed=...)
               returns a Keras model (chimuf.ml.builders); trained, judged and possibly taken home
               beside the others. A dict of settings ({"builders": [...]}) is the config's section.
@@ -78,7 +79,9 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
     folder = project_dir(Path(project) if project is not None else None, Path.cwd())
     console = Console(quiet=quiet)
     quiet_tensorflow()
-    start_tensorflow()
+    note = start_tensorflow(cfg.train.threads_per_unit)
+    if note:
+        console.warn(note)
     try:
         study(cfg, paths, console, stop_after=stop_after, callbacks=callbacks,
               project=check_project_dir(folder) if folder is not None else None, candidates=builders)

@@ -325,7 +325,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     project = report_project(args.project)
     console.info(f"chimuf study: profile {config.profile}, seed {config.seed}, data {paths.data_dir}")
     console.info(f"run folder {paths.run_dir}")
-    start_tensorflow()
+    start_tensorflow(config.train.threads_per_unit)
     run_study(config, paths, console, stop_after=args.stop_after, tune_chief=tune_chief, plan_only=args.plan,
               project=project)
     return 0
@@ -355,7 +355,7 @@ def cmd_tune_worker(args: argparse.Namespace, console: Console) -> int:
     cwd = Path.cwd()
     setup = WorkerSetup(chief, worker_id, run_dir.resolve(), folders.cache_folder(config, cwd).resolve(),
                         lambda: folders.resolve_data_dir(args.data, config, cwd), args.chief_timeout)
-    start_tensorflow()
+    start_tensorflow(config.train.threads_per_unit)
     run_worker(config, setup, console)
     return 0
 

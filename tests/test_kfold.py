@@ -22,7 +22,7 @@ from tests.conftest import make_dataset
 SIZE = 16
 HYPERPARAMETERS = {"conv1_filters": 2, "conv2_filters": 4, "conv3_filters": 4, "dense_units": 4,
                    "dropout_conv": 0.1, "dropout_dense": 0.1}
-TRAIN = TrainConfig(epochs=1, batch_size=8, patience=1, start_from_epoch=0, precision="float32")
+TRAIN = TrainConfig(workers=1, epochs=1, batch_size=8, patience=1, start_from_epoch=0, precision="float32")
 
 
 def record(path: str) -> FileRecord:

@@ -25,7 +25,7 @@ from chimuf.stages import train
 SIZE = 16
 TINY = {"conv1_filters": 4, "conv2_filters": 4, "conv3_filters": 8, "dense_units": 8,
         "dropout_conv": 0.25, "dropout_dense": 0.3}
-CFG = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, patience=10, start_from_epoch=0,
+CFG = TrainConfig(workers=1, epochs=3, batch_size=8, learning_rate=1e-2, patience=10, start_from_epoch=0,
                   precision="float32")
 
 

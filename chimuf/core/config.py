@@ -230,6 +230,17 @@ class TrainConfig:
         "of compute capability 7.x, else float32), 'float32', 'mixed_bfloat16' or 'mixed_float16'",
         one_of(*PRECISIONS),
     )
+    workers: int = opt(
+        0, "worker processes that run a stage's independent units (the six trainings, the k-fold folds) "
+        "at once; 0: one per `threads_per_unit` cores (one per GPU on a machine with several), 1: in "
+        "this process, one after another. Changes no number (docs/parallel.md)",
+        non_negative("0 (one per threads_per_unit cores) or more"), changes_results=False,
+    )
+    threads_per_unit: int = opt(
+        2, "TensorFlow threads (intra- and inter-op) of every training, in the study's process and in "
+        "each worker: fixed, so the numbers do not depend on the machine's cores or the pool's size",
+        between(1, 256, unit="threads"),
+    )
     deterministic: bool = opt(
         False, "TensorFlow's op determinism for the whole study (enable_op_determinism): an op without a "
         "deterministic kernel fails instead of varying; matters on GPUs, CPU runs repeat without it",

@@ -10,9 +10,11 @@ tuner's Gaussian process, say), which would otherwise break into the middle of t
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -159,6 +161,33 @@ class Console:
             self._hinted = True
             self.info(NOTEBOOK_HINT)
         return Progress(self, description, total, unit)
+
+
+class ForwardingConsole(Console):
+    """The console of a worker process (chimuf.ml.pool): every message goes whole to `send(message,
+    echo, log)`, which hands it to the study's process, the one that prints and logs. Only one
+    process writes to the terminal, so lines of units in flight never break into each other.
+    Progress is plain (no live bar), a line every `interval_s`."""
+
+    def __init__(self, send: Callable[[str, bool, bool], None], interval_s: float = 30.0):
+        super().__init__(stream=io.StringIO(), live=False, notebook=False)
+        self.send = send
+        self.plain_interval_s = interval_s
+
+    def write(self, message: str, echo: bool = True, log: bool = True) -> None:
+        self.send(message, echo, log)
+
+
+def unit_line(unit: str, message: str) -> str:
+    """A worker's message as the study prints it: each line says which unit it comes from,
+    "  model2: ..." (kept as it is when it starts with the unit's name already)."""
+    def one(line: str) -> str:
+        text = line.strip()
+        if not text or text.removeprefix("warning: ").startswith(unit):
+            return line
+        return f"  {unit}: {text}"
+
+    return "\n".join(one(line) for line in message.split("\n"))
 
 
 def printable(text: str) -> str:

@@ -171,9 +171,10 @@ class Checkpoint:
 def fingerprint(model: keras.Model, cfg: TrainConfig, augment: AugmentConfig | None, seed: int,
                 n_train: int, n_validation: int, stopping: Stopping) -> str:
     """What a checkpoint must have been made with to be continued; the epoch limit is not part of
-    it, so a finished training can be extended."""
+    it, so a finished training can be extended, and neither is the pool's size (`workers`), so a
+    unit killed in a pool of two resumes in a pool of one."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "models", "patience",
-                                                                  "start_from_epoch")}
+                                                                  "start_from_epoch", "workers")}
     settings["stopping"] = asdict(stopping)
     if settings.get("class_weight") == "none":
         del settings["class_weight"]  # the default: checkpoints made before the setting still match

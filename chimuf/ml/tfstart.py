@@ -33,18 +33,46 @@ def quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def start_tensorflow() -> None:
-    """Import TensorFlow and probe its devices with the start-up notes filtered out.
+def start_tensorflow(threads: int = 0) -> str:
+    """Import TensorFlow and probe its devices with the start-up notes filtered out; with
+    `threads`, give its intra- and inter-op thread pools that many threads each.
 
-    A no-op when TensorFlow is already loaded, or when the user asked for its INFO or WARNING
-    logs with `TF_CPP_MIN_LOG_LEVEL=0|1`.
+    The threads are set before anything starts TensorFlow's runtime, which fixes them for the
+    life of the process: TensorFlow's default is one per core, and sums split over another number
+    of threads round otherwise, so a fixed count keeps a seed's numbers the same on every machine
+    and in every worker of a pool (chimuf.ml.pool). Returns "" or, when TensorFlow was started
+    before with other threads (a notebook that used it first), a one-line note saying so.
+    Importing is a no-op when TensorFlow is already loaded; the notes are shown when the user
+    asked for them with `TF_CPP_MIN_LOG_LEVEL=0|1`.
     """
-    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
-        return
-    with native_notes_filtered():
-        import tensorflow as tf
+    if "tensorflow" not in sys.modules and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") not in ("0", "1"):
+        with native_notes_filtered():
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()
+            note = set_threads(threads)
+            tf.config.list_physical_devices()
+        return note
+    return set_threads(threads)
+
+
+def set_threads(threads: int) -> str:
+    """TensorFlow's intra- and inter-op threads set to `threads` (0: leave its default); "" or a
+    note when its runtime runs already with another count, which can no longer change."""
+    import tensorflow as tf
+
+    if threads <= 0:
+        return ""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # the runtime is initialised: its thread pools are made
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            running = f"{current} threads" if current else "one thread per core"
+            return (f"TensorFlow was started before chimuf, with {running}, not train.threads_per_unit = "
+                    f"{threads}: this process trains with those, and its numbers may differ from a "
+                    "fresh process's; start a new Python process to use the config's")
+    return ""
 
 
 @contextlib.contextmanager

@@ -21,19 +21,19 @@ scores optimistic (the fold that scores a model also chose its epoch). By defaul
 trains for the number of epochs the final model's early stopping kept, with no stopping, and is
 scored with its last epoch's weights; `kfold.early_stopping = true` is the paper's way.
 
-Each fold is a unit of the stage (ctx.unit): a finished fold is not trained again when the stage
-resumes. A fold that fails (diverged, out of memory) is recorded as FAILED with its error and
-the other folds go on; it is not memoised, so a rerun tries it again. If every fold fails, the
-stage stops.
+Each fold is a unit of the stage (ctx.unit), run in a pool as the trainings are (chimuf.ml.pool,
+`train.workers`): a finished fold is not trained again when the stage resumes. A fold that fails
+(diverged, out of memory, its worker killed) is recorded as FAILED with its error and the other
+folds go on; it is not memoised, so a rerun tries it again (from its last checkpoint). If every
+fold fails, the stage stops.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping
 from chimuf.ml.models import resolve_precision, save_model, seeded_model
 from chimuf.ml.pipeline import make_dataset
 from chimuf.ml.plots import save_figure as save_png
+from chimuf.ml.pool import Unit, UnitFailure, run_units
 from chimuf.ml.predictor import predict_rows
 from chimuf.ml.training_plots import draw_folds
 from chimuf.stats import intervals
@@ -87,13 +88,20 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
     else:
         epochs, stopping = cfg.epochs or max(1, final_epoch), Stopping.fixed()
         ctx.console.info(f"  every fold trains {epochs} epochs (no early stopping on the scored fold)")
-    runs = []
+    units, sizes = [], []
     for number, paths in enumerate(held_out, start=1):
         others = [p for i, fold in enumerate(held_out, start=1) if i != number for p in fold]
-        work = functools.partial(train_fold, ctx, number, images, others, paths, hyperparameters,
-                                 train_cfg, augment, seed, epochs, monitor, stopping)
-        runs.append(run_fold(ctx, number, work, len(others), len(paths)))
-        ctx.console.info(fold_line(runs[-1].outcome, cfg.folds))
+        units.append(Unit(f"fold{number}", functools.partial(
+            fold_unit, number=number, cache=cache, train_paths=others, held_out_paths=paths,
+            hyperparameters=hyperparameters, train_cfg=train_cfg, augment=augment, seed=seed, epochs=epochs,
+            stopping=stopping)))
+        sizes.append((len(others), len(paths)))
+    outcomes = run_units(ctx, units, FoldRun, train_cfg.workers, train_cfg.threads_per_unit, monitor,
+                         recorded=fold_failures)
+    runs = [fold_run(ctx, number, outcome, *size)
+            for number, (outcome, size) in enumerate(zip(outcomes, sizes, strict=True), start=1)]
+    for run in runs:
+        ctx.console.info(fold_line(run.outcome, cfg.folds))
 
     folds = [run.outcome for run in runs]
 
@@ -147,18 +155,28 @@ def fold_failures() -> tuple[type[BaseException], ...]:
     return (StageError, ModelError, tf.errors.OpError, MemoryError)
 
 
-def run_fold(ctx: StageContext, number: int, work: Any, n_train: int, n_validation: int) -> FoldRun:
-    """The fold's run: reused if finished before, else trained now; FAILED if it failed."""
-    started = time.monotonic()
-    try:
-        return ctx.unit(f"fold{number}", FoldRun, work)
-    except fold_failures() as exc:
-        ctx.console.warn(f"fold {number} failed: {exc}")
-        nan = float("nan")
-        return FoldRun(FoldOutcome(fold=number, status="FAILED", n_train=n_train,
-                                   n_validation=n_validation, accuracy=nan, loss=nan, epochs_run=0,
-                                   wall_s=time.monotonic() - started,
-                                   error=f"{type(exc).__name__}: {exc}"))
+def fold_run(ctx: StageContext, number: int, outcome: FoldRun | UnitFailure, n_train: int,
+             n_validation: int) -> FoldRun:
+    """The fold's run as the pool gave it; FAILED with its error if it failed of a failure folds
+    may have (or its worker died: a rerun resumes it); any other failure stops the stage."""
+    if isinstance(outcome, FoldRun):
+        return outcome
+    if outcome.fatal:
+        raise StageError(f"fold {number} failed: {outcome.error}")
+    ctx.console.warn(f"fold {number} failed: {outcome.error}")
+    nan = float("nan")
+    return FoldRun(FoldOutcome(fold=number, status="FAILED", n_train=n_train, n_validation=n_validation,
+                               accuracy=nan, loss=nan, epochs_run=0, wall_s=outcome.wall_s,
+                               error=outcome.error))
+
+
+def fold_unit(ctx: StageContext, monitor: Monitoring, *, number: int, cache: CacheOutcome,
+              train_paths: list[str], held_out_paths: list[str], hyperparameters: Hyperparameters,
+              train_cfg: TrainConfig, augment: AugmentConfig, seed: int, epochs: int,
+              stopping: Stopping) -> FoldRun:
+    """One fold as a unit of the pool: its images memory-mapped from the cache, then train_fold."""
+    return train_fold(ctx, number, load_images(cache), train_paths, held_out_paths, hyperparameters,
+                      train_cfg, augment, seed, epochs, monitor, stopping)
 
 
 def train_fold(ctx: StageContext, number: int, images: ImageSet, train_paths: list[str],

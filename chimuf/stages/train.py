@@ -6,7 +6,8 @@ the final model with the tuned hyperparameters (section 6).
     → history CSV/JSON and curves → TrainingOutcome
 
 Each training is a unit of the stage (ctx.unit): finished ones are reused when the stage resumes,
-and an interrupted one continues from its last epoch.
+and an interrupted one continues from its last epoch. The six run in a pool of worker processes
+(chimuf.ml.pool, `train.workers`), with the same numbers for any pool size (docs/parallel.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from chimuf.core.config import AugmentConfig, ModernConfig, PretrainedConfig, TrainConfig
 from chimuf.core.engine import StageContext
+from chimuf.core.errors import StageError
 from chimuf.core.files import atomic_write_json, atomic_write_text, csv_text
 from chimuf.core.hyperparameters import Hyperparameters
 from chimuf.core.results import (
@@ -39,6 +41,7 @@ from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping, fit
 from chimuf.ml.mixing import Mixing
 from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
 from chimuf.ml.modern import seeded_modern
+from chimuf.ml.pool import Unit, UnitFailure, run_units
 from chimuf.ml.pretrained import build_pretrained, compile_pretrained, unfreeze_top
 from chimuf.ml.seeds import WEIGHTS, derive_seed
 from chimuf.ml.training_plots import plot_comparison, plot_curves
@@ -147,24 +150,46 @@ def write_history(history: list[EpochRecord], path: Path) -> Path:
 
 def run_trainings(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: TrainConfig,
                   augment: AugmentConfig, seed: int, monitor: Monitoring = UNMONITORED) -> TrainOutcome:
-    """Models cfg.models, each without and with augmentation (paper 5); finished ones are reused."""
-    images = load_images(cache)
+    """Models cfg.models, each without and with augmentation (paper 5); finished ones are reused.
+
+    The trainings are independent units: they run in a pool of `cfg.workers` processes
+    (chimuf.ml.pool), each with `cfg.threads_per_unit` threads, and give the same numbers with any
+    pool size. A training that fails stops the stage once the others are done (theirs are kept)."""
+    units = [Unit(name, functools.partial(paper_training, name=name, architecture=architecture,
+                                          augmented=augmented, cache=cache, split=split, cfg=cfg,
+                                          augment=augment, seed=seed))
+             for architecture, augmented, name in paper_units(cfg.models)]
+    outcomes = run_units(ctx, units, TrainingOutcome, cfg.workers, cfg.threads_per_unit, monitor)
+    failed = [outcome for outcome in outcomes if isinstance(outcome, UnitFailure)]
+    if failed:
+        raise StageError(f"{len(failed)} of the {len(units)} trainings failed; the first: {failed[0].error}")
+    by_name = {outcome.name: outcome for outcome in outcomes if isinstance(outcome, TrainingOutcome)}
     trainings: list[TrainingOutcome] = []
     figures: list[Figure] = []
     for number in cfg.models:
         architecture = f"model{number}"
-        pair = []
-        for augmented in (False, True):
-            name = f"{architecture}_aug" if augmented else architecture
-            work = functools.partial(train_one, ctx, name, architecture, augmented, None, images, split,
-                                     cfg, augment, seed, monitor)
-            pair.append(ctx.unit(name, TrainingOutcome, work))
+        pair = [by_name[architecture], by_name[f"{architecture}_aug"]]
         trainings += pair
         title = f"Model {number}"
         path = plot_comparison(pair[0], pair[1], title, ctx.dir / f"{architecture}_augmentation.png")
         figures.append(Figure(ctx.rel(path), f"Impact of data augmentation on {title}: validation "
                                              "(solid) and training (dashed) accuracy and loss per epoch"))
     return TrainOutcome(trainings=trainings, comparison_figures=figures)
+
+
+def paper_units(models: tuple[int, ...]) -> list[tuple[str, bool, str]]:
+    """(architecture, augmented, unit name) of each paper training, in the study's order."""
+    return [(f"model{number}", augmented, f"model{number}_aug" if augmented else f"model{number}")
+            for number in models for augmented in (False, True)]
+
+
+def paper_training(ctx: StageContext, monitor: Monitoring, *, name: str, architecture: str, augmented: bool,
+                   cache: CacheOutcome, split: SplitOutcome, cfg: TrainConfig, augment: AugmentConfig,
+                   seed: int) -> TrainingOutcome:
+    """One of the paper's trainings as a unit of the pool: its images memory-mapped from the cache
+    (cheap in every worker), then train_one."""
+    return train_one(ctx, name, architecture, augmented, None, load_images(cache), split, cfg, augment, seed,
+                     monitor)
 
 
 def train_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
