@@ -1,11 +1,11 @@
 """End of an epoch: chimuf's input pipeline against the same pipeline with tf.data autotuning on.
 
-chimuf trains one `model.fit(epochs=1)` per epoch on a fresh dataset (chimuf.ml.fit), so each epoch
+chimuf trains one `model.fit(epochs=1)` per epoch on a fresh dataset (chimuf.ml.training.fit), so each epoch
 ends by destroying its iterator. With tf.data's autotuning on, that destruction waits for the
 autotuner's next optimisation round (rounds at 10 ms, doubling up to a minute, TensorFlow 2.21), so
 the epoch's wall time is rounded up to the next round: the process sits idle for the rest.
-chimuf's pipeline turns autotuning off (chimuf.ml.pipeline). Both sides here are
-`chimuf.ml.pipeline.make_dataset`; the baseline only turns autotuning back on.
+chimuf's pipeline turns autotuning off (chimuf.ml.training.pipeline). Both sides here are
+`chimuf.ml.training.pipeline.make_dataset`; the baseline only turns autotuning back on.
 
 Model 3 trains with augmentation, batch 64, chimuf's precision, one warm-up epoch each, then
 `repeats` epochs each, interleaved. Reported per side: median images/s over whole epochs, and the
@@ -43,8 +43,8 @@ def epoch_runner(images: np.ndarray, labels: np.ndarray,
     import tensorflow as tf
 
     from chimuf.core.config import AugmentConfig
-    from chimuf.ml.models import build_trainable_model, resolve_precision
-    from chimuf.ml.pipeline import make_dataset
+    from chimuf.ml.architectures.models import build_trainable_model, resolve_precision
+    from chimuf.ml.training.pipeline import make_dataset
 
     model = build_trainable_model("model3", images.shape[1], None, resolve_precision("auto"), 1e-3)
     rows = np.arange(len(labels))

@@ -3,7 +3,7 @@
 Three measurements, each against its baseline in the same run:
 
     --throughput  (default) training images/s of the modern recipe at 128 px, mixed bf16, batch 64,
-                  with FusedBatchNorm (chimuf.ml.fusednorm) and with Keras' BatchNormalization:
+                  with FusedBatchNorm (chimuf.ml.architectures.fusednorm) and with Keras' BatchNormalization:
                   both models in one process, one warm-up epoch each, then `repeats` epochs each,
                   interleaved; best epoch's images/s and median process CPU ms per image
     --precision   images/s of model 3 and the modern recipe in float32, in mixed bf16 (chimuf's
@@ -55,8 +55,8 @@ def build(name: str, size: int, precision: str, fused: bool):
     import keras
 
     from chimuf.core.config import ModernConfig
-    from chimuf.ml.models import build_model, compile_model
-    from chimuf.ml.modern import build_modern, compile_modern
+    from chimuf.ml.architectures.models import build_model, compile_model
+    from chimuf.ml.architectures.modern import build_modern, compile_modern
 
     keras.utils.set_random_seed(0)
     if name == "modern":
@@ -136,8 +136,8 @@ def accuracy(args: argparse.Namespace) -> None:
     from benchmarks.train_throughput import data_source
     from chimuf.core.config import AugmentConfig, ModernConfig, TrainConfig
     from chimuf.data.cache import load_images
-    from chimuf.ml.mixing import Mixing
-    from chimuf.ml.modern import seeded_modern
+    from chimuf.ml.architectures.modern import seeded_modern
+    from chimuf.ml.training.mixing import Mixing
     from chimuf.stages.train import train_one
 
     data_dir, source = data_source()

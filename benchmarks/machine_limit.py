@@ -86,8 +86,8 @@ def peak_rates() -> dict[str, float]:
 
 def build(name: str, size: int):
     from chimuf.core.config import ModernConfig
-    from chimuf.ml.models import build_model, compile_model
-    from chimuf.ml.modern import build_modern, compile_modern
+    from chimuf.ml.architectures.models import build_model, compile_model
+    from chimuf.ml.architectures.modern import build_modern, compile_modern
 
     if name == "modern":
         model = build_modern(size, ModernConfig(), "mixed_bfloat16")
@@ -102,7 +102,7 @@ def epoch_data(size: int, count: int, epoch: int, batch: int = 64):
     import numpy as np
 
     from chimuf.core.config import AugmentConfig
-    from chimuf.ml.pipeline import make_dataset
+    from chimuf.ml.training.pipeline import make_dataset
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)

@@ -3,7 +3,7 @@
 Two measurements on the same split and image cache, in the same run:
 
     --compare   validation accuracy reached at equal CPU time: model3_aug (the paper's protocol:
-                Adam, early stopping) and the modern recipe (chimuf.ml.modern), each trained until
+                Adam, early stopping) and the modern recipe (ml.architectures.modern), each trained until
                 its budget of process CPU seconds is spent (whole epochs; the last epoch that
                 started inside the budget counts)
     --ablation  the modern recipe with one piece changed at a time (label smoothing off, constant

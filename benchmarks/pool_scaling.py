@@ -83,8 +83,8 @@ def run_configuration(setup_path: Path, workers: int, threads: int) -> int:
     from chimuf.core.console import Console
     from chimuf.core.engine import StageContext
     from chimuf.core.results import CacheOutcome, SplitOutcome
-    from chimuf.ml.pool import local_gpus
     from chimuf.ml.tfstart import start_tensorflow
+    from chimuf.ml.training.pool import local_gpus
     from chimuf.stages.train import run_trainings
 
     start_tensorflow(threads)
@@ -166,7 +166,7 @@ def print_differences(first: dict, second: dict, one: str, other: str) -> None:
 def print_scaling(gpus: list[str]) -> None:
     """What the pool does on this machine: its cores, the defaults' pool, one thread per unit."""
     from chimuf.core.config import TrainConfig
-    from chimuf.ml.pool import machine_cores, worker_slots
+    from chimuf.ml.training.pool import machine_cores, worker_slots
 
     cores, threads = machine_cores(), TrainConfig().threads_per_unit
     default = worker_slots(0, threads, cores, gpus, 6)

@@ -2,7 +2,7 @@
 
     chimuf      images decoded once into a uint8 array (the cache stage), tf.data gathering rows,
                 augmentation on the graph (one composed affine + channel shift), batch 64,
-                mixed_bfloat16 where the hardware has it (chimuf.ml.models.resolve_precision("auto"))
+                mixed_bfloat16 where the hardware has it (ml.architectures.models.resolve_precision("auto"))
     seed-style  Keras' legacy ImageDataGenerator.flow_from_dataframe reading and decoding the JPEG
                 files every epoch, augmenting in NumPy/SciPy, float32, batch 32
 
@@ -119,10 +119,10 @@ def decode_once(files: list[Path], image_size: int) -> np.ndarray:
 
 def chimuf_epoch(images: np.ndarray, labels: np.ndarray,
                  image_size: int) -> tuple[Callable[[int], None], str]:
-    """A function training one epoch of model 3 the way chimuf.ml.fit does, and its precision."""
+    """A function training one epoch of model 3 the way chimuf.ml.training.fit does, and its precision."""
     from chimuf.core.config import AugmentConfig
-    from chimuf.ml.models import build_model, compile_model, resolve_precision
-    from chimuf.ml.pipeline import make_dataset
+    from chimuf.ml.architectures.models import build_model, compile_model, resolve_precision
+    from chimuf.ml.training.pipeline import make_dataset
 
     precision = resolve_precision("auto")
     model = build_model("model3", image_size, precision=precision)
@@ -142,7 +142,7 @@ def seed_style_epoch(files: list[Path], labels: list[str], image_size: int) -> C
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
     from chimuf.core.config import AugmentConfig
-    from chimuf.ml.models import build_model, compile_model
+    from chimuf.ml.architectures.models import build_model, compile_model
 
     a = AugmentConfig()
     generator = ImageDataGenerator(
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_run = seed_style_epoch(files, labels, args.image_size)
         timed = time_epochs({"chimuf": chimuf_run, "seed-style": seed_run}, len(files), args.repeats)
 
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     flops = 3 * forward_flops(build_model("model3", args.image_size))
     peak32 = matmul_gflops("float32")

@@ -62,7 +62,7 @@ def run_study(data: str | Path | None = None, profile: str | None = None, out: s
               modern recipe); they see each epoch under its real number. They cannot cross
               processes: with callbacks the trainings and folds run one after another here
     candidates your own architectures by name, {"mine": build}: build(image_size=..., seed=...)
-              returns a Keras model (chimuf.ml.builders); trained, judged and possibly taken home
+              returns a Keras model (ml.architectures.builders); trained, judged and possibly taken home
               beside the others. A dict of settings ({"builders": [...]}) is the config's section.
     """
     from chimuf.ml.tfstart import quiet_tensorflow, start_tensorflow

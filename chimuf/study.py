@@ -31,10 +31,12 @@ from chimuf.core.results import (
     RunInfo,
     recorded_model_digests,
 )
-from chimuf.ml import builders, machine, modelfile
-from chimuf.ml.builders import Builder
-from chimuf.ml.fit import Monitoring
-from chimuf.ml.models import Blueprint, blueprint, parameter_count, precision_choice
+from chimuf.ml import machine
+from chimuf.ml.architectures import builders
+from chimuf.ml.architectures.builders import Builder
+from chimuf.ml.architectures.models import Blueprint, blueprint, parameter_count, precision_choice
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.training.fit import Monitoring
 from chimuf.report.claims import headline_lines
 from chimuf.report.project import publish
 from chimuf.stages import plan
@@ -61,7 +63,7 @@ def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_aft
     With `plan_only`, the study stops after its split and the printed plan of the rest.
     With `project`, the report's Quarto project is also published there (chimuf.report.project).
     `candidates` are the user's own model builders by name, besides `candidates.builders`
-    (chimuf.ml.builders): trained, judged and possibly taken home like the other candidates.
+    (chimuf.ml.architectures.builders): trained, judged and possibly taken home like the other candidates.
     """
     check_model_sizes(config)
     if config.tracking.mlflow_uri:
@@ -225,7 +227,7 @@ class Study:
 
 def check_model_sizes(config: StudyConfig) -> None:
     """Refuse, before any work, a study whose models would exceed `model_files.max_params`: their
-    saved files would be refused when the later stages open them (chimuf.ml.modelfile)."""
+    saved files would be refused when the later stages open them (chimuf.ml.modelfiles.modelfile)."""
     tune = config.tune
     largest_tuned = Blueprint(tuple(int(tune.range_of(f"conv{i}_filters")[1]) for i in (1, 2, 3)),
                               int(tune.dense_units[1]), None, None)

@@ -1,5 +1,5 @@
 """A user's own architecture, as a user would write one: a tiny CNN with a layer type chimuf's
-parameter counter (chimuf.ml.layershapes) does not list, so only the study's trust of its own
+parameter counter (chimuf.ml.modelfiles.layershapes) does not list, so only the study's trust of its own
 files (by digest) lets it load again."""
 
 from __future__ import annotations

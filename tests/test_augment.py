@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from chimuf.core.config import AugmentConfig
-from chimuf.ml.augment import affine_transforms, augment_batch, channel_shift, is_identity
+from chimuf.ml.training.augment import affine_transforms, augment_batch, channel_shift, is_identity
 
 NOTHING = AugmentConfig(rotation_range=0, width_shift_range=0, height_shift_range=0, shear_range=0,
                         zoom_range=0, channel_shift_range=0, horizontal_flip=False)

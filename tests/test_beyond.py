@@ -25,10 +25,10 @@ from chimuf.core.results import (
     ThresholdMetrics,
     TrainingOutcome,
 )
-from chimuf.ml import modelfile
-from chimuf.ml.mixing import Mixing, box_mask, mix_batch
-from chimuf.ml.modern import build_modern, compile_modern
-from chimuf.ml.predictor import averaged_probabilities, probabilities_of
+from chimuf.ml.architectures.modern import build_modern, compile_modern
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import averaged_probabilities, probabilities_of
+from chimuf.ml.training.mixing import Mixing, box_mask, mix_batch
 
 SIZE = 16
 TINY = ModernConfig(widths=(4, 8), epochs=3, warmup_epochs=1, batch_size=4)
@@ -42,7 +42,7 @@ def quiet() -> Console:
 
 
 def test_modern_model_has_named_convolutions_and_loads_in_safe_mode(tmp_path):
-    from chimuf.ml.models import conv_layer_names
+    from chimuf.ml.architectures.models import conv_layer_names
 
     model = build_modern(32, ModernConfig(widths=(8, 16, 32)))
     names = conv_layer_names(model)
@@ -57,7 +57,7 @@ def test_modern_model_has_named_convolutions_and_loads_in_safe_mode(tmp_path):
 def test_batch_norm_statistics_settle_within_a_small_folders_few_steps():
     """84 photos at batch 64 for 25 epochs are 50 steps: with Keras' momentum 0.99 the moving
     statistics would still be 60 % their initial values, and every prediction at chance."""
-    from chimuf.ml.modern import bn_momentum, seeded_modern
+    from chimuf.ml.architectures.modern import bn_momentum, seeded_modern
 
     assert bn_momentum(0) == 0.99 and bn_momentum(52 * 25) == 0.99  # a full study: unchanged
     assert bn_momentum(50) == pytest.approx(0.9) and bn_momentum(3) == 0.5
@@ -135,7 +135,7 @@ def test_cutmix_weighs_each_label_by_the_area_it_keeps():
 
 
 def test_mixed_batches_are_a_pure_function_of_seed_and_epoch():
-    from chimuf.ml.pipeline import make_dataset
+    from chimuf.ml.training.pipeline import make_dataset
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (12, SIZE, SIZE, 3), dtype=np.uint8)
@@ -156,7 +156,7 @@ def test_mixed_batches_are_a_pure_function_of_seed_and_epoch():
 def tiny_saved(tmp_path: Path, name: str, seed: int) -> Path:
     import keras
 
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     keras.utils.set_random_seed(seed)
     path = tmp_path / f"{name}.keras"
@@ -192,8 +192,8 @@ def test_an_ensemble_member_of_another_size_is_refused_in_one_line(tmp_path):
     import keras
 
     from chimuf.core.errors import ModelError
-    from chimuf.ml.models import build_model
-    from chimuf.ml.predictor import load_classifier
+    from chimuf.ml.architectures.models import build_model
+    from chimuf.ml.modelfiles.predictor import load_classifier
 
     other = tmp_path / "big.keras"
     keras.utils.set_random_seed(0)

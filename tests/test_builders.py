@@ -8,7 +8,8 @@ import pytest
 
 from chimuf.core.config import load_config
 from chimuf.core.errors import ConfigError, ModelError
-from chimuf.ml import builders, modelfile
+from chimuf.ml.architectures import builders
+from chimuf.ml.modelfiles import modelfile
 from tests.own_builder import tiny
 
 

@@ -13,8 +13,8 @@ import pytest
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import StageError
 from chimuf.core.results import BeyondOutcome, BeyondRow, ChooseOutcome, Interval, McNemarTest
-from chimuf.ml import modelfile
-from chimuf.ml.predictor import averaged_probabilities
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import averaged_probabilities
 from chimuf.report.markdown import render_markdown
 from chimuf.stages.choose import RULE, choose_model, pick
 from tests.report_fixture import complete_results

@@ -11,7 +11,7 @@ import pytest
 from chimuf.core.config import TrainConfig
 from chimuf.core.console import Console
 from chimuf.core.errors import ConfigError
-from chimuf.ml import fit as fitting
+from chimuf.ml.training import fit as fitting
 
 SIZE = 4
 
@@ -21,7 +21,7 @@ def fixed_model():
     the loss Keras reports for the epoch is the loss of these very weights."""
     import keras
 
-    from chimuf.ml.models import compile_model
+    from chimuf.ml.architectures.models import compile_model
 
     inputs = keras.Input((SIZE, SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))

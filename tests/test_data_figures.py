@@ -9,9 +9,9 @@ import pytest
 
 from chimuf.core.hyperparameters import NAMES, PAPER_BEST
 from chimuf.core.results import Trial
-from chimuf.ml.label_plots import STRIP_MAX, Strip, draw_strips, pack
-from chimuf.ml.plots import literal, pyplot
-from chimuf.ml.tuning_plots import draw_against_hyperparameters, draw_progress
+from chimuf.ml.plots.common import literal, pyplot
+from chimuf.ml.plots.label_plots import STRIP_MAX, Strip, draw_strips, pack
+from chimuf.ml.plots.tuning_plots import draw_against_hyperparameters, draw_progress
 
 
 def visible(figure) -> list:

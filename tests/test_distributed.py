@@ -21,7 +21,7 @@ from chimuf.cli import main
 from chimuf.core.config import StudyConfig, TuneConfig, as_dict
 from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.results import EpochRecord
-from chimuf.ml import models
+from chimuf.ml.architectures import models
 from chimuf.tools import tune_worker
 from chimuf.tuning import protocol
 from chimuf.tuning.protocol import Address, parse_address, tuner_role
@@ -487,7 +487,7 @@ MIRRORED_SEARCH = textwrap.dedent("""
     list_devices = tf.config.list_logical_devices
     tf.config.list_logical_devices = lambda kind=None: list_devices("CPU" if kind == "GPU" else kind)
 
-    from chimuf.ml import models
+    from chimuf.ml.architectures import models
     from chimuf.stages import tune
     from chimuf.data.audit import audit_folder
     from chimuf.data.cache import build_cache

@@ -35,7 +35,7 @@ def command_lines(text: str) -> list[str]:
     inline in the prose."""
     found = []
     for _language, body in blocks(text):
-        for line in body.splitlines():
+        for line in body.replace("\\\n", " ").splitlines():  # continued lines joined
             line = line.split(" # ")[0].split("  #")[0].strip().removeprefix("$ ")
             found.append(line)
     prose = FENCE.sub("", text)

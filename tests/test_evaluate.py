@@ -22,7 +22,7 @@ from chimuf.core.results import (
     TrainingOutcome,
     TrainOutcome,
 )
-from chimuf.ml import modelfile
+from chimuf.ml.modelfiles import modelfile
 from chimuf.stages import evaluate
 from chimuf.stats import metrics
 from chimuf.tools import evaluate_folder
@@ -46,7 +46,7 @@ def tiny_trained_model(architecture: str, images: np.ndarray, labels: np.ndarray
                        epochs: int):
     import keras
 
-    from chimuf.ml.models import build_model, compile_model
+    from chimuf.ml.architectures.models import build_model, compile_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(architecture, SIZE)

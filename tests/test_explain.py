@@ -36,8 +36,9 @@ from chimuf.core.results import (
     sorted_mistakes,
     to_jsonable,
 )
-from chimuf.ml import gradcam, modelfile
-from chimuf.ml.explain_plots import (
+from chimuf.ml import gradcam
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.plots.explain_plots import (
     MAX_MAPS,
     draw_activation_maps,
     draw_filter_grid,
@@ -164,7 +165,7 @@ def test_two_class_model_gives_one_minus_p_and_p_after_softmax(trained):
 
 
 def test_mixed_bfloat16_model_is_explained_through_a_float32_copy():
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     model = build_model("model1", SIZE, precision="mixed_bfloat16")
     copy = gradcam.logit_model(model)

@@ -17,8 +17,8 @@ from chimuf.core.console import Console
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import ModelError
 from chimuf.core.results import CacheOutcome, SplitOutcome
-from chimuf.ml import modelfile
-from chimuf.ml.export import accuracy, agreement, export_model
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.export import accuracy, agreement, export_model
 from tests.conftest import make_image
 
 SIZE = 32
@@ -39,7 +39,7 @@ def trained(tmp_path_factory) -> Path:
     """A model1 at 32 px trained a few epochs on the corner signal, saved with its sidecar."""
     import keras
 
-    from chimuf.ml.models import build_model, compile_model
+    from chimuf.ml.architectures.models import build_model, compile_model
 
     keras.utils.set_random_seed(3)
     model = build_model("model1", SIZE)

@@ -10,8 +10,8 @@ import pytest
 from chimuf.core.config import AugmentConfig, ModernConfig, TrainConfig
 from chimuf.core.console import Console
 from chimuf.core.errors import ModelError
-from chimuf.ml import fit as fitting
-from chimuf.ml import modelfile, modelsize
+from chimuf.ml.modelfiles import modelfile, modelsize
+from chimuf.ml.training import fit as fitting
 
 SIZE = 16
 TINY = ModernConfig(widths=(4, 8), epochs=3, warmup_epochs=1, batch_size=8)
@@ -25,7 +25,7 @@ def batch(seed: int = 0) -> np.ndarray:
 def pair(momentum: float, dtype: str):
     import keras
 
-    from chimuf.ml.fusednorm import FusedBatchNorm
+    from chimuf.ml.architectures.fusednorm import FusedBatchNorm
 
     keras_bn = keras.layers.BatchNormalization(momentum=momentum, dtype=dtype)
     return keras_bn, FusedBatchNorm(momentum, dtype=dtype)
@@ -80,7 +80,7 @@ def test_inputs_other_than_images_are_refused_with_the_alternative():
 
 
 def test_modern_model_with_it_saves_loads_safely_and_is_counted(tmp_path):
-    from chimuf.ml.modern import build_modern
+    from chimuf.ml.architectures.modern import build_modern
 
     model = build_modern(SIZE, TINY)
     assert {type(layer).__name__ for layer in model.layers} >= {"FusedBatchNorm"}
@@ -98,7 +98,7 @@ def test_modern_model_with_it_saves_loads_safely_and_is_counted(tmp_path):
 
 
 def test_keras_and_fused_modern_models_have_the_same_variables():
-    from chimuf.ml.modern import build_modern
+    from chimuf.ml.architectures.modern import build_modern
 
     fused, plain = build_modern(SIZE, TINY), build_modern(SIZE, TINY, fused_norm=False)
     shapes = [(v.path.split("/")[-1], tuple(v.shape), v.trainable) for v in fused.weights]
@@ -114,7 +114,7 @@ def data():
 
 
 def modern_model():
-    from chimuf.ml.modern import seeded_modern
+    from chimuf.ml.architectures.modern import seeded_modern
 
     return seeded_modern(SIZE, TINY, "float32", steps_per_epoch=4, seed=5)
 
@@ -147,7 +147,7 @@ def test_resume_after_kill_gives_the_same_weights_and_statistics(monkeypatch, tm
 
 
 def test_momentum_follows_the_training_length():
-    from chimuf.ml.modern import bn_momentum
+    from chimuf.ml.architectures.modern import bn_momentum
 
     model = modern_model()
     momenta = {layer.momentum for layer in model.layers if type(layer).__name__ == "FusedBatchNorm"}

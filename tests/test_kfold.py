@@ -14,7 +14,7 @@ from chimuf.core.console import Console
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import StageError
 from chimuf.core.results import AuditOutcome, DuplicateGroup, FileRecord, SplitOutcome
-from chimuf.ml import fit as train  # the fit loop the folds train through
+from chimuf.ml.training import fit as train  # the fit loop the folds train through
 from chimuf.stages import kfold
 from chimuf.stats.intervals import wilson
 from tests.conftest import make_dataset

@@ -91,7 +91,7 @@ def mapped_files(text: str) -> set[str]:
             continue
         prefix = "/".join(name for _, name in folders)
         for word in line.split():
-            if word.endswith(".py"):
+            if word.endswith(".py") and word != "__init__.py":
                 found.add(f"{prefix}/{word}" if prefix else word)
     return found
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chimuf.core.errors import ModelError
-from chimuf.ml import modelfile
+from chimuf.ml.modelfiles import modelfile
 
 
 def tiny_model(output_activation: str = "sigmoid", lambda_layer: bool = False):
@@ -172,7 +172,7 @@ def trained_model(tmp_path_factory) -> Path:
     """The tiny model after one training step, saved as chimuf saves models (optimizer included)."""
     import numpy as np
 
-    from chimuf.ml.models import save_model
+    from chimuf.ml.architectures.models import save_model
 
     model = tiny_model()
     model.fit(np.zeros((2, 16, 16, 3), "float32"), np.zeros((2, 1), "float32"), epochs=1, verbose=0)
@@ -333,7 +333,7 @@ def test_members_adding_up_to_more_than_the_largest_model_can_need_are_refused_u
     import os
 
     from chimuf.core.config import ModelFilesConfig
-    from chimuf.ml import modelsize
+    from chimuf.ml.modelfiles import modelsize
 
     monkeypatch.setattr(modelsize, "MAX_LAYERS", 1)  # the cap: 1 parameter, 1 layer: about 5.3 MB
     members = members_of(saved_model)

@@ -7,7 +7,7 @@ import pytest
 
 from chimuf.core.errors import ConfigError
 from chimuf.core.hyperparameters import MODEL3 as MODEL3_HYPERPARAMETERS
-from chimuf.ml.models import (
+from chimuf.ml.architectures.models import (
     build_model,
     compile_model,
     conv_layer_names,

@@ -9,7 +9,7 @@ import pytest
 
 from chimuf.core.errors import ModelError
 from chimuf.core.hyperparameters import Hyperparameters
-from chimuf.ml import modelsize
+from chimuf.ml.modelfiles import modelsize
 
 TUNER_LARGEST = Hyperparameters(64, 128, 256, 128, 0.5, 0.5)  # the top of every default range
 
@@ -23,7 +23,7 @@ def config_json(model) -> dict:
 
 @pytest.fixture(scope="module")
 def paper_models() -> dict:
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     built = {arch: build_model(arch, 128) for arch in ("model1", "model2", "model3")}
     built["tuned"] = build_model("tuned", 128, TUNER_LARGEST)
@@ -113,6 +113,6 @@ def test_a_layer_whose_input_no_layer_makes_is_refused(paper_models):
 
 
 def test_study_check_matches_keras_count_for_the_tuners_largest(paper_models):
-    from chimuf.ml.models import blueprint, parameter_count
+    from chimuf.ml.architectures.models import blueprint, parameter_count
 
     assert parameter_count(blueprint("tuned", TUNER_LARGEST), 128) == paper_models["tuned"][1] == 8_759_681

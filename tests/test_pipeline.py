@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chimuf.core.config import AugmentConfig
-from chimuf.ml.pipeline import derive_seed, epoch_order, make_dataset
+from chimuf.ml.training.pipeline import derive_seed, epoch_order, make_dataset
 
 
 @pytest.fixture

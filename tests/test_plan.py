@@ -98,7 +98,7 @@ def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkey
     from chimuf.stages import plan as plan_stage
 
     probed: list[str] = []
-    from chimuf.ml.probe import Pace
+    from chimuf.ml.training.probe import Pace
 
     pace = Pace(train_images_per_s=1e3, infer_images_per_s=1e3)
     monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: probed.append(model.name) or pace)
@@ -122,7 +122,7 @@ def test_tuned_trials_are_planned_at_the_mean_pace_over_the_search_space(monkeyp
     from types import SimpleNamespace
 
     from chimuf.core.config import load_config
-    from chimuf.ml.probe import Pace
+    from chimuf.ml.training.probe import Pace
     from chimuf.stages import plan as plan_stage
 
     def built(architecture, size, hyperparameters, precision):
@@ -171,7 +171,7 @@ def test_the_pretrained_baseline_is_planned_and_timed_without_its_weights(monkey
     from types import SimpleNamespace
 
     from chimuf.core.config import load_config
-    from chimuf.ml.probe import Pace
+    from chimuf.ml.training.probe import Pace
     from chimuf.stages import plan as plan_stage
 
     probed: list[str] = []

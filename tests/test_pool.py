@@ -1,4 +1,4 @@
-"""The pool of worker processes for a stage's units (chimuf.ml.pool): how many workers and on
+"""The pool of worker processes for a stage's units (chimuf.ml.training.pool): how many workers and on
 which GPU, the worker's forwarded lines, a killed worker, and a study whose numbers do not depend
 on the pool's size."""
 
@@ -17,8 +17,8 @@ import pytest
 
 from chimuf.core.console import Console, ForwardingConsole, unit_line
 from chimuf.core.engine import StageContext
-from chimuf.ml import pool
-from chimuf.ml.fit import Monitoring
+from chimuf.ml.training import pool
+from chimuf.ml.training.fit import Monitoring
 from tests.conftest import make_dataset
 
 # --- how many workers, and on what -------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_a_checkpoint_made_in_a_pool_of_two_resumes_in_a_pool_of_one():
     import keras
 
     from chimuf.core.config import TrainConfig
-    from chimuf.ml.fit import Stopping, fingerprint
+    from chimuf.ml.training.fit import Stopping, fingerprint
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="out")])
     made = [fingerprint(model, TrainConfig(workers=w), None, 1, 10, 5, Stopping.fixed()) for w in (2, 1)]
@@ -124,7 +124,7 @@ def test_a_killed_worker_is_one_line_naming_the_unit_the_signal_and_the_way_on()
 
 
 def test_a_worker_whose_study_is_gone_ends_itself():
-    code = "from chimuf.ml.pool import exit_with_parent; exit_with_parent(-1); print('still here')"
+    code = "from chimuf.ml.training.pool import exit_with_parent; exit_with_parent(-1); print('still here')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (1, "")
 

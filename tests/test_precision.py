@@ -9,9 +9,9 @@ import pytest
 
 from chimuf.core.config import TrainConfig
 from chimuf.core.console import Console
-from chimuf.ml import models
+from chimuf.ml.architectures import models
+from chimuf.ml.architectures.models import choose_precision, precision_choice
 from chimuf.ml.machine import Gpu
-from chimuf.ml.models import choose_precision, precision_choice
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))
 A100 = Gpu("NVIDIA A100-SXM4-40GB", (8, 0))
@@ -82,7 +82,7 @@ def test_mixed_float16_training_runs_resumes_and_learns(tmp_path):
     """The fit loop with a LossScaleOptimizer: finite losses, checkpoints that load, a resume."""
     import keras
 
-    from chimuf.ml.fit import fit
+    from chimuf.ml.training.fit import fit
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)

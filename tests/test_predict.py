@@ -14,7 +14,7 @@ from chimuf.core.config import AuditConfig
 from chimuf.core.console import Console
 from chimuf.core.errors import ConfigError
 from chimuf.data.imagefile import load_rgb, model_array
-from chimuf.ml import modelfile
+from chimuf.ml.modelfiles import modelfile
 from chimuf.tools import predict
 from tests.conftest import make_image
 
@@ -27,7 +27,7 @@ def quiet() -> Console:
 def model_path(tmp_path_factory):
     import keras
 
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"

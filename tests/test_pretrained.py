@@ -17,8 +17,8 @@ from chimuf.core.console import Console
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import ConfigError, ModelError
 from chimuf.core.results import CacheOutcome, SplitOutcome
-from chimuf.ml import modelfile
-from chimuf.ml.pretrained import build_pretrained, unfreeze_top
+from chimuf.ml.architectures.pretrained import build_pretrained, unfreeze_top
+from chimuf.ml.modelfiles import modelfile
 
 SIZE = 32  # the smallest input MobileNetV3 accepts
 SMALL = PretrainedConfig(backbone="mobilenet_v3_small", epochs=2, fine_tune_epochs=1, fine_tune_layers=6)
@@ -29,7 +29,7 @@ def trainable_names(model) -> set[str]:
 
 
 def test_the_backbone_is_frozen_under_a_new_sigmoid_head_and_loads_in_safe_mode(tmp_path):
-    from chimuf.ml.models import conv_layer_names
+    from chimuf.ml.architectures.models import conv_layer_names
 
     model = build_pretrained(SIZE, SMALL, None)
     assert trainable_names(model) == {"output"}  # only the head learns at first
@@ -100,8 +100,8 @@ def tiny_cache(tmp_path):
 
 @pytest.mark.slow
 def test_the_pretrained_stage_trains_the_head_then_fine_tunes_and_exports(tmp_path, tiny_cache):
-    from chimuf.ml.export import export_model
     from chimuf.ml.gradcam import gradcam_maps, logit_model
+    from chimuf.ml.modelfiles.export import export_model
     from chimuf.stages.train import train_pretrained
 
     cache, split = tiny_cache

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from chimuf.core.config import AugmentConfig
-from chimuf.ml import probe as probing
+from chimuf.ml.training import probe as probing
 
 STEP_S = 0.05  # a steady training or prediction step of the fake model
 START_S = 1.0  # fit's or predict's start-up, and the first step after tracing: not the pace

@@ -18,7 +18,7 @@ from chimuf.core.config import ModelFilesConfig, ReportConfig, load_config
 from chimuf.core.console import Console
 from chimuf.core.engine import Run, Upstream, fingerprinted
 from chimuf.core.results import STAGES, Results, RunInfo
-from chimuf.ml.fit import Stopping, StopState, watch
+from chimuf.ml.training.fit import Stopping, StopState, watch
 from chimuf.stages.specs import AUDIT, BY_NAME, SPECS, TRAINING_STAGES, Setting
 from tests.conftest import make_dataset
 
@@ -156,7 +156,7 @@ def test_a_study_whose_models_need_a_raised_max_params_finishes_every_stage(tmp_
     """Every stage opens its models within the study's model_files, not a default: here a default
     far below the models' size, which any stage falling back on it would refuse."""
     from chimuf.core.folders import StudyPaths
-    from chimuf.ml import modelfile
+    from chimuf.ml.modelfiles import modelfile
     from chimuf.study import run_study
 
     monkeypatch.setattr(modelfile, "ModelFilesConfig", lambda: ModelFilesConfig(max_params=10))

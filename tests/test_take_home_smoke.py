@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chimuf.core.errors import ModelError
-from chimuf.ml import modelfile
+from chimuf.ml.modelfiles import modelfile
 from chimuf.stages.choose import pick
 from tests.conftest import SHARED_DATA, make_dataset
 from tests.test_study_smoke import environment

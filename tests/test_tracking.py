@@ -12,9 +12,9 @@ import pytest
 from chimuf.core.config import AugmentConfig, TrackingConfig, TrainConfig
 from chimuf.core.console import Console
 from chimuf.core.results import EpochRecord
-from chimuf.ml import modelfile
-from chimuf.ml.fit import fit
-from chimuf.ml.tensorboard import EpochLog
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.training.fit import fit
+from chimuf.ml.training.tensorboard import EpochLog
 from tests.conftest import SHARED_DATA, make_image
 
 SIZE = 16
@@ -28,7 +28,7 @@ def quiet() -> Console:
 def tiny_model():
     import keras
 
-    from chimuf.ml.models import build_model, compile_model
+    from chimuf.ml.architectures.models import build_model, compile_model
 
     keras.utils.set_random_seed(3)
     model = build_model("model1", SIZE)
@@ -116,7 +116,7 @@ def test_callbacks_see_the_real_epoch_numbers(tmp_path, data):
 @pytest.fixture(scope="module")
 def half_model(tmp_path_factory) -> Path:
     """A model that says P(muffin) = 0.5 + a tiny bit for every image (zero weights, small bias)."""
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     model = build_model("model1", 24)
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
@@ -176,7 +176,7 @@ def trained_paths(tmp_path_factory) -> dict[str, Path]:
     """model1 at 32 px with random weights, saved in float32 and in mixed bfloat16."""
     import keras
 
-    from chimuf.ml.models import build_model
+    from chimuf.ml.architectures.models import build_model
 
     folder = tmp_path_factory.mktemp("export")
     paths = {}
@@ -193,7 +193,7 @@ def trained_paths(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["tflite", "litert", "savedmodel", "onnx", "openvino"])
 def test_each_export_gives_the_keras_probabilities_on_real_photos(trained_paths, tmp_path, fmt):
-    from chimuf.ml.export import export_model
+    from chimuf.ml.modelfiles.export import export_model
 
     check = export_model(trained_paths["float32"], fmt, tmp_path / "out", photos(32))
     assert check.images_checked == 12
@@ -204,7 +204,7 @@ def test_each_export_gives_the_keras_probabilities_on_real_photos(trained_paths,
 
 @pytest.mark.slow
 def test_a_bf16_model_is_exported_as_its_float32_copy(trained_paths, tmp_path):
-    from chimuf.ml.export import export_model
+    from chimuf.ml.modelfiles.export import export_model
 
     check = export_model(trained_paths["mixed_bfloat16"], "tflite", tmp_path / "out", photos(32))
     assert check.max_abs_difference <= 1e-4  # against the float32 copy that was exported

@@ -18,8 +18,8 @@ from chimuf.core.console import Console
 from chimuf.core.engine import StageContext
 from chimuf.core.errors import StageError
 from chimuf.core.results import CacheOutcome, EpochRecord, SplitOutcome
-from chimuf.ml import fit as fitting
-from chimuf.ml.fit import Stopping, StopState, fit, watch
+from chimuf.ml.training import fit as fitting
+from chimuf.ml.training.fit import Stopping, StopState, fit, watch
 from chimuf.stages import train
 
 SIZE = 16
@@ -41,7 +41,7 @@ def tiny_model(seed: int = 3):
     """A compiled tuned-family model of 16 px with dropout: randomness in every part of a step."""
     import keras
 
-    from chimuf.ml.models import build_model, compile_model
+    from chimuf.ml.architectures.models import build_model, compile_model
 
     keras.utils.set_random_seed(seed)
     model = build_model("tuned", SIZE, TINY)

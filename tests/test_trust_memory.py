@@ -26,13 +26,13 @@ def bomb_model(size: int = 16, upsample: int = 8, filters: int = 16):
 
 
 def test_the_largest_activation_comes_from_the_models_config():
-    from chimuf.ml import predictor
+    from chimuf.ml.modelfiles import predictor
 
     assert predictor.largest_activation(bomb_model(16, 8, 16)) == (16 * 8) ** 2 * 16
 
 
 def test_the_prediction_batch_shrinks_to_fit_the_budget_before_any_image_is_fed(monkeypatch):
-    from chimuf.ml import predictor
+    from chimuf.ml.modelfiles import predictor
 
     model = bomb_model(16, 8, 16)  # 262 144 values, 2 MiB per image with input and output alive
     per_image = (16 * 8) ** 2 * 16 * 4 * 2
@@ -47,7 +47,7 @@ def test_the_prediction_batch_shrinks_to_fit_the_budget_before_any_image_is_fed(
 
 
 def test_a_model_whose_single_image_exceeds_the_budget_is_refused_unfed(monkeypatch):
-    from chimuf.ml import predictor
+    from chimuf.ml.modelfiles import predictor
 
     model = bomb_model(16, 8, 16)
     monkeypatch.setattr(predictor, "PREDICT_MEMORY_BYTES", 2**20)
@@ -58,7 +58,7 @@ def test_a_model_whose_single_image_exceeds_the_budget_is_refused_unfed(monkeypa
 
 def test_chimuf_predict_on_a_saved_bomb_is_one_line(tmp_path, monkeypatch, capsys):
     from chimuf.cli import main
-    from chimuf.ml import predictor
+    from chimuf.ml.modelfiles import predictor
     from tests.conftest import make_image
 
     model_path = tmp_path / "bomb.keras"

@@ -261,7 +261,7 @@ def test_a_half_logged_mlflow_run_is_logged_again_on_retry(exported_run, tmp_pat
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
 def test_a_classes_sidecar_that_is_not_a_regular_file_is_refused(tmp_path, kind):
     from chimuf.core.errors import ModelError
-    from chimuf.ml import modelfile
+    from chimuf.ml.modelfiles import modelfile
 
     model = tmp_path / "m.keras"
     sidecar = modelfile.classes_path(model)

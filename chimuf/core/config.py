@@ -135,7 +135,7 @@ REPORT_FORMATS = ("html", "pdf")
 REPORT_ENGINES = ("auto", "quarto", "pandoc")
 SCHEDULES = ("cosine", "constant")
 THRESHOLD_RULES = ("accuracy", "balanced_accuracy", "f1", "youden")  # chimuf.stats.metrics reads it
-CLASS_WEIGHTS = ("none", "balanced")  # chimuf.ml.fit reads it
+CLASS_WEIGHTS = ("none", "balanced")  # chimuf.ml.training.fit reads it
 
 
 # --- one dataclass per stage -------------------------------------------------------------------
@@ -143,7 +143,7 @@ CLASS_WEIGHTS = ("none", "balanced")  # chimuf.ml.fit reads it
 
 # The largest image side a study may use. The paper uses 128; 512 keeps the decoded cache of the
 # Kaggle data (about 6 000 photos) near 4.7 GB (N x side^2 x 3 bytes; at 1024 it would be 19 GB), and
-# covers the photos' own sizes. Model files whose input is larger are refused (chimuf.ml.modelfile).
+# covers the photos' own sizes. Model files whose input is larger are refused (ml.modelfiles.modelfile).
 MAX_IMAGE_SIZE = 512
 
 
@@ -197,7 +197,7 @@ SHIFT = between(0, 1, high_inclusive=False)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The paper's ImageDataGenerator settings (paper 3.2), drawn per image (chimuf.ml.augment)."""
+    """The paper's ImageDataGenerator settings (paper 3.2), drawn per image (chimuf.ml.training.augment)."""
 
     rotation_range: float = opt(20.0, "random rotation, +- degrees", between(0, 180, unit="degrees"))
     width_shift_range: float = opt(0.2, "random horizontal shift, fraction of the width", SHIFT)
@@ -291,7 +291,7 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class ModernConfig:
-    """A modern from-scratch recipe trained beside the paper's models (chimuf.ml.modern), for the
+    """A modern from-scratch recipe trained beside the paper's models (ml.architectures.modern), for the
     report's "beyond the paper" part; the paper's sections are untouched by it."""
 
     enabled: bool = opt(True, "train the modern recipe (its own stage, after the k-fold)")
@@ -317,7 +317,7 @@ class ModernConfig:
 
 @dataclass(frozen=True)
 class PretrainedConfig:
-    """An optional pretrained baseline (chimuf.ml.pretrained), off by default: what a user with few
+    """An optional pretrained baseline (ml.architectures.pretrained), off by default: what a user with few
     images would pick instead, set beside the from-scratch models in "beyond the paper"."""
 
     backbone: str = opt("", "'' (off), 'mobilenet_v3_small', 'mobilenet_v3_large' or 'efficientnet_b0'",
@@ -342,7 +342,7 @@ BUILDER_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 @dataclass(frozen=True)
 class CandidatesConfig:
-    """Architectures of the user's own, trained and judged beside the others (chimuf.ml.builders)."""
+    """Architectures of the user's own, trained and judged beside the others (ml.architectures.builders)."""
 
     builders: tuple[str, ...] = opt(
         (), "'module:function' names of model builders: function(image_size=..., seed=...) returns a Keras "
@@ -440,7 +440,7 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class ModelFilesConfig:
-    """Limits on the `.keras` files chimuf opens (chimuf.ml.modelfile): model files are untrusted."""
+    """Limits on the `.keras` files chimuf opens (ml.modelfiles.modelfile): model files are untrusted."""
 
     # The tuner's largest model at 128 px (conv 64/128/256, dense 128) has 8 759 681 parameters,
     # model 1 has 4 213 825; at 256 px the tuner's largest has 33 925 505. 50 M leaves 5.7x room

@@ -164,7 +164,7 @@ class Console:
 
 
 class ForwardingConsole(Console):
-    """The console of a worker process (chimuf.ml.pool): every message goes whole to `send(message,
+    """The console of a worker process (chimuf.ml.training.pool): every message goes whole to `send(message,
     echo, log)`, which hands it to the study's process, the one that prints and logs. Only one
     process writes to the terminal, so lines of units in flight never break into each other.
     Progress is plain (no live bar), a line every `interval_s`."""

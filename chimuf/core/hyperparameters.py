@@ -1,7 +1,7 @@
 """The six hyperparameters of the tuned model-3 family (paper section 6), in one place.
 
 The search varies them (chimuf.tuning), the config gives each a range under the same name
-(`[tune] conv1_filters = [16, 64, 16]`), the models are built from them (chimuf.ml.models), and
+(`[tune] conv1_filters = [16, 64, 16]`), the models are built from them (chimuf.ml.architectures.models), and
 the report names them. `Hyperparameters` is that one list: a frozen dataclass that also reads as
 a mapping (`h["dense_units"]`, `dict(h)`), so it is saved in JSON as the plain object
 `{"conv1_filters": 16, ...}` and compares equal to that dict.

@@ -1,6 +1,6 @@
 """The study's plan and its clock: how long it should take, said before it starts and as it runs.
 
-    probe (chimuf.ml.probe: a few timed batches of each architecture on this machine)
+    probe (chimuf.ml.training.probe: a few timed batches of each architecture on this machine)
       → Plan: every training, trial and fold with its expected epochs and seconds per epoch,
         printed at the start (`chimuf study --plan` prints only that)
       → StudyClock: after every epoch, the time left for the whole study, from what is left of

@@ -24,7 +24,7 @@ SCHEMA_VERSION = 2  # 2: typed predictions, named evaluation figures, hyperparam
 
 # An image is predicted as classes[1] when its probability is greater than the threshold (Keras'
 # binary accuracy rule). The paper's metrics use this one; a threshold chosen on validation data
-# travels with the model (see chimuf.ml.predictor).
+# travels with the model (see chimuf.ml.modelfiles.predictor).
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -589,7 +589,7 @@ class ExplainOutcome:
 
 @dataclass
 class OwnOutcome:
-    """The user's own architectures (chimuf.ml.builders), each trained by the fit loop; [] = none."""
+    """The user's own architectures (ml.architectures.builders), each trained by the fit loop; [] = none."""
 
     trainings: list[TrainingOutcome] = field(default_factory=list)
 
@@ -649,7 +649,7 @@ class ChooseOutcome:
 
 def recorded_model_digests(value: Any) -> set[str]:
     """Every `model_sha256` recorded anywhere in `value` (Results, an outcome): the model files the
-    study saved itself (chimuf.ml.modelfile.vouch)."""
+    study saved itself (chimuf.ml.modelfiles.modelfile.vouch)."""
     found: set[str] = set()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):

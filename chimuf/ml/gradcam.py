@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chimuf.core.errors import ModelError
-from chimuf.ml.models import conv_layer_names, float32_copy
+from chimuf.ml.architectures.models import conv_layer_names, float32_copy
 
 if TYPE_CHECKING:
     import keras
@@ -44,7 +44,7 @@ def conv_layers(model: keras.Model, where: str | Path) -> list[str]:
     names = conv_layer_names(model)
     if not names:
         raise ModelError(f"model `{where}` has no Conv2D layer; Grad-CAM and activation maps need "
-                         "at least one. Explain a CNN built by chimuf.ml.models")
+                         "at least one. Explain a CNN built by chimuf.ml.architectures.models")
     return names
 
 

@@ -40,7 +40,7 @@ def start_tensorflow(threads: int = 0) -> str:
     The threads are set before anything starts TensorFlow's runtime, which fixes them for the
     life of the process: TensorFlow's default is one per core, and sums split over another number
     of threads round otherwise, so a fixed count keeps a seed's numbers the same on every machine
-    and in every worker of a pool (chimuf.ml.pool). Returns "" or, when TensorFlow was started
+    and in every worker of a pool (chimuf.ml.training.pool). Returns "" or, when TensorFlow was started
     before with other threads (a notebook that used it first), a one-line note saying so.
     Importing is a no-op when TensorFlow is already loaded; the notes are shown when the user
     asked for them with `TF_CPP_MIN_LOG_LEVEL=0|1`.

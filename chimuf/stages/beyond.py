@@ -4,7 +4,7 @@ The paper's sections stay as the paper ran them; this stage sets beside the fina
 same test images, what a user of today would try next:
 
     the final model with test-time flips   (each image averaged with its left-right mirror)
-    the modern recipe                       (chimuf.ml.modern; trained by the `modern` stage)
+    the modern recipe                       (chimuf.ml.architectures.modern; trained by the `modern` stage)
     the fold ensemble                       (the k k-fold models of the final architecture, averaged)
     the fold ensemble with the final model  (k + 1 models)
     the pretrained backbone, the user's own architectures (`own` stage), where trained
@@ -29,8 +29,8 @@ import numpy as np
 from chimuf.core.config import EvaluateConfig, ModelFilesConfig
 from chimuf.core.results import BeyondOutcome, BeyondRow
 from chimuf.data.cache import load_images
-from chimuf.ml import modelfile
-from chimuf.ml.predictor import averaged_probabilities
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import averaged_probabilities
 from chimuf.stats import evidence, intervals, metrics
 
 if TYPE_CHECKING:

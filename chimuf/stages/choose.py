@@ -24,9 +24,9 @@ from chimuf.core.errors import StageError
 from chimuf.core.files import safe_name
 from chimuf.core.results import BeyondOutcome, BeyondRow, ChooseOutcome, Figure
 from chimuf.data.cache import load_images
-from chimuf.ml import modelfile
-from chimuf.ml.models import float32_copy, model_precision, save_model
-from chimuf.ml.predictor import averaged_probabilities
+from chimuf.ml.architectures.models import float32_copy, model_precision, save_model
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import averaged_probabilities
 from chimuf.stats import metrics
 
 if TYPE_CHECKING:
@@ -92,10 +92,10 @@ def mistakes_gradcam(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome
     """Grad-CAM at `layer` (where the model has it, else its last Conv2D) of the chosen model (its
     first member for an ensemble) on its most confident test mistakes, after the choice was made;
     None without mistakes or such a layer."""
-    from chimuf.ml.explain_plots import draw_heatmap_grid
+    from chimuf.ml.architectures.models import conv_layer_names
     from chimuf.ml.gradcam import gradcam_maps, logit_model
-    from chimuf.ml.models import conv_layer_names
-    from chimuf.ml.plots import save_figure
+    from chimuf.ml.plots.common import save_figure
+    from chimuf.ml.plots.explain_plots import draw_heatmap_grid
 
     named = [layer] if layer and layer in [each.name for each in members[0].layers] else []
     layers = named or conv_layer_names(members[0])

@@ -42,16 +42,16 @@ from chimuf.core.results import (
     augmentation_pairs,
 )
 from chimuf.data.cache import load_images
-from chimuf.ml import modelfile
-from chimuf.ml.evaluation_plots import (
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import predict_rows
+from chimuf.ml.plots.common import save_figure
+from chimuf.ml.plots.evaluation_plots import (
     draw_confusion_matrix,
     draw_precision_recall,
     draw_reliability,
     draw_roc,
 )
-from chimuf.ml.pipeline import make_dataset
-from chimuf.ml.plots import save_figure
-from chimuf.ml.predictor import predict_rows
+from chimuf.ml.training.pipeline import make_dataset
 from chimuf.stats import evidence, intervals, metrics
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def evaluate_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, 
                    train_cfg: TrainConfig, seed: int,
                    limits: ModelFilesConfig | None = None) -> EvaluateOutcome:
     """Every test-split metric of the final model, its predictions and figures; the saved models
-    are opened within `limits` (chimuf.ml.modelfile)."""
+    are opened within `limits` (chimuf.ml.modelfiles.modelfile)."""
     classes = list(split.classes)
     images = load_images(cache)
     val_rows, test_rows = images.rows(split.validation), images.rows(split.test)

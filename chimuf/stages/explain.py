@@ -27,16 +27,6 @@ from chimuf.core.errors import DataError, ModelError
 from chimuf.core.files import atomic_write_text, csv_text, safe_name
 from chimuf.core.results import ExplainedImage, ExplainOutcome, Figure, Prediction
 from chimuf.data.cache import load_images
-from chimuf.ml import modelfile
-from chimuf.ml.explain_plots import (
-    GALLERY_COLUMNS,
-    MAX_MAPS,
-    draw_activation_maps,
-    draw_filter_grid,
-    draw_gallery,
-    draw_heatmap_grid,
-    draw_rgb_kernels,
-)
 from chimuf.ml.gradcam import (
     SCORECAM_MAX_N,
     SMOOTHGRAD_NOISE,
@@ -47,7 +37,17 @@ from chimuf.ml.gradcam import (
     logit_model,
     method_maps,
 )
-from chimuf.ml.plots import literal, save_figure
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.plots.common import literal, save_figure
+from chimuf.ml.plots.explain_plots import (
+    GALLERY_COLUMNS,
+    MAX_MAPS,
+    draw_activation_maps,
+    draw_filter_grid,
+    draw_gallery,
+    draw_heatmap_grid,
+    draw_rgb_kernels,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path

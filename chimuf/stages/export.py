@@ -26,9 +26,16 @@ import numpy as np
 
 from chimuf.core.results import ExportedModel, ExportOutcome
 from chimuf.data.cache import load_images
-from chimuf.ml import modelfile
-from chimuf.ml.export import QUANTIZABLE, ExportCheck, accuracy, agreement, export_model, run_exported
-from chimuf.ml.predictor import probabilities_of
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.export import (
+    QUANTIZABLE,
+    ExportCheck,
+    accuracy,
+    agreement,
+    export_model,
+    run_exported,
+)
+from chimuf.ml.modelfiles.predictor import probabilities_of
 
 if TYPE_CHECKING:
     from chimuf.core.config import ExportConfig, ModelFilesConfig

@@ -6,7 +6,7 @@ folds are made from train+validation only, so the test split stays untouched by 
 
     train + validation paths → chimuf.data.split.fold_assignments (stratified; near-duplicate groups whole)
       → for fold i: the "tuned" model with the best hyperparameters, trained with augmentation
-        on the other folds (chimuf.ml.fit: same early stopping, resumable), then evaluated
+        on the other folds (chimuf.ml.training.fit: same early stopping, resumable), then evaluated
         on fold i without augmentation → FoldOutcome
         and its held-out images scored by that model: their out-of-fold probabilities
       → mean and sample standard deviation of accuracy and loss; figure like paper fig. 11
@@ -21,7 +21,7 @@ scores optimistic (the fold that scores a model also chose its epoch). By defaul
 trains for the number of epochs the final model's early stopping kept, with no stopping, and is
 scored with its last epoch's weights; `kfold.early_stopping = true` is the paper's way.
 
-Each fold is a unit of the stage (ctx.unit), run in a pool as the trainings are (chimuf.ml.pool,
+Each fold is a unit of the stage (ctx.unit), run in a pool as the trainings are (chimuf.ml.training.pool,
 `train.workers`): a finished fold is not trained again when the stage resumes. A fold that fails
 (diverged, out of memory, its worker killed) is recorded as FAILED with its error and the other
 folds go on; it is not memoised, so a rerun tries it again (from its last checkpoint). If every
@@ -43,14 +43,14 @@ from chimuf.core.hyperparameters import Hyperparameters
 from chimuf.core.results import DEFAULT_THRESHOLD, Figure, FoldOutcome, KFoldOutcome, Predictions
 from chimuf.data.cache import load_images
 from chimuf.data.split import fold_assignments
-from chimuf.ml import fit as fitting
-from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping
-from chimuf.ml.models import resolve_precision, save_model, seeded_model
-from chimuf.ml.pipeline import make_dataset
-from chimuf.ml.plots import save_figure as save_png
-from chimuf.ml.pool import Unit, UnitFailure, run_units
-from chimuf.ml.predictor import predict_rows
-from chimuf.ml.training_plots import draw_folds
+from chimuf.ml.architectures.models import resolve_precision, save_model, seeded_model
+from chimuf.ml.modelfiles.predictor import predict_rows
+from chimuf.ml.plots.common import save_figure as save_png
+from chimuf.ml.plots.training_plots import draw_folds
+from chimuf.ml.training import fit as fitting
+from chimuf.ml.training.fit import UNMONITORED, Monitoring, Stopping
+from chimuf.ml.training.pipeline import make_dataset
+from chimuf.ml.training.pool import Unit, UnitFailure, run_units
 from chimuf.stats import intervals
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def make_folds(split: SplitOutcome, audit: AuditOutcome, folds: int, seed: int) 
 # --- 2. one fold -------------------------------------------------------------------------------
 
 # What a fold may fail of without the study failing: a diverged training (StageError from
-# chimuf.ml.fit), a model that cannot be built or saved, TensorFlow running out of memory.
+# chimuf.ml.training.fit), a model that cannot be built or saved, TensorFlow running out of memory.
 # A stop signal (Interrupted) is none of these, and ends the study as it should.
 def fold_failures() -> tuple[type[BaseException], ...]:
     import tensorflow as tf

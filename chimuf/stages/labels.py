@@ -31,9 +31,9 @@ from chimuf.core.errors import StageError
 from chimuf.core.files import atomic_write_text, csv_text
 from chimuf.core.results import DuplicateGroup, Figure, LabelsOutcome, SuspectLabel
 from chimuf.data.cache import load_images
-from chimuf.ml.explain_plots import draw_gallery
-from chimuf.ml.label_plots import STRIP_MAX, Strip, draw_strips
-from chimuf.ml.plots import save_figure
+from chimuf.ml.plots.common import save_figure
+from chimuf.ml.plots.explain_plots import draw_gallery
+from chimuf.ml.plots.label_plots import STRIP_MAX, Strip, draw_strips
 from chimuf.stats import evidence
 from chimuf.stats.metrics import predict_labels
 

@@ -1,6 +1,6 @@
 """The study's plan: every training, trial and fold with its expected epochs and seconds.
 
-    a probe of each architecture the study trains (chimuf.ml.probe: models 1-3, the tuned family
+    a probe of each architecture the study trains (chimuf.ml.training.probe: models 1-3, the tuned family
     at three points spread over its search space, or with the chosen hyperparameters once the
     search is done, the modern recipe) → seconds per epoch at the split's sizes
     → with the protocol's epoch rules (chimuf.core.plan) → the Plan the study prints at its start
@@ -17,10 +17,10 @@ from chimuf.core.config import StudyConfig
 from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
 from chimuf.core.plan import Plan, Work, training_epochs, trial_epochs
 from chimuf.core.results import STAGES, SplitOutcome
-from chimuf.ml.models import build_model, compile_model, resolve_precision
-from chimuf.ml.modern import build_modern, compile_modern
-from chimuf.ml.pretrained import build_pretrained, compile_pretrained
-from chimuf.ml.probe import Pace, mean_pace, probe
+from chimuf.ml.architectures.models import build_model, compile_model, resolve_precision
+from chimuf.ml.architectures.modern import build_modern, compile_modern
+from chimuf.ml.architectures.pretrained import build_pretrained, compile_pretrained
+from chimuf.ml.training.probe import Pace, mean_pace, probe
 from chimuf.tuning.space import search_space
 
 # Where the tuned family is timed: every dimension of the search space at these quantiles, the

@@ -51,9 +51,9 @@ from chimuf.core.results import (
 )
 from chimuf.data import audit, cache, split
 from chimuf.data.sources import Sources
-from chimuf.ml import builders, pretrained
-from chimuf.ml.builders import Builder
-from chimuf.ml.fit import UNMONITORED, Monitoring
+from chimuf.ml.architectures import builders, pretrained
+from chimuf.ml.architectures.builders import Builder
+from chimuf.ml.training.fit import UNMONITORED, Monitoring
 from chimuf.stages import beyond, choose, evaluate, explain, export, kfold, labels, train, tune
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def run_pretrained(ctx: StageContext, setting: Setting, got: Inputs) -> Training
 
 
 def own_inputs(config: StudyConfig, results: Results, setting: Setting) -> dict[str, Any]:
-    """The trainings' inputs and each builder by name and source (chimuf.ml.builders.fingerprint)."""
+    """The trainings' inputs and each builder by name and source (ml.architectures.builders.fingerprint)."""
     return {**training_inputs(config, results),
             "builders": {name: builders.fingerprint(fn) for name, fn in setting.builders.items()}}
 

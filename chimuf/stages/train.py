@@ -1,13 +1,13 @@
 """The trainings of the paper: models 1-3 each without and with augmentation (sections 4-5), and
 the final model with the tuned hyperparameters (section 6).
 
-    cache rows of the split → for each model: seeded_model → fit (chimuf.ml.fit: resumable,
+    cache rows of the split → for each model: seeded_model → fit (chimuf.ml.training.fit: resumable,
     early stopping) → the best weights saved as <name>.keras with its classes beside it
     → history CSV/JSON and curves → TrainingOutcome
 
 Each training is a unit of the stage (ctx.unit): finished ones are reused when the stage resumes,
 and an interrupted one continues from its last epoch. The six run in a pool of worker processes
-(chimuf.ml.pool, `train.workers`), with the same numbers for any pool size (docs/parallel.md).
+(chimuf.ml.training.pool, `train.workers`), with the same numbers for any pool size (docs/parallel.md).
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ from chimuf.core.results import (
     TrainOutcome,
 )
 from chimuf.data.cache import load_images
-from chimuf.ml import builders as own
-from chimuf.ml import modelfile
-from chimuf.ml.builders import Builder
-from chimuf.ml.fit import UNMONITORED, Monitoring, Stopping, fit
-from chimuf.ml.mixing import Mixing
-from chimuf.ml.models import layer_rows, resolve_precision, save_model, seeded_model
-from chimuf.ml.modern import seeded_modern
-from chimuf.ml.pool import Unit, UnitFailure, run_units
-from chimuf.ml.pretrained import build_pretrained, compile_pretrained, unfreeze_top
-from chimuf.ml.seeds import WEIGHTS, derive_seed
-from chimuf.ml.training_plots import plot_comparison, plot_curves
+from chimuf.ml.architectures import builders as own
+from chimuf.ml.architectures.builders import Builder
+from chimuf.ml.architectures.models import layer_rows, resolve_precision, save_model, seeded_model
+from chimuf.ml.architectures.modern import seeded_modern
+from chimuf.ml.architectures.pretrained import build_pretrained, compile_pretrained, unfreeze_top
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.plots.training_plots import plot_comparison, plot_curves
+from chimuf.ml.training.fit import UNMONITORED, Monitoring, Stopping, fit
+from chimuf.ml.training.mixing import Mixing
+from chimuf.ml.training.pool import Unit, UnitFailure, run_units
+from chimuf.ml.training.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
     import keras
@@ -153,7 +153,7 @@ def run_trainings(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, c
     """Models cfg.models, each without and with augmentation (paper 5); finished ones are reused.
 
     The trainings are independent units: they run in a pool of `cfg.workers` processes
-    (chimuf.ml.pool), each with `cfg.threads_per_unit` threads, and give the same numbers with any
+    (chimuf.ml.training.pool), each with `cfg.threads_per_unit` threads, and give the same numbers with any
     pool size. A training that fails stops the stage once the others are done (theirs are kept)."""
     units = [Unit(name, functools.partial(paper_training, name=name, architecture=architecture,
                                           augmented=augmented, cache=cache, split=split, cfg=cfg,
@@ -204,7 +204,7 @@ def train_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
 def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: ModernConfig,
                  train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
                  monitor: Monitoring = UNMONITORED) -> TrainingOutcome:
-    """The modern recipe (chimuf.ml.modern): the whole cosine schedule, no early stopping; the
+    """The modern recipe (chimuf.ml.architectures.modern): the whole cosine schedule, no early stopping; the
     epoch with the lowest val_loss is kept, as the fit loop keeps a best epoch."""
     images = load_images(cache)
     fit_cfg = replace(train_cfg, epochs=cfg.epochs, batch_size=cfg.batch_size)
@@ -218,7 +218,7 @@ def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cf
 def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: PretrainedConfig,
                      train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
                      monitor: Monitoring = UNMONITORED) -> TrainingOutcome:
-    """The pretrained baseline (chimuf.ml.pretrained): the head with the backbone frozen, then the
+    """The pretrained baseline (ml.architectures.pretrained): the head with the backbone frozen, then the
     backbone's last layers fine-tuned; each phase keeps its best val_loss epoch and resumes."""
     import keras
 
@@ -244,7 +244,7 @@ def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome
 def train_own(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, builders: Mapping[str, Builder],
               cfg: TrainConfig, augment: AugmentConfig, seed: int,
               monitor: Monitoring = UNMONITORED) -> OwnOutcome:
-    """Each of the user's own architectures (chimuf.ml.builders), trained as the paper's models are:
+    """Each of the user's own architectures (ml.architectures.builders), trained as the paper's models are:
     the fit loop with train.* settings and early stopping, with augmentation, resumably."""
     images = load_images(cache)
     trainings = []

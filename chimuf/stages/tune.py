@@ -3,14 +3,14 @@
 The paper searched filters per conv block, dense units and two dropout rates with Keras Tuner's
 BayesianOptimization, maximising `val_accuracy`, and found 16 / 96 / 192 filters, 96 units and
 dropouts 0.05 and 0.4. Here the ranges come from TuneConfig ([min, max, step]); each trial trains
-a "tuned" model (chimuf.ml.models) with augmentation and the trainings' early stopping.
+a "tuned" model (chimuf.ml.architectures.models) with augmentation and the trainings' early stopping.
 
     TuneConfig ranges → the search space (chimuf.tuning.space), declared as each trial is built
-    cache rows → each epoch's data as the trainings make it (chimuf.ml.fit.epoch_datasets)
+    cache rows → each epoch's data as the trainings make it (chimuf.ml.training.fit.epoch_datasets)
     make_tuner → seeded Bayesian oracle + SearchTuner (chimuf.tuning.search) in ctx.dir/search/
     search → one line per trial; per-epoch history of each trial in ctx.dir/trials/
     → TuneOutcome: search space, every trial (failed ones with their error), best values, and
-      two figures (chimuf.ml.tuning_plots): the objective per trial with the best so far, and
+      two figures (chimuf.ml.plots.tuning_plots): the objective per trial with the best so far, and
       the objective against each hyperparameter
 
 Resuming: the tuner's project folder is kept (`overwrite=False`), so a rerun reloads the oracle,
@@ -42,7 +42,10 @@ from chimuf.core.console import format_seconds
 from chimuf.core.errors import Interrupted, StageError
 from chimuf.core.results import EpochRecord, Figure, Trial, TuneOutcome
 from chimuf.data.cache import load_images
-from chimuf.ml.fit import (
+from chimuf.ml.architectures.models import resolve_precision, training_strategy
+from chimuf.ml.plots.common import save_figure
+from chimuf.ml.plots.tuning_plots import draw_against_hyperparameters, draw_progress
+from chimuf.ml.training.fit import (
     UNMONITORED,
     Monitoring,
     Stopping,
@@ -51,14 +54,11 @@ from chimuf.ml.fit import (
     epoch_datasets,
     validation_augmentation,
 )
-from chimuf.ml.models import resolve_precision, training_strategy
-from chimuf.ml.plots import save_figure
-from chimuf.ml.tuning_plots import draw_against_hyperparameters, draw_progress
 from chimuf.tuning.protocol import CHIEF_ID, Address, ChiefLost, client_channel, client_timeout, tuner_role
 from chimuf.tuning.pruning import MedianStopping, epochs_saved
 from chimuf.tuning.space import search_space
 
-# chimuf.tuning.search, chimuf.tuning.chief and chimuf.ml.callbacks import Keras Tuner or Keras
+# chimuf.tuning.search, chimuf.tuning.chief and chimuf.ml.training.callbacks import Keras Tuner or Keras
 # when imported: the functions below import them when they run.
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def start_board(board: Path | None, oracle: Any, cfg: TuneConfig) -> None:
     """The HParams view's columns; a search that starts afresh starts its logs afresh."""
     if board is None:
         return
-    from chimuf.ml.tensorboard import write_hparams_config
+    from chimuf.ml.training.tensorboard import write_hparams_config
 
     if not oracle.trials and board.exists():
         shutil.rmtree(board)
@@ -214,12 +214,12 @@ class SearchData:
 
 def search_data(images: ImageSet, split: SplitOutcome, cfg: TuneConfig, train_cfg: TrainConfig,
                 augment: AugmentConfig, seed: int) -> SearchData:
-    """Epochs 1..E of the trainings' data (chimuf.ml.fit.epoch_datasets), one after another.
+    """Epochs 1..E of the trainings' data (chimuf.ml.training.fit.epoch_datasets), one after another.
 
     Keras' fit with `steps_per_epoch` keeps one iterator across epochs, so a trial's epoch e sees
     the order and augmentation a training's epoch e sees.
     """
-    from chimuf.ml.callbacks import EarlyStoppingRule
+    from chimuf.ml.training.callbacks import EarlyStoppingRule
 
     train_part = (images.images, images.labels, images.rows(split.train))
     validation_part = (images.images, images.labels, images.rows(split.validation))

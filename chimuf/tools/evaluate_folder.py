@@ -3,7 +3,7 @@
 DIR has one sub-folder per class, named as the model's classes (its `<model>.classes.json`), or,
 without that file, exactly two sub-folders taken in sorted order (the Keras convention). Files the
 audit rejects are listed with their reasons and skipped; the rest are scored as the study scores
-them (chimuf.ml.predictor) and measured as the evaluate stage measures (chimuf.stats.metrics).
+them (chimuf.ml.modelfiles.predictor) and measured as the evaluate stage measures (chimuf.stats.metrics).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from chimuf.core.console import printable
 from chimuf.core.errors import DataError
 from chimuf.core.results import DEFAULT_THRESHOLD, ClassMetrics, Interval, dumps
 from chimuf.data import sources
-from chimuf.ml import modelfile
-from chimuf.ml.predictor import load_classifier, score_files
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import load_classifier, score_files
 from chimuf.stats import intervals, metrics
 
 if TYPE_CHECKING:

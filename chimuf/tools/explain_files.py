@@ -1,7 +1,7 @@
 """`chimuf predict MODEL IMAGE... --explain OUTDIR`: one Grad-CAM overlay per image file.
 
 The last conv layer's Grad-CAM of the predicted class, over the image, with the class and its
-probability under it; files are read as `chimuf predict` reads them (chimuf.ml.predictor).
+probability under it; files are read as `chimuf predict` reads them (chimuf.ml.modelfiles.predictor).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 from chimuf.core.errors import DataError
 from chimuf.core.files import safe_name
 from chimuf.data.imagefile import load_rgb, model_array
-from chimuf.ml.explain_plots import draw_heatmap_grid
 from chimuf.ml.gradcam import conv_layers, gradcam_maps, logit_model
-from chimuf.ml.plots import save_figure
-from chimuf.ml.predictor import load_classifier, probabilities_of
+from chimuf.ml.modelfiles.predictor import load_classifier, probabilities_of
+from chimuf.ml.plots.common import save_figure
+from chimuf.ml.plots.explain_plots import draw_heatmap_grid
 
 if TYPE_CHECKING:
     from chimuf.core.config import AuditConfig, ModelFilesConfig

@@ -27,8 +27,8 @@ from chimuf.core.errors import ConfigError, DataError
 from chimuf.core.results import DEFAULT_THRESHOLD
 from chimuf.data import sources
 from chimuf.data.imagefile import model_array, read_image
-from chimuf.ml import modelfile
-from chimuf.ml.export import QUANTIZABLE, ExportCheck, accuracy, agreement, export_model
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.export import QUANTIZABLE, ExportCheck, accuracy, agreement, export_model
 from chimuf.tools.evaluate_folder import folder_classes
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """`chimuf predict MODEL IMAGE...`: the class and its probability for each image file.
 
 A file the audit would reject gets its reason in `error`, and the other files are still
-predicted (chimuf.ml.predictor reads and scores them as the study does).
+predicted (chimuf.ml.modelfiles.predictor reads and scores them as the study does).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from chimuf.core.console import printable
 from chimuf.core.errors import ConfigError, ModelError
 from chimuf.core.files import csv_text
 from chimuf.core.results import load_results, to_jsonable
-from chimuf.ml.predictor import (
+from chimuf.ml.modelfiles.predictor import (
     Classifier,
     Scored,
     describe_threshold,
@@ -64,7 +64,7 @@ def predict_files(model_path: Path, files: list[Path], audit_cfg: AuditConfig, c
 
     A file's class is decided at the model's own threshold (its sidecar's), or at `threshold`;
     with `ensemble`, by the mean probability of all the models; with `flips`, of each image and
-    its mirror. `limits` bound what a model file may hold (chimuf.ml.modelfile).
+    its mirror. `limits` bound what a model file may hold (chimuf.ml.modelfiles.modelfile).
     """
     classifier = load_classifier(model_path, threshold, ensemble, flips, limits)
     classes = numbered_classes(classifier, console)

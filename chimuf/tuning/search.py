@@ -35,10 +35,10 @@ from chimuf.core.errors import Interrupted
 from chimuf.core.files import atomic_write_json, read_json
 from chimuf.core.plan import StudyClock
 from chimuf.core.results import EpochRecord, Trial, from_jsonable
-from chimuf.ml.fit import batch_status, describe
-from chimuf.ml.models import build_model, compile_model
-from chimuf.ml.seeds import TRIAL, derive_seed
-from chimuf.ml.tensorboard import EpochLog, write_trial_hparams
+from chimuf.ml.architectures.models import build_model, compile_model
+from chimuf.ml.training.fit import batch_status, describe
+from chimuf.ml.training.seeds import TRIAL, derive_seed
+from chimuf.ml.training.tensorboard import EpochLog, write_trial_hparams
 from chimuf.tuning.protocol import (
     ChiefLost,
     forget_epochs,
@@ -65,7 +65,7 @@ class SeededBayesianOracle(kt.oracles.BayesianOptimizationOracle):
 
 
 class Model3Family(kt.HyperModel):
-    """A "tuned" model (chimuf.ml.models) from each trial's values, trained by `fit`."""
+    """A "tuned" model (chimuf.ml.architectures.models) from each trial's values, trained by `fit`."""
 
     def __init__(self, cfg: Any, image_size: int, precision: str, learning_rate: float,
                  fit: Callable[..., Any]):

@@ -6,11 +6,11 @@ file from elsewhere can run code) and allocates every weight it declares. So, be
 deserialised:
 
     1. the path: suffix .keras, a regular file (not a folder, FIFO or device); Keras >= 3.14.1
-    2. the archive (chimuf.ml.modelarchive): exactly config.json, metadata.json and
+    2. the archive (chimuf.ml.modelfiles.modelarchive): exactly config.json, metadata.json and
        model.weights.h5, plain names, no links, no encryption, stored or deflated, sizes capped
     3. config.json: read with its CRC checked, at most 64 levels deep; every object it names is a
        Keras or chimuf class, and no Lambda or TFSMLayer
-    4. its size (chimuf.ml.modelsize): the parameters Keras would allocate, at most
+    4. its size (chimuf.ml.modelfiles.modelsize): the parameters Keras would allocate, at most
        `model_files.max_params`; the weights member (and the datasets declared inside it) at most
        what that many parameters need
     5. the members copied, CRC checked, into a private temp folder under fixed names; Keras loads
@@ -42,8 +42,8 @@ from chimuf.core.config import MAX_IMAGE_SIZE, ModelFilesConfig
 from chimuf.core.errors import ModelError
 from chimuf.core.files import atomic_write_json, read_bounded
 from chimuf.core.results import DEFAULT_THRESHOLD
-from chimuf.ml import modelarchive, modelsize
-from chimuf.ml.modelarchive import CONFIG, METADATA, WEIGHTS, Inventory
+from chimuf.ml.modelfiles import modelarchive, modelsize
+from chimuf.ml.modelfiles.modelarchive import CONFIG, METADATA, WEIGHTS, Inventory
 
 if TYPE_CHECKING:
     import keras
@@ -71,7 +71,7 @@ KERAS_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OSE
 
 
 # SHA-256 digests of the model files a study saved itself and recorded in its results (a user's
-# own architecture may use layers chimuf.ml.layershapes cannot count): such a file skips step 4's
+# own architecture may use layers chimuf.ml.modelfiles.layershapes cannot count): such a file skips step 4's
 # count from config.json, and is held to the largest size `max_params` allows instead. Every other
 # check stays; a file from outside, whose digest the study never recorded, is checked as before.
 VOUCHED: set[str] = set()
@@ -316,7 +316,7 @@ def deserialise(folder: Path, path: Path, console: Console | None = None) -> ker
     model.weights.h5, nothing else, so Keras extracts nothing). Its warnings go to the log."""
     import keras
 
-    import chimuf.ml.fusednorm  # noqa: F401  registers chimuf's layers, which the file may name
+    import chimuf.ml.architectures.fusednorm  # noqa: F401  registers chimuf's layers, which the file may name
 
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chimuf.ml.pipeline import make_dataset
+from chimuf.ml.training.pipeline import make_dataset
 
 if TYPE_CHECKING:
     import keras

@@ -4,7 +4,7 @@
     CutMix  x = x_i with a box of x_j pasted in,      y = λ'·y_i + (1 − λ')·y_j, λ' = 1 − box area share
 
 λ ~ Beta(α, α) once per batch (as timm draws it), j a permutation of the batch; with both on,
-each batch is one or the other, half and half. Like the paper's augmentation (chimuf.ml.augment)
+each batch is one or the other, half and half. Like the paper's augmentation (chimuf.ml.training.augment)
 every draw comes from TensorFlow's stateless ops keyed on (epoch seed, batch index), so a resumed
 training mixes its batches exactly as an unbroken one. Labels become soft (floats in [0, 1]).
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from chimuf.ml.plots import pyplot
+from chimuf.ml.plots.common import pyplot
 
 CELL_IN = 1.5  # inches per image cell
 HEAT_ALPHA = 0.45  # opacity of a heatmap over its image

@@ -2,7 +2,7 @@
 
 One rule per family of layers, `rule(layer config, input shapes) -> (parameters, output shapes)`,
 following Keras' own `build` and `compute_output_shape` (keras.src.layers, Keras 3.15) without
-running them: chimuf.ml.modelsize walks a config.json with these to size a model before Keras
+running them: chimuf.ml.modelfiles.modelsize walks a config.json with these to size a model before Keras
 builds it. A value a rule cannot use (a size that is not a whole number, an axis that does not
 exist) raises Unsized, which says which key held what.
 """
@@ -369,7 +369,7 @@ RULES: dict[str, Rule] = {
 }
 # chimuf's own layers (module chimuf.*), sized like the Keras layer they stand in for
 CHIMUF_RULES: dict[str, Rule] = {
-    "FusedBatchNorm": batch_norm_rule,  # chimuf.ml.fusednorm: gamma, beta, moving mean, variance
+    "FusedBatchNorm": batch_norm_rule,  # ml.architectures.fusednorm: gamma, beta, moving mean, variance
 }
 for _rank in (1, 2, 3):
     RULES[f"Conv{_rank}D"] = conv_rule(_rank, "conv")

@@ -10,9 +10,9 @@ the layer's compute dtype (bf16 under mixed precision: the statistics are float3
 Same variables (gamma, beta, moving_mean, moving_variance, all float32) and the same semantics as
 Keras' layer with its defaults (last axis, epsilon 1e-3, centre and scale): a training step
 normalises with the batch's mean and biased variance and moves the moving statistics by
-`momentum` (chimuf.ml.modern follows the training length), inference uses the moving statistics.
+`momentum` (chimuf.ml.architectures.modern follows the training length), inference uses the moving statistics.
 Registered as `chimuf>FusedBatchNorm`, so a saved model loads in Keras' safe mode once this module
-is imported (chimuf.ml.modelfile does); its parameters count as a BatchNormalization's.
+is imported (chimuf.ml.modelfiles.modelfile does); its parameters count as a BatchNormalization's.
 
 Measured by `python -m benchmarks.fused_norm` (the README of benchmarks/ has the numbers).
 """

@@ -14,7 +14,7 @@ from typing import Any
 
 from chimuf.core.hyperparameters import LABEL, NAMES
 from chimuf.core.results import Trial
-from chimuf.ml.plots import literal, pyplot
+from chimuf.ml.plots.common import literal, pyplot
 
 
 def scored(trials: Sequence[Trial]) -> list[tuple[int, Trial]]:

@@ -34,7 +34,7 @@ from chimuf.core.errors import ConfigError
 from chimuf.core.files import fsync_dir
 from chimuf.core.hyperparameters import MODEL3, Hyperparameters
 from chimuf.core.results import LayerRow
-from chimuf.ml.seeds import WEIGHTS, derive_seed
+from chimuf.ml.training.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -197,7 +197,7 @@ def float32_copy(model: keras.Model, linear_output: bool = False) -> keras.Model
     """
     import keras
 
-    output_layer = model.layers[-1].name  # Dense(1, sigmoid), as chimuf.ml.modelfile checked
+    output_layer = model.layers[-1].name  # Dense(1, sigmoid), as chimuf.ml.modelfiles.modelfile checked
 
     def float32_layer(layer: Any) -> Any:
         config = layer.get_config()

@@ -1,6 +1,6 @@
 """A modern from-scratch CNN for the "beyond the paper" part of the study, and how it is trained.
 
-The paper's models (chimuf.ml.models) are 2017-style: plain conv blocks, max pooling, a flatten
+The paper's models (chimuf.ml.architectures.models) are 2017-style: plain conv blocks, max pooling, a flatten
 into a dense layer of millions of weights, Adam at a fixed rate. This one keeps the raw-pixel
 input and the single sigmoid output, so everything downstream (evaluation, Grad-CAM, export) works
 unchanged, and changes what a from-scratch network of today would change:
@@ -13,14 +13,14 @@ unchanged, and changes what a from-scratch network of today would change:
 
 Training (`compile_modern`): AdamW with decoupled weight decay, a linear warm-up into a cosine
 decay to zero over the whole training, binary cross-entropy with label smoothing; mixup/CutMix
-(chimuf.ml.mixing) on top of the paper's augmentation when switched on. Which of these pieces are
+(chimuf.ml.training.mixing) on top of the paper's augmentation when switched on. Which of these pieces are
 on by default was decided by measurement (see the ablation in README's "Beyond the paper").
 
 Layers are named (stem_conv, s2b1_conv1, ...) so Grad-CAM and the activation maps find them.
-Batch normalisation is chimuf.ml.fusednorm's FusedBatchNorm (TensorFlow's fused kernel, the same
+Batch normalisation is chimuf.ml.architectures.fusednorm's FusedBatchNorm (TensorFlow's fused kernel, the same
 statistics as Keras' layer): a training image takes about two thirds of the CPU time it takes with Keras'
 (`python -m benchmarks.fused_norm`). Every other layer is built in; the model loads in Keras' safe
-mode through chimuf.ml.modelfile, which registers FusedBatchNorm.
+mode through chimuf.ml.modelfiles.modelfile, which registers FusedBatchNorm.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import ConfigError
-from chimuf.ml.models import PRECISIONS, loss_scaled, training_strategy
-from chimuf.ml.seeds import WEIGHTS, derive_seed
+from chimuf.ml.architectures.models import PRECISIONS, loss_scaled, training_strategy
+from chimuf.ml.training.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
     import keras
@@ -83,7 +83,7 @@ def conv_bn(x: keras.KerasTensor, width: int, stride: int, name: str, p: tuple[s
     """Conv (no bias) then batch normalisation; `p` is (precision, batch-norm momentum, fused)."""
     import keras
 
-    from chimuf.ml.fusednorm import FusedBatchNorm
+    from chimuf.ml.architectures.fusednorm import FusedBatchNorm
 
     precision, momentum, fused = p
     x = keras.layers.Conv2D(width, kernel, strides=stride, padding="same", use_bias=False,

@@ -8,7 +8,7 @@
 
 The backbone's layers are the model's own (not a nested model), so Grad-CAM and the activation
 maps find its convolutions by name like any chimuf model's, and the file loads in Keras' safe mode
-through chimuf.ml.modelfile's checks. Weights come from a local file (`pretrained.weights`, e.g.
+through chimuf.ml.modelfiles.modelfile's checks. Weights come from a local file (`pretrained.weights`, e.g.
 `chimuf study --weights PATH`) or, where there is internet, Keras' own download ("imagenet").
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chimuf.core.errors import ConfigError, ModelError
-from chimuf.ml.modelfile import one_line
+from chimuf.ml.modelfiles.modelfile import one_line
 
 if TYPE_CHECKING:
     import keras

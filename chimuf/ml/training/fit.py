@@ -6,7 +6,7 @@ training can stop and resume at any epoch boundary with nothing lost:
 
     for each epoch e = 1, 2, ...:
         1. seed everything from (seed, e): Keras' global seed, the Dropout layers' generators,
-           the shuffle and the augmentation (chimuf.ml.pipeline)
+           the shuffle and the augmentation (chimuf.ml.training.pipeline)
         2. train one pass over the (augmented) training data; evaluate on the validation data
         3. early stopping, as Keras' EarlyStopping(monitor="val_loss", patience,
            start_from_epoch, restore_best_weights=True) decides it
@@ -42,11 +42,11 @@ from chimuf.core.errors import ConfigError, StageError
 from chimuf.core.files import atomic_write_json, fsync_dir, read_json
 from chimuf.core.plan import StudyClock
 from chimuf.core.results import EpochRecord, digest, from_jsonable
-from chimuf.ml.mixing import Mixing
-from chimuf.ml.models import model_precision, save_model
-from chimuf.ml.pipeline import make_dataset
-from chimuf.ml.seeds import DROPOUT, VALIDATION, WEIGHTS, derive_seed
-from chimuf.ml.tensorboard import EpochLog
+from chimuf.ml.architectures.models import model_precision, save_model
+from chimuf.ml.training.mixing import Mixing
+from chimuf.ml.training.pipeline import make_dataset
+from chimuf.ml.training.seeds import DROPOUT, VALIDATION, WEIGHTS, derive_seed
+from chimuf.ml.training.tensorboard import EpochLog
 
 if TYPE_CHECKING:
     import keras
@@ -258,7 +258,7 @@ def fit(
     max_epochs, seconds)` gives the study's time left, said with each epoch.
     """
     if model.optimizer is None:
-        raise AssertionError(f"{name}: compile the model (chimuf.ml.models.compile_model) before fit")
+        raise AssertionError(f"{name}: compile the model (ml.architectures.models.compile_model) before fit")
     check_not_empty(train, "training", name)
     check_not_empty(validation, "validation", name)
     max_epochs = cfg.epochs if max_epochs is None else max_epochs

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from chimuf.core.results import DEFAULT_THRESHOLD
-from chimuf.ml.plots import pyplot
+from chimuf.ml.plots.common import pyplot
 from chimuf.stats import metrics
 
 

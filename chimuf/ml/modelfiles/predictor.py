@@ -2,7 +2,7 @@
 
 Every command that takes a model file (`chimuf predict`, `predict --explain`, `chimuf evaluate`)
 and every stage that rescores a saved training goes through here, so a model is always opened
-the same way (chimuf.ml.modelfile's checks), its class names come from the same sidecar file, and
+the same way (chimuf.ml.modelfiles.modelfile's checks), its class names come from the same sidecar file, and
 an image's class is decided by the same rule (chimuf.core.results.predicted_id).
 
     files → read_image (verdict, RGB; as the audit) → model_array (S, S, 3) uint8 (as the cache)
@@ -12,7 +12,7 @@ A model file of a few hundred kB can ask for a huge activation (UpSampling to 51
 channels is 2**28 values per image, 1 GiB in float32): before any image is fed, the batch is
 lowered so that its largest activation fits PREDICT_MEMORY_BYTES, and a model whose single image
 does not fit is refused (prediction_batch; the largest layer output comes from the model's config,
-chimuf.ml.modelsize).
+chimuf.ml.modelfiles.modelsize).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 from chimuf.core.errors import ModelError
 from chimuf.core.results import DEFAULT_THRESHOLD, predicted_id
 from chimuf.data.imagefile import model_array, read_image
-from chimuf.ml import modelfile, modelsize
-from chimuf.ml.pipeline import make_dataset
+from chimuf.ml.modelfiles import modelfile, modelsize
+from chimuf.ml.training.pipeline import make_dataset
 
 if TYPE_CHECKING:
     import keras
@@ -72,7 +72,7 @@ class Classifier:
 
 def load_classifier(path: Path, threshold: float | None = None, ensemble: Sequence[Path] = (),
                     flips: bool = False, limits: ModelFilesConfig | None = None) -> Classifier:
-    """The model at `path`, checked (chimuf.ml.modelfile, within `limits`), with the class names
+    """The model at `path`, checked (chimuf.ml.modelfiles.modelfile, within `limits`), with the class names
     and threshold saved beside it; `threshold` (e.g. `--threshold`) overrides the saved one. With
     `ensemble`, those models too, averaged with the first (they must take the same images and,
     where they say, have the same classes); an ensemble decides at 0.5 unless given a threshold,

@@ -1,6 +1,6 @@
 """A saved model in the formats other programs run, each checked against the Keras model.
 
-    .keras (chimuf.ml.modelfile's checks) → float32 copy → Keras' own model.export(format=...):
+    .keras (chimuf.ml.modelfiles.modelfile's checks) → float32 copy → Keras' own model.export(format=...):
         savedmodel  tf_saved_model   TensorFlow Serving, TF.js converters
         tflite      litert           phones, small boards (LiteRT, formerly TensorFlow Lite);
                                      optionally quantized: float16, dynamic (int8 weights) or int8
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chimuf.core.errors import ModelError
-from chimuf.ml import modelfile
-from chimuf.ml.models import float32_copy, model_precision
-from chimuf.ml.predictor import probabilities_of
+from chimuf.ml.architectures.models import float32_copy, model_precision
+from chimuf.ml.modelfiles import modelfile
+from chimuf.ml.modelfiles.predictor import probabilities_of
 from chimuf.ml.tfstart import native_notes_filtered
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ training epoch only gathers rows of that array, so no JPEG is read during traini
 
 Everything random in an epoch is a function of (seed, epoch) alone: the shuffle is drawn in NumPy
 from that pair, and batch b is augmented with stateless ops keyed on (epoch seed, b) (see
-chimuf.ml.augment). Both maps are pure, so they run in parallel; `deterministic=True` keeps the
+chimuf.ml.training.augment). Both maps are pure, so they run in parallel; `deterministic=True` keeps the
 batches in order.
 
 tf.data's autotuning is off, with one parallel call per core and two batches prefetched instead.
@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chimuf.core.config import AugmentConfig
-from chimuf.ml.augment import augment_batch, is_identity
-from chimuf.ml.mixing import Mixing, mix_batch
-from chimuf.ml.seeds import AUGMENT, MIX, SHUFFLE, derive_seed
+from chimuf.ml.training.augment import augment_batch, is_identity
+from chimuf.ml.training.mixing import Mixing, mix_batch
+from chimuf.ml.training.seeds import AUGMENT, MIX, SHUFFLE, derive_seed
 
 if TYPE_CHECKING:
     import tensorflow as tf

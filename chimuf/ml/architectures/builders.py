@@ -4,7 +4,7 @@
       → build(image_size=S, seed=N) → a Keras model taking (S, S, 3) images of 0-255 pixels, one
         sigmoid output; uncompiled (compiled here: Adam at train.learning_rate, binary
         cross-entropy) or compiled by the builder (its optimizer and loss kept, chimuf's metrics)
-      → the same fit loop as every training (chimuf.ml.fit: resumable, early stopping)
+      → the same fit loop as every training (chimuf.ml.training.fit: resumable, early stopping)
 
 A builder is fingerprinted by its name and its source code, so editing it retrains it and an
 unchanged one is reused.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from chimuf.core.errors import ConfigError, ModelError
 from chimuf.core.files import safe_name
-from chimuf.ml.seeds import WEIGHTS, derive_seed
+from chimuf.ml.training.seeds import WEIGHTS, derive_seed
 
 if TYPE_CHECKING:
     import keras
@@ -71,7 +71,7 @@ def build(name: str, builder: Builder, image_size: int, seed: int, learning_rate
     input of `image_size`), compiled unless the builder compiled it."""
     import keras
 
-    from chimuf.ml.models import compile_model
+    from chimuf.ml.architectures.models import compile_model
 
     keras.utils.set_random_seed(derive_seed(seed, 0, WEIGHTS))
     model = builder(image_size=image_size, seed=seed)

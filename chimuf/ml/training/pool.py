@@ -6,7 +6,7 @@ worker processes.
     worker process: TensorFlow started with `threads` threads → for each unit it is handed: the
         unit through ctx.unit (units/<name>.json, checkpoints, TensorBoard) → "done" or "failed"
 
-Why the numbers do not depend on the pool's size: every unit seeds itself (chimuf.ml.fit) and
+Why the numbers do not depend on the pool's size: every unit seeds itself (chimuf.ml.training.fit) and
 runs with the same fixed number of TensorFlow threads, in a worker as in the study's own process
 (chimuf.ml.tfstart sets them before TensorFlow's runtime starts). With one worker, or with Keras
 callbacks of the user's (which cannot cross processes), the units run in the study's process,
@@ -41,7 +41,7 @@ from chimuf.core.console import ForwardingConsole, unit_line
 from chimuf.core.engine import StageContext, fitting_outcome
 from chimuf.core.environment import environ_for
 from chimuf.core.files import read_json
-from chimuf.ml.fit import Monitoring
+from chimuf.ml.training.fit import Monitoring
 
 T = TypeVar("T")
 

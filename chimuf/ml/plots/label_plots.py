@@ -1,8 +1,8 @@
 """Drawing for the data's labels: thumbnail strips of duplicate groups (the suspects' gallery is
-chimuf.ml.explain_plots.draw_gallery, the same grid as the error gallery).
+chimuf.ml.plots.explain_plots.draw_gallery, the same grid as the error gallery).
 
 Plain numpy arrays in, an unsaved matplotlib Figure out; chimuf.stages.labels saves it. Text on
-the thumbnails goes through chimuf.ml.plots.literal, so names are drawn as they are.
+the thumbnails goes through chimuf.ml.plots.common.literal, so names are drawn as they are.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from chimuf.ml.explain_plots import bare
-from chimuf.ml.plots import literal, pyplot
+from chimuf.ml.plots.common import literal, pyplot
+from chimuf.ml.plots.explain_plots import bare
 
 STRIP_CELL_IN = 1.1  # inches per thumbnail
 STRIP_MAX = 6  # thumbnails per row of the figure, and at most per group

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from chimuf.core.results import EpochRecord, FoldOutcome, TrainingOutcome
-from chimuf.ml.plots import pyplot, save_figure
+from chimuf.ml.plots.common import pyplot, save_figure
 
 
 def plot_curves(history: list[EpochRecord], best_epoch: int, title: str, path: Path) -> Path:

@@ -1,6 +1,6 @@
 """Keras callbacks of chimuf's own, for training loops that Keras runs (the tuning trials).
 
-`EarlyStoppingRule` is the trainings' early stopping (chimuf.ml.fit.watch: val_loss, patience,
+`EarlyStoppingRule` is the trainings' early stopping (chimuf.ml.training.fit.watch: val_loss, patience,
 watched from `start_from_epoch` on, best weights restored) as a callback, so a trial that Keras
 Tuner trains with `model.fit` stops exactly where chimuf's own fit loop would.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from chimuf.ml.fit import Stopping, StopState, watch
+from chimuf.ml.training.fit import Stopping, StopState, watch
 
 
 class EarlyStoppingRule(keras.callbacks.Callback):

@@ -14,7 +14,7 @@ in a genuine file; a hostile one can make them differ, so each layer counts the 
 Every tensor's size per image is counted too (`largest_tensor`), so that UpSampling or padding
 cannot ask for an activation of billions of values.
 
-Layer types, each with a rule in chimuf.ml.layershapes: the ones chimuf's models use (InputLayer,
+Layer types, each with a rule in chimuf.ml.modelfiles.layershapes: the ones chimuf's models use (InputLayer,
 Rescaling, Conv2D, MaxPooling2D, Dropout, Flatten, Dense) and the ones an image classifier built
 with Keras may use (the other convolutions, poolings, normalisations, activations, reshapes,
 merges, image preprocessing layers, and nested Functional or Sequential models). Any other type
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chimuf.core.errors import ModelError
-from chimuf.ml.layershapes import CHIMUF_RULES, MAX_RANK, RULES, Shape, Unsized
+from chimuf.ml.modelfiles.layershapes import CHIMUF_RULES, MAX_RANK, RULES, Shape, Unsized
 
 # Values in any one tensor, per image. chimuf's largest possible model (512 px, a first conv of
 # 1024 filters: chimuf.core.config's bounds) has 512 * 512 * 1024 = 2**28; nothing real needs more.
