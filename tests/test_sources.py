@@ -79,7 +79,7 @@ def test_a_given_test_folder_is_the_test_split_exactly_and_only_the_rest_is_spli
     audit = audit_given(train, test)
     split = split_dataset(audit, SplitConfig(), seed=42)
     expected = sorted(f"test:{p.relative_to(test).as_posix()}" for p in test.rglob("*") if p.is_file())
-    assert split.test == expected and len(expected) == 8
+    assert sorted(split.test) == expected and len(expected) == 8
     assert split.given == ["test"]
     assert len(split.train) + len(split.validation) == 20  # every training image, none held out for test
     assert [c.validation for c in split.counts] == [1, 1]  # 12.5 % of the rest, per class
@@ -214,6 +214,44 @@ def test_the_same_photos_as_folders_nested_folders_and_a_csv_split_alike(tmp_pat
         splits[name] = by_content(audit, split_dataset(audit, SplitConfig(), seed=42))
     assert splits["folders"] == splits["nested"] == splits["csv"]
     assert set(splits["folders"].values()) == {"train", "validation", "test"}
+
+
+def test_the_same_photos_in_three_layouts_are_listed_and_folded_in_the_same_order(tmp_path):
+    """The split's lists and the k-fold's folds run in content order, so every training sees the same
+    photos in the same order, whatever the layout: the same numbers follow (see the slow test)."""
+    from chimuf.stages.kfold import make_folds
+
+    orders = {}
+    for name, sources in three_layouts(tmp_path, 16).items():
+        audit = audit_sources(sources, CFG, quiet())
+        split = split_dataset(audit, SplitConfig(), seed=42)
+        sha = {r.path: r.sha256 for r in audit.files}
+        lists = [[sha[p] for p in getattr(split, part)] for part in ("train", "validation", "test")]
+        folds = [[sha[p] for p in fold] for fold in make_folds(split, audit, 3, seed=42)]
+        orders[name] = (lists, folds)
+    assert orders["folders"] == orders["nested"] == orders["csv"]
+
+
+@pytest.mark.slow
+def test_the_same_photos_in_three_layouts_train_to_the_same_numbers(tmp_path):
+    """A tiny training of each layout's split, through the study's fit loop: identical losses."""
+    from chimuf.core.config import TrainConfig
+    from chimuf.ml.architectures.models import seeded_model
+    from chimuf.ml.training.fit import Stopping, fit
+
+    histories = {}
+    for name, sources in three_layouts(tmp_path, 16).items():
+        audit = audit_sources(sources, CFG, quiet())
+        split = split_dataset(audit, SplitConfig(), seed=42)
+        images = load_images(build_cache(audit, sources.data_dir, 32, tmp_path / f"cache-{name}", quiet()))
+        train, validation = images.rows(split.train), images.rows(split.validation)
+        model = seeded_model("model1", 32, None, "float32", 1e-3, seed=42)
+        result = fit(model, (images.images[train], images.labels[train]),
+                     (images.images[validation], images.labels[validation]),
+                     TrainConfig(epochs=2, batch_size=8), None, 42, tmp_path / f"work-{name}", quiet(), name,
+                     stopping=Stopping.fixed())
+        histories[name] = [(e.loss, e.accuracy, e.val_loss, e.val_accuracy) for e in result.history]
+    assert histories["folders"] == histories["nested"] == histories["csv"]
 
 
 @pytest.mark.slow

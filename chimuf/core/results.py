@@ -123,7 +123,7 @@ class SplitPrecision:
 @dataclass
 class SplitOutcome:
     classes: list[str]
-    train: list[str]  # relative paths, sorted
+    train: list[str]  # relative paths, in content order (SHA-256, then path)
     validation: list[str]
     test: list[str]
     counts: list[SplitCount]

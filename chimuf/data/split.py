@@ -26,7 +26,8 @@ as given, and only the other files are split: with a given test folder, validati
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from chimuf.core.errors import DataError
 from chimuf.core.proportions import images_for_half_width, worst_case_half_width
@@ -71,7 +72,10 @@ def split_dataset(audit: AuditOutcome, cfg: SplitConfig, seed: int, *,
     # 4. Assign, then make sure no split lost a class to a large group.
     bucket = assign_units(units, labels, len(audit.classes), [shares[s] for s in active], seed)  # (N,)
     split_of = {**{path: SPLITS[active[b]] for path, b in zip(paths, bucket.tolist(), strict=True)}, **fixed}
-    lists = {name: sorted(path for path, split in split_of.items() if split == name) for name in SPLITS}
+    # each list in content order too, so the trainings see the same photos in the same order
+    content = {r.path: (r.sha256, r.path) for r in usable}
+    lists = {name: sorted((path for path, split in split_of.items() if split == name),
+                          key=content.__getitem__) for name in SPLITS}
     label_of = {r.path: r.label for r in usable}
     counts = [SplitCount(label, *(sum(label_of[p] == label for p in lists[name]) for name in SPLITS))
               for label in audit.classes]
@@ -143,11 +147,12 @@ def small_split_warnings(split: SplitOutcome) -> list[str]:
 
 
 def fold_assignments(paths: list[str], labels: list[int], groups: list[list[str]], folds: int,
-                     seed: int) -> list[int]:
+                     seed: int, key: Callable[[str], Any] | None = None) -> list[int]:
     """Fold index (0 … folds-1) of each path: stratified, groups kept whole, deterministic.
 
     Members of `groups` that are not among `paths` are ignored (a group may reach into the test
-    split). The result does not depend on the order of `paths`.
+    split). The result does not depend on the order of `paths`; it is worked out in `key` order
+    (the study's: content, so the same photos in another layout fold alike; default: the path).
     """
     import numpy as np
 
@@ -157,8 +162,8 @@ def fold_assignments(paths: list[str], labels: list[int], groups: list[list[str]
         raise DataError("fold_assignments needs one label per path and no repeated path; got "
                         f"{len(paths)} paths ({len(set(paths))} distinct) and {len(labels)} labels")
 
-    # 1. Work in path order, so the folds depend on the set of files, not on how it was listed.
-    order = sorted(range(len(paths)), key=lambda i: paths[i])
+    # 1. Work in `key` order, so the folds depend on the set of files, not on how it was listed.
+    order = sorted(range(len(paths)), key=lambda i: (key or str)(paths[i]))
     sorted_paths = [paths[i] for i in order]
     sorted_labels = np.array([labels[i] for i in order], dtype=np.int64)  # (N,)
     classes = sorted(set(labels))

@@ -135,12 +135,14 @@ def run_kfold(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, audit
 
 
 def make_folds(split: SplitOutcome, audit: AuditOutcome, folds: int, seed: int) -> list[list[str]]:
-    """Held-out paths of each fold: train+validation, stratified, duplicate groups never cut."""
-    paths = sorted(split.train + split.validation)
+    """Held-out paths of each fold: train+validation, stratified, duplicate groups never cut; in
+    content order (SHA-256, then path), as the split's lists, so a layout's names change nothing."""
+    content = {r.path: (r.sha256, r.path) for r in audit.files}
+    paths = sorted(split.train + split.validation, key=content.__getitem__)
     label_of = {r.path: split.classes.index(r.label) for r in audit.files}
     labels = [label_of[p] for p in paths]
     groups = [*split.groups, *(g.files for g in audit.duplicate_groups)]
-    assignment = fold_assignments(paths, labels, groups, folds, seed)  # fold 0..folds-1 per path
+    assignment = fold_assignments(paths, labels, groups, folds, seed, key=content.__getitem__)
     return [[p for p, a in zip(paths, assignment, strict=True) if a == fold] for fold in range(folds)]
 
 
