@@ -75,7 +75,8 @@ def comparable(run_dir: Path) -> dict:
     """results.json less what differs between two runs by design: wall times, speeds, time stamps,
     the run's own name and folder, its stages' history. Everything else, every number included, must
     repeat exactly."""
-    varying = {"wall_s", "images_per_s", "started_at", "updated_at", "run_id"}
+    # a saved model's digest varies too: a .keras file records when it was saved
+    varying = {"wall_s", "images_per_s", "started_at", "updated_at", "run_id", "model_sha256"}
 
     def strip(value):
         if isinstance(value, dict):
