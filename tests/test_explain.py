@@ -466,3 +466,16 @@ def test_explain_errors_agrees_with_what_the_evaluate_stage_wrote(tmp_path, trai
     assert outcome.n_test == evaluation.n_images == len(split.test)
     assert {m.path for m in outcome.misclassified} <= set(split.test)
     assert len(outcome.activation_figures) == 2
+
+
+def test_an_odd_batch_is_evened_for_the_gradients_and_its_copy_dropped():
+    """TensorFlow 2.21's CPU filter gradient crashed on odd batches of small maps (chimuf.ml.gradcam):
+    an odd batch gets its last image again, and only the real images' maps come back."""
+    from chimuf.ml.gradcam import even_batch
+
+    pixels = np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3)
+    evened, ids = even_batch(pixels, [0, 1, 1])
+    assert evened.shape[0] == 4 and (evened[3] == pixels[2]).all() and ids == [0, 1, 1, 1]
+    same, same_ids = even_batch(pixels[:2], [0, 1])
+    assert same is pixels[:2] or (same == pixels[:2]).all()
+    assert same_ids == [0, 1]

@@ -125,13 +125,28 @@ def gradcam_maps(model: keras.Model, pixels: np.ndarray, layers: Sequence[str],
     """
     from tf_keras_vis.gradcam import Gradcam
 
+    n = len(pixels)
+    pixels, class_ids = even_batch(pixels, class_ids)
     gradcam = Gradcam(model, clone=False)
     score = class_score(class_ids)
     seed_input = pixels.astype(np.float32)  # raw 0-255: the model rescales inside
     with quiet_keras():
         return {layer: as_maps(gradcam(score, seed_input, penultimate_layer=layer,
-                                       seek_penultimate_conv_layer=False), len(pixels))
+                                       seek_penultimate_conv_layer=False), len(pixels))[:n]
                 for layer in layers}
+
+
+def even_batch(pixels: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    """`pixels` (N, S, S, 3) and `class_ids` with the last image repeated when N is odd.
+
+    Why: TensorFlow 2.21's CPU gradient of a strided convolution's filter (oneDNN) corrupted the
+    heap and crashed the process for odd batches of the modern recipe's small maps (1, 3, 5 or 7
+    images at 32 px; 2, 8 and 10 ran). Gradients are taken per image, so the copy changes no map;
+    callers drop its map.
+    """
+    if len(pixels) % 2 == 0:
+        return pixels, list(class_ids)
+    return np.concatenate([pixels, pixels[-1:]]), [*class_ids, class_ids[-1]]
 
 
 def method_maps(model: keras.Model, pixels: np.ndarray, layer: str, class_ids: Sequence[int],
@@ -145,9 +160,10 @@ def method_maps(model: keras.Model, pixels: np.ndarray, layer: str, class_ids: S
     from tf_keras_vis.scorecam import Scorecam
     from tf_keras_vis.utils.scores import CategoricalScore
 
+    n = len(pixels)
+    pixels, class_ids = even_batch(pixels, class_ids)  # see even_batch: odd batches crashed
     score = class_score(class_ids)
     seed_input = pixels.astype(np.float32)
-    n = len(pixels)
     channels = int(model.get_layer(layer).output.shape[-1])
     cam_args = {"penultimate_layer": layer, "seek_penultimate_conv_layer": False}
     with quiet_keras():
@@ -158,9 +174,10 @@ def method_maps(model: keras.Model, pixels: np.ndarray, layer: str, class_ids: S
         with seeded_numpy(seed):
             smooth = Saliency(model, clone=False)(score, seed_input, smooth_samples=SMOOTHGRAD_SAMPLES,
                                                   smooth_noise=SMOOTHGRAD_NOISE)
-    gradcam = gradcam_maps(model, pixels, [layer], class_ids)[layer]
-    return [("Grad-CAM", gradcam), ("Grad-CAM++", as_maps(plus, n)),
-            ("Score-CAM", as_maps(scorecam, n)), ("SmoothGrad", as_maps(smooth, n))]
+    gradcam = gradcam_maps(model, pixels[:n], [layer], class_ids[:n])[layer]
+    even = len(pixels)
+    return [("Grad-CAM", gradcam), ("Grad-CAM++", as_maps(plus, even)[:n]),
+            ("Score-CAM", as_maps(scorecam, even)[:n]), ("SmoothGrad", as_maps(smooth, even)[:n])]
 
 
 def as_maps(maps: Any, n: int) -> np.ndarray:

@@ -193,13 +193,19 @@ def float32_copy(model: keras.Model, linear_output: bool = False) -> keras.Model
     sigmoid dropped, so the copy gives the logit z instead of p = sigmoid(z).
 
     Why: a model trained in mixed bfloat16 computes in 8 significant bits; gradients of it
-    (Grad-CAM) and exports of it (TFLite, ONNX: bf16 kernels are rare there) want float32.
+    (Grad-CAM) and exports of it (TFLite, ONNX: bf16 kernels are rare there) want float32. chimuf's
+    FusedBatchNorm becomes Keras' BatchNormalization with the same four weights in the same order:
+    the copy computes the same function with ops every exporter and gradient knows (TensorFlow's
+    fused inference kernel, differentiated in a small model, crashed its CPU convolution gradient).
     """
     import keras
 
     output_layer = model.layers[-1].name  # Dense(1, sigmoid), as chimuf.ml.modelfiles.modelfile checked
 
     def float32_layer(layer: Any) -> Any:
+        if type(layer).__name__ == "FusedBatchNorm":
+            return keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon,
+                                                   name=layer.name, dtype="float32")
         config = layer.get_config()
         if not isinstance(layer, keras.layers.Layer):  # a bare op (keras.ops.add in MobileNetV3)
             config.pop("dtype", None)
