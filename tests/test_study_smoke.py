@@ -137,9 +137,11 @@ def test_smoke_study_leaves_tensorboard_logs_and_a_checked_tflite_model(smoke_ru
             assert list((out / "tensorboard" / name / part).glob("events.out.tfevents.*")), (name, part)
     assert list((out / "tensorboard" / "tune").glob("events.out.tfevents.*"))  # the HParams view
     export = json.loads((out / "results.json").read_text())["export"]
-    (tflite,) = export["exports"]
-    assert tflite["format"] == "tflite" and (out / tflite["path"]).is_file()
+    tflite, int8 = export["exports"]  # the float file and, by default, an int8 copy (export.quantize)
+    assert tflite["format"] == "tflite" and tflite["quantization"] == "" and (out / tflite["path"]).is_file()
     assert tflite["max_abs_difference"] <= 1e-4 and tflite["images_checked"] > 0
+    assert int8["quantization"] == "int8" and (out / int8["path"]).is_file()
+    assert int8["size_bytes"] < tflite["size_bytes"] and int8["test_accuracy"] == int8["test_accuracy"]
     sidecar = json.loads((out / export["sidecar_path"]).read_text())
     assert sidecar["threshold"] == export["threshold"] and sidecar["threshold_rule"]
 
