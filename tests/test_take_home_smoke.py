@@ -88,7 +88,8 @@ def test_the_exported_model_is_the_one_the_rule_chose(lean_run: Path) -> None:
     assert exported.read_bytes() == (lean_run / results.choose.model_path).read_bytes()
     sidecar = modelfile.read_sidecar(exported)
     assert sidecar.threshold == results.choose.threshold == results.export.threshold
-    assert [e.format for e in results.export.exports] == ["tflite"]
+    exports = [(e.format, e.quantization) for e in results.export.exports]
+    assert exports == [("tflite", ""), ("tflite", "int8")]  # the float file and its int8 copy
     assert (lean_run / results.export.exports[0].path).is_file()
 
 

@@ -191,7 +191,11 @@ def prediction_batch(model: keras.Model, budget: int | None = None) -> int:
 
 
 def largest_activation(model: keras.Model) -> int:
-    """Values per image of the largest tensor `model` computes, from its config (modelsize)."""
+    """Values per image of the largest tensor `model` computes, from its config (modelsize).
+
+    A layer modelsize cannot size (a user's own architecture, which the study loads again by the
+    digest it recorded, chimuf.ml.modelfiles.modelfile.vouch) is measured on the model Keras has
+    built: its layers' output shapes."""
     import json
 
     import keras
@@ -199,9 +203,24 @@ def largest_activation(model: keras.Model) -> int:
     cached = getattr(model, "_chimuf_largest_activation", None)
     if cached is None:
         config = json.loads(json.dumps(keras.saving.serialize_keras_object(model), default=str))
-        cached = modelsize.estimate(config).largest_tensor
+        try:
+            cached = modelsize.estimate(config).largest_tensor
+        except ModelError:
+            cached = built_largest_activation(model)
         model._chimuf_largest_activation = cached  # the config never changes once loaded
     return int(cached)
+
+
+def built_largest_activation(model: keras.Model) -> int:
+    """Values per image of the largest output of any layer of a built model."""
+    import keras
+
+    largest = 1
+    for layer in model.layers:
+        for output in keras.tree.flatten(layer.output):
+            values = np.prod([d for d in output.shape[1:] if d is not None], dtype=np.int64)
+            largest = max(largest, int(values))
+    return largest
 
 
 def averaged_probabilities(models: Sequence[keras.Model], pixels: np.ndarray, flips: bool) -> np.ndarray:
