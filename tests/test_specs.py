@@ -3,7 +3,6 @@ stage as it is fingerprinted; provenance in every stage; the stopping rule said 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
@@ -15,24 +14,17 @@ import pytest
 
 from chimuf.core import environment
 from chimuf.core.config import ModelFilesConfig, ReportConfig, load_config
-from chimuf.core.console import Console
 from chimuf.core.engine import Run, Upstream, fingerprinted
 from chimuf.core.results import STAGES, Results, RunInfo
 from chimuf.ml.training.fit import Stopping, StopState, watch
 from chimuf.stages.specs import AUDIT, BY_NAME, SPECS, TRAINING_STAGES, Setting
 from tests.conftest import make_dataset
+from tests.test_engine import Count, quiet_console
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class Count:
-    value: int
-
-
-def console() -> tuple[Console, io.StringIO]:
-    stream = io.StringIO()
-    return Console(stream=stream, live=False), stream
+console = quiet_console  # the engine tests' helpers: a Console writing to a string, a tiny outcome
 
 
 def test_the_specs_are_the_study_s_stages_in_their_order():

@@ -119,9 +119,6 @@ class StudyClock:
 
         return after_epoch
 
-    def unit_finished(self, stage: str, name: str) -> None:
-        self.done.add((stage, name))
-
 
 def training_epochs(max_epochs: int, start_from_epoch: int, patience: int) -> tuple[float, int, int]:
     """(estimate, fewest, most) epochs of a training with early stopping: it cannot stop before
