@@ -158,6 +158,12 @@ class FixedClock:
     def eta(self, stage: str, name: str):
         return lambda epoch, max_epochs, seconds: f"study ETA {epoch}m from {stage}/{name}"
 
+    def pooled(self, stage: str, slots: int) -> None:
+        pass
+
+    def unit_done(self, stage: str, name: str, epochs_run: int | None = None, learn: bool = True) -> None:
+        pass
+
 
 def test_with_the_users_callbacks_the_units_run_here_one_after_another_and_the_study_says_so(
         tmp_path, monkeypatch):
