@@ -184,3 +184,29 @@ def test_the_pretrained_baseline_is_planned_and_timed_without_its_weights(monkey
     assert [(w.stage, w.name, w.epochs) for w in made.work] == [("pretrained", "pretrained_head", 3),
                                                                 ("pretrained", "pretrained", 2)]
     assert probed == ["pretrained_mobilenet_v3_small"]
+
+
+def test_the_plan_knows_how_many_units_a_pool_runs_at_once_and_which_units_learn_from_each_other(
+        monkeypatch):
+    """The trainings and the folds run in a pool: the plan schedules them on its workers as the pool
+    will (its own rule on this machine's cores), and marks the units early stopping ends alike."""
+    from types import SimpleNamespace
+
+    from chimuf.core.config import load_config
+    from chimuf.ml.training.probe import Pace
+    from chimuf.stages import plan as plan_stage
+
+    pace = Pace(train_images_per_s=1e3, infer_images_per_s=1e3)
+    monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: pace)
+    monkeypatch.setattr(plan_stage, "local_gpus", lambda: [])
+    monkeypatch.setattr(plan_stage, "machine_cores", lambda: 2)
+    config = load_config(profile="smoke", overrides={"train": {"workers": 0, "threads_per_unit": 1},
+                                                     "kfold": {"early_stopping": True}})
+    split = SimpleNamespace(train=[0] * 40, validation=[0] * 10, test=[0] * 10)
+    made = plan_stage.plan_study(config, split)
+    assert made.slots == {"train": 2, "kfold": 2}
+    kinds = {w.stage: w.family for w in made.work}
+    assert kinds == {"train": "training", "final": "training", "kfold": "training", "tune": "tune",
+                     "modern": "modern"}
+    alone = plan_stage.plan_study(replace(config, train=replace(config.train, threads_per_unit=2)), split)
+    assert alone.slots == {"train": 1, "kfold": 1} and alone.total_s() > made.total_s()

@@ -193,6 +193,38 @@ def test_in_the_studys_process_a_recorded_failure_is_returned_and_any_other_is_r
         pool.run_units(ctx, [unit], Echo, workers=1, threads=1, monitor=Monitoring())
 
 
+
+def test_the_pool_tells_the_clock_its_width_the_units_reused_and_each_units_end(tmp_path, monkeypatch):
+    """The clock schedules a pooled stage on its workers and learns from the units that end: the
+    pool says how many run at once, which were reused, and when each ends (done or failed)."""
+    import functools
+
+    from chimuf.core.plan import Plan, StudyClock, Work
+
+    monkeypatch.setattr(pool, "local_gpus", lambda: [])
+    ctx = StageContext("train", tmp_path / "train", tmp_path, Console(stream=io.StringIO(), live=False))
+    plan = Plan(stages=["train"], work=[Work("train", name, 10, 5, 20, 1.0) for name in "abcd"])
+    clock = StudyClock(plan)
+    units = [pool.Unit(name, functools.partial(say_and_return, name=name)) for name in "abcd"]
+    pool.run_units(ctx, units[:1], Echo, workers=1, threads=1, monitor=Monitoring())  # a: saved
+    pool.run_units(ctx, units[:1], Echo, workers=2, threads=1, monitor=Monitoring(clock=clock))
+    assert clock.slots["train"] == 1 and ("train", "a") in clock.started and not clock.ran  # reused
+
+    clock.pooled("train", 2)  # as run_units says before it starts a pool of two
+    workers = pool.Pool(ctx, Echo, [None, None], 1, Monitoring(clock=clock), None)
+    workers.handle(("eta", "b", 1, 20, 1.0), [])
+    workers.handle(("eta", "c", 1, 20, 1.0), [])
+    workers.handle(("eta", "b", 2, 20, 1.0), [])
+    workers.handle(("done", "b"), [])  # not saved: a failure, no lesson on epochs
+    workers.handle(("eta", "c", 2, 20, 1.0), [])
+    workers.handle(("failed", "c", "ValueError: c cannot", False, 1.0), [])
+    assert ("train", "b") not in clock.running and ("train", "c") not in clock.running and not clock.ran
+    (ctx.dir / "units").mkdir(parents=True, exist_ok=True)
+    (ctx.dir / "units" / "d.json").write_text(json.dumps({"name": "d", "pid": 1}))
+    workers.handle(("eta", "d", 7, 20, 1.0), [])
+    workers.handle(("done", "d"), [])
+    assert clock.ran == {("train", "d"): 7}
+
 @pytest.mark.slow
 def test_units_run_in_workers_a_killed_one_fails_in_one_line_and_the_rest_go_on(tmp_path, monkeypatch):
     import functools
