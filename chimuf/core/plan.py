@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from chimuf.core.console import format_seconds
 
 MIN_FINISHED_FOR_MEDIAN = 2  # as chimuf.tuning.pruning: the first trials are never pruned
+TRAINING = "training"  # the kind of the units early stopping ends alike: the six, the final model, folds
 
 Span = tuple[float, float, float]  # seconds: the estimate, the fewest, the most
 
@@ -107,6 +108,10 @@ class Plan:
             out.append(f"  {stage:<8} {len(units):>2} x up to {max(w.most for w in units):>3} epochs "
                        f"({fewest}-{most} epochs in all, {pace} each{at_once}): about "
                        f"{format_seconds(self.stage_span(stage)[0])}")
+        if self.fixed:
+            parts = ", ".join(f"{stage} {format_seconds(seconds)}" for stage, seconds in self.fixed.items())
+            out.append(f"  and the stages that train nothing: {parts}: about "
+                       f"{format_seconds(sum(self.fixed.values()))}")
         low, high = self.range_s()
         out.append(f"  expected about {format_seconds(self.total_s())} (between {format_seconds(low)} and "
                    f"{format_seconds(high)}, as early stopping and pruning decide)")

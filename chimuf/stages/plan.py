@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from chimuf.core.config import StudyConfig
 from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
-from chimuf.core.plan import Plan, Work, training_epochs, trial_epochs
+from chimuf.core.plan import TRAINING, Plan, Work, training_epochs, trial_epochs
 from chimuf.core.results import STAGES, SplitOutcome
 from chimuf.ml.architectures.models import build_model, compile_model, resolve_precision
 from chimuf.ml.architectures.modern import build_modern, compile_modern
@@ -29,7 +29,6 @@ from chimuf.tuning.space import search_space
 # and an epoch's cost grows faster than linearly with the widths, so their mean is not the middle
 # point's (the paper run: timed at the middle, 20 s an epoch; its trials ran 14-34 s).
 SPACE_QUANTILES = (1 / 6, 1 / 2, 5 / 6)
-TRAINING = "training"  # the kind of unit early stopping ends alike: the six, the final model, the folds
 POOLED = ("train", "kfold")  # the stages whose units run in a pool (chimuf.ml.training.pool.run_units)
 
 
