@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from chimuf.core.plan import TRAINING, Plan, StudyClock, Work
+from chimuf.core.plan import TRAINING, Plan, StudyClock, Work, trial_unit
 
 TARGET = 0.25
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
@@ -141,7 +141,7 @@ def reclock(lines: list[tuple[float, str]]) -> list[Said]:
         elif (m := STOPPED.match(text)) is not None:
             clock.unit_done(stage, m.group(1), int(m.group(2)))
         elif (m := EPOCH.match(text)) is not None and "study ETA" in text:
-            unit = m.group(1) or f"trial_{int(m.group(6)) - 1}"
+            unit = m.group(1) or trial_unit(int(m.group(6)) - 1)  # "trial 4/10" is trial_3
             epoch, most = (int(g) for g in m.groups()[1:5] if g)  # a unit's epoch/max, or a trial's
             took = TOOK.findall(text[:text.index("study ETA")])
             name(clock, stage, unit)

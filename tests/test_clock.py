@@ -3,7 +3,7 @@ finished, and the stages whose units run several at a time in a pool."""
 
 from __future__ import annotations
 
-from chimuf.core.plan import Plan, StudyClock, Work, schedule
+from chimuf.core.plan import Plan, StudyClock, Work, schedule, trial_unit
 
 
 def run(clock: StudyClock, stage: str, name: str, epochs: range, epoch_s: float, most: int = 20) -> str:
@@ -105,3 +105,13 @@ def test_schedule_gives_each_waiting_unit_to_the_first_free_worker():
     assert schedule([], [(4, 4, 4)] * 3, 2) == (8, 8, 8)  # the third waits for a worker
     assert schedule([(10, 10, 10), (1, 1, 1)], [(3, 3, 3)], 2) == (10, 10, 10)  # it fits beside the long one
     assert schedule([(5, 0, 9)], [], 4) == (5, 0, 9)
+
+
+def test_a_trial_is_the_same_unit_to_keras_tuner_and_to_the_plan():
+    """Keras Tuner pads its ids to the budget's digits ("03" of 10 trials): unmatched, the clock
+    took every trial of the paper's search for a unit it did not know and waited for all ten."""
+    assert trial_unit("03") == trial_unit("3") == trial_unit(3) == "trial_3"
+    plan = Plan(stages=["tune"], work=[Work("tune", trial_unit(i), 10, 5, 20, 1.0) for i in range(10)])
+    clock = StudyClock(plan)
+    clock.eta("tune", trial_unit("00"))(1, 20, 1.0)
+    assert ("tune", "trial_0") in clock.running and clock.running[("tune", "trial_0")].unit is plan.work[0]

@@ -273,6 +273,12 @@ class StudyClock:
         return total[0], total[1], total[2]
 
 
+def trial_unit(trial_id: str | int) -> str:
+    """A tuning trial's name to the plan and the clock: Keras Tuner's ids are zero-padded to the
+    budget's digits ("03" of 10 trials) where the plan counts from 0; both are `trial_3`."""
+    return f"trial_{int(trial_id)}"
+
+
 def training_epochs(max_epochs: int, start_from_epoch: int, patience: int) -> tuple[float, int, int]:
     """(estimate, fewest, most) epochs of a training with early stopping: it cannot stop before
     epoch start_from_epoch + 1 + patience; the estimate adds half a patience (the paper run's

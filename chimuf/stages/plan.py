@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from chimuf.core.config import StudyConfig
 from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
-from chimuf.core.plan import TRAINING, Plan, Work, training_epochs, trial_epochs
+from chimuf.core.plan import TRAINING, Plan, Work, training_epochs, trial_epochs, trial_unit
 from chimuf.core.results import STAGES, SplitOutcome
 from chimuf.ml.architectures.models import build_model, compile_model, resolve_precision
 from chimuf.ml.architectures.modern import build_modern, compile_modern
@@ -65,7 +65,7 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
     for index in range(u.max_trials) if tuned and "tune" not in done else ():
         e, low, high = trial_epochs(index, u.epochs, t.start_from_epoch, t.patience,
                                     u.prune_after if u.prune else None)
-        work.append(Work("tune", f"trial_{index}", e, low, high, tuned.epoch_s(n_train, n_val)))
+        work.append(Work("tune", trial_unit(index), e, low, high, tuned.epoch_s(n_train, n_val)))
     if tuned and "final" not in done:
         work.append(Work("final", "final", epochs, fewest, most, tuned.epoch_s(n_train, n_val), TRAINING))
     k = config.kfold
