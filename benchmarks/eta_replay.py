@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from chimuf.core.plan import TRAINING, Plan, StudyClock, Work, trial_unit
+from chimuf.core.results import STAGES
 
 TARGET = 0.25
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
@@ -45,7 +46,6 @@ POOL = re.compile(r"^  \d+ units in (\d+) worker processes")
 EPOCH = re.compile(r"^  (?:(\S+) epoch (\d+)/(\d+)|epoch (\d+)/(\d+) of trial (\d+)/\d+(?: on \S+)?): ")
 STOPPED = re.compile(r"^  (\S+): stopped early after epoch (\d+);")
 TOOK = re.compile(r" in ((?:\d+[hms])+)\b")
-STAGES = ("train", "tune", "final", "kfold", "modern", "pretrained", "own", "report")  # as they run
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,7 @@ def plan_of(block: list[str]) -> Plan:
             fixed = {name: seconds(took) for name, took in (part.split() for part in m.group(1).split(", "))}
         elif (m := PLAN_TOTAL.match(text)) is not None and not fixed:  # a log from before the fixed line:
             fixed = {"report": max(0.0, seconds(m.group(1)) - trained)}  # all of it at the end
-    return Plan(stages=["audit", "split", "cache", *STAGES[:-1], "evaluate", "labels", "explain", "beyond",
-                        "choose", "export", "report"], work=work, fixed=fixed, slots=slots)
+    return Plan(stages=list(STAGES), work=work, fixed=fixed, slots=slots)
 
 
 def reclock(lines: list[tuple[float, str]]) -> list[Said]:

@@ -245,9 +245,10 @@ class StudyClock:
         until its last), to its fewest (none when it may stop after this one), to its most."""
         expected = self.epochs(run.unit) if run.unit is not None else run.max_epochs
         fewest = run.unit.fewest if run.unit is not None else run.max_epochs
-        epochs = (min(run.max_epochs, max(expected, run.epoch + 1)) - run.epoch,
-                  max(0, min(run.max_epochs, fewest) - run.epoch), run.max_epochs - run.epoch)
-        return tuple(max(0.0, e) * run.epoch_s() for e in epochs)  # type: ignore[return-value]
+        to_estimate = min(run.max_epochs, max(expected, run.epoch + 1)) - run.epoch
+        to_fewest = max(0, min(run.max_epochs, fewest) - run.epoch)
+        pace = run.epoch_s()
+        return to_estimate * pace, to_fewest * pace, max(0, run.max_epochs - run.epoch) * pace
 
     def waiting(self, unit: Work) -> Span:
         """Seconds of a unit not started: its epochs at its planned pace times this run's."""
