@@ -203,27 +203,33 @@ def test_the_pool_tells_the_clock_its_width_the_units_reused_and_each_units_end(
 
     monkeypatch.setattr(pool, "local_gpus", lambda: [])
     ctx = StageContext("train", tmp_path / "train", tmp_path, Console(stream=io.StringIO(), live=False))
-    plan = Plan(stages=["train"], work=[Work("train", name, 10, 5, 20, 1.0) for name in "abcd"])
+    plan = Plan(stages=["train"], work=[Work("train", name, 10, 5, 20, 1.0) for name in "abcdef"])
     clock = StudyClock(plan)
-    units = [pool.Unit(name, functools.partial(say_and_return, name=name)) for name in "abcd"]
-    pool.run_units(ctx, units[:1], Echo, workers=1, threads=1, monitor=Monitoring())  # a: saved
-    pool.run_units(ctx, units[:1], Echo, workers=2, threads=1, monitor=Monitoring(clock=clock))
+    a, b = (pool.Unit(name, functools.partial(say_and_return, name=name)) for name in "ab")
+    pool.run_units(ctx, [a], Echo, workers=1, threads=1, monitor=Monitoring())  # a: saved
+    pool.run_units(ctx, [a], Echo, workers=2, threads=1, monitor=Monitoring(clock=clock))
     assert clock.slots["train"] == 1 and ("train", "a") in clock.started and not clock.ran  # reused
+    failing = pool.Unit("e", functools.partial(fail, name="e"))
+    pool.run_units(ctx, [failing], Echo, workers=1, threads=1, monitor=Monitoring(clock=clock),
+                   recorded=lambda: (ValueError,))  # in this process: a failure teaches nothing
+    pool.run_units(ctx, [b], Echo, workers=1, threads=1, monitor=Monitoring(clock=clock))
+    assert clock.ran == {("train", "b"): 1} and not clock.running  # b said epoch 1 of 2, then ended
 
+    clock = StudyClock(plan)
     clock.pooled("train", 2)  # as run_units says before it starts a pool of two
     workers = pool.Pool(ctx, Echo, [None, None], 1, Monitoring(clock=clock), None)
-    workers.handle(("eta", "b", 1, 20, 1.0), [])
     workers.handle(("eta", "c", 1, 20, 1.0), [])
-    workers.handle(("eta", "b", 2, 20, 1.0), [])
-    workers.handle(("done", "b"), [])  # not saved: a failure, no lesson on epochs
+    workers.handle(("eta", "d", 1, 20, 1.0), [])
     workers.handle(("eta", "c", 2, 20, 1.0), [])
-    workers.handle(("failed", "c", "ValueError: c cannot", False, 1.0), [])
-    assert ("train", "b") not in clock.running and ("train", "c") not in clock.running and not clock.ran
-    (ctx.dir / "units").mkdir(parents=True, exist_ok=True)
-    (ctx.dir / "units" / "d.json").write_text(json.dumps({"name": "d", "pid": 1}))
-    workers.handle(("eta", "d", 7, 20, 1.0), [])
-    workers.handle(("done", "d"), [])
-    assert clock.ran == {("train", "d"): 7}
+    workers.handle(("done", "c"), [])  # its outcome cannot be read back: a failure, no lesson
+    workers.handle(("eta", "d", 2, 20, 1.0), [])
+    workers.handle(("failed", "d", "ValueError: d cannot", False, 1.0), [])
+    assert not clock.running and not clock.ran
+    (ctx.dir / "units" / "f.json").write_text(json.dumps({"name": "f", "pid": 1}))
+    workers.handle(("eta", "f", 7, 20, 1.0), [])
+    workers.handle(("done", "f"), [])
+    assert clock.ran == {("train", "f"): 7}
+
 
 @pytest.mark.slow
 def test_units_run_in_workers_a_killed_one_fails_in_one_line_and_the_rest_go_on(tmp_path, monkeypatch):

@@ -142,9 +142,14 @@ def run_here(ctx: StageContext, unit: Unit[T], outcome_type: type[T], monitor: M
              recorded: Recorded | None) -> T | UnitFailure:
     started, caught = time.monotonic(), recorded() if recorded else ()
     try:
-        return ctx.unit(unit.name, outcome_type, functools.partial(unit.work, ctx, monitor))
+        outcome = ctx.unit(unit.name, outcome_type, functools.partial(unit.work, ctx, monitor))
     except caught as exc:
+        if monitor.clock is not None:  # a failure: no lesson on epochs
+            monitor.clock.unit_done(ctx.name, unit.name, learn=False)
         return UnitFailure(unit.name, f"{type(exc).__name__}: {exc}", False, time.monotonic() - started)
+    if monitor.clock is not None:
+        monitor.clock.unit_done(ctx.name, unit.name)
+    return outcome
 
 
 def saved_outcome(ctx: StageContext, name: str, outcome_type: type[T]) -> T | None:
