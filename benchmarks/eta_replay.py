@@ -96,7 +96,8 @@ def read_log(path: Path) -> tuple[list[Said], float]:
 
 def plan_of(block: list[str]) -> Plan:
     """The plan a run printed, rebuilt: each stage's units alike (its printed epochs and seconds
-    shared evenly), named `stage#i` until their own names show up in the log."""
+    shared evenly; the trainings, the final model and the folds one kind), named `stage#i` until
+    their own names show up in the log."""
     work, slots, fixed, trained = [], {}, {}, 0.0
     for text in block:
         if (m := PLAN_STAGE.match(text)) is not None:
