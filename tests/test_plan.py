@@ -149,22 +149,6 @@ def test_tuned_trials_are_planned_at_the_mean_pace_over_the_search_space(monkeyp
     assert "three points of its search space" in " ".join(made.notes)
 
 
-def test_eta_replay_compares_what_the_clock_said_with_the_real_time_left(tmp_path, capsys):
-    from benchmarks import eta_replay
-
-    log = tmp_path / "study.log"
-    log.write_text("2026-12-05 10:00:00 [train] running\n"
-                   "2026-12-05 10:01:00   model1 epoch 1/9: loss 0.7 in 60s; study ETA 8m (6m-12m)\n"
-                   "2026-12-05 10:05:00   model1 epoch 5/9: loss 0.6 in 60s; study ETA 1h02m\n"
-                   "2026-12-05 10:10:00 [report] done in 1s\n")
-    said, total = eta_replay.read_log(log)
-    assert total == 600 and [s.at_s for s in said] == [60, 300]
-    assert said[0] == eta_replay.Said(60, 480, 360, 720) and said[1].eta_s == 3720 and said[1].low_s is None
-    assert eta_replay.main([str(log), "--at", "0.1"]) == 0
-    # at 10 %: 8 min said, 9 min really left: ratio 0.89, inside ±25 % and inside the range
-    assert "| 10% | 8.0 min | 6.0-12.0 min | 9.0 min | 0.89 | yes | yes |" in capsys.readouterr().out
-
-
 def test_the_pretrained_baseline_is_planned_and_timed_without_its_weights(monkeypatch):
     """The plan and the clock count the pretrained stage (both its phases), timed on the backbone
     with random weights: no download, no weights file needed to plan."""
@@ -184,3 +168,29 @@ def test_the_pretrained_baseline_is_planned_and_timed_without_its_weights(monkey
     assert [(w.stage, w.name, w.epochs) for w in made.work] == [("pretrained", "pretrained_head", 3),
                                                                 ("pretrained", "pretrained", 2)]
     assert probed == ["pretrained_mobilenet_v3_small"]
+
+
+def test_the_plan_knows_how_many_units_a_pool_runs_at_once_and_which_units_learn_from_each_other(
+        monkeypatch):
+    """The trainings and the folds run in a pool: the plan schedules them on its workers as the pool
+    will (its own rule on this machine's cores), and marks the units early stopping ends alike."""
+    from types import SimpleNamespace
+
+    from chimuf.core.config import load_config
+    from chimuf.ml.training.probe import Pace
+    from chimuf.stages import plan as plan_stage
+
+    pace = Pace(train_images_per_s=1e3, infer_images_per_s=1e3)
+    monkeypatch.setattr(plan_stage, "probe", lambda model, *args, **kwargs: pace)
+    monkeypatch.setattr(plan_stage, "local_gpus", lambda: [])
+    monkeypatch.setattr(plan_stage, "machine_cores", lambda: 2)
+    config = load_config(profile="smoke", overrides={"train": {"workers": 0, "threads_per_unit": 1},
+                                                     "kfold": {"early_stopping": True}})
+    split = SimpleNamespace(train=[0] * 40, validation=[0] * 10, test=[0] * 10)
+    made = plan_stage.plan_study(config, split)
+    assert made.slots == {"train": 2, "kfold": 2}
+    kinds = {w.stage: w.family for w in made.work}
+    assert kinds == {"train": "training", "final": "training", "kfold": "training", "tune": "tune",
+                     "modern": "modern"}
+    alone = plan_stage.plan_study(replace(config, train=replace(config.train, threads_per_unit=2)), split)
+    assert alone.slots == {"train": 1, "kfold": 1} and alone.total_s() > made.total_s()

@@ -158,6 +158,12 @@ class FixedClock:
     def eta(self, stage: str, name: str):
         return lambda epoch, max_epochs, seconds: f"study ETA {epoch}m from {stage}/{name}"
 
+    def pooled(self, stage: str, slots: int) -> None:
+        pass
+
+    def unit_done(self, stage: str, name: str, epochs_run: int | None = None, learn: bool = True) -> None:
+        pass
+
 
 def test_with_the_users_callbacks_the_units_run_here_one_after_another_and_the_study_says_so(
         tmp_path, monkeypatch):
@@ -185,6 +191,44 @@ def test_in_the_studys_process_a_recorded_failure_is_returned_and_any_other_is_r
     assert failure == pool.UnitFailure("c", "ValueError: c cannot", False, failure.wall_s)
     with pytest.raises(ValueError, match="c cannot"):
         pool.run_units(ctx, [unit], Echo, workers=1, threads=1, monitor=Monitoring())
+
+
+
+def test_the_pool_tells_the_clock_its_width_the_units_reused_and_each_units_end(tmp_path, monkeypatch):
+    """The clock schedules a pooled stage on its workers and learns from the units that end: the
+    pool says how many run at once, which were reused, and when each ends (done or failed)."""
+    import functools
+
+    from chimuf.core.plan import Plan, StudyClock, Work
+
+    monkeypatch.setattr(pool, "local_gpus", lambda: [])
+    ctx = StageContext("train", tmp_path / "train", tmp_path, Console(stream=io.StringIO(), live=False))
+    plan = Plan(stages=["train"], work=[Work("train", name, 10, 5, 20, 1.0) for name in "abcdef"])
+    clock = StudyClock(plan)
+    a, b = (pool.Unit(name, functools.partial(say_and_return, name=name)) for name in "ab")
+    pool.run_units(ctx, [a], Echo, workers=1, threads=1, monitor=Monitoring())  # a: saved
+    pool.run_units(ctx, [a], Echo, workers=2, threads=1, monitor=Monitoring(clock=clock))
+    assert clock.slots["train"] == 1 and ("train", "a") in clock.started and not clock.ran  # reused
+    failing = pool.Unit("e", functools.partial(fail, name="e"))
+    pool.run_units(ctx, [failing], Echo, workers=1, threads=1, monitor=Monitoring(clock=clock),
+                   recorded=lambda: (ValueError,))  # in this process: a failure teaches nothing
+    pool.run_units(ctx, [b], Echo, workers=1, threads=1, monitor=Monitoring(clock=clock))
+    assert clock.ran == {("train", "b"): 1} and not clock.running  # b said epoch 1 of 2, then ended
+
+    clock = StudyClock(plan)
+    clock.pooled("train", 2)  # as run_units says before it starts a pool of two
+    workers = pool.Pool(ctx, Echo, [None, None], 1, Monitoring(clock=clock), None)
+    workers.handle(("eta", "c", 1, 20, 1.0), [])
+    workers.handle(("eta", "d", 1, 20, 1.0), [])
+    workers.handle(("eta", "c", 2, 20, 1.0), [])
+    workers.handle(("done", "c"), [])  # its outcome cannot be read back: a failure, no lesson
+    workers.handle(("eta", "d", 2, 20, 1.0), [])
+    workers.handle(("failed", "d", "ValueError: d cannot", False, 1.0), [])
+    assert not clock.running and not clock.ran
+    (ctx.dir / "units" / "f.json").write_text(json.dumps({"name": "f", "pid": 1}))
+    workers.handle(("eta", "f", 7, 20, 1.0), [])
+    workers.handle(("done", "f"), [])
+    assert clock.ran == {("train", "f"): 7}
 
 
 @pytest.mark.slow

@@ -15,11 +15,12 @@ from dataclasses import replace
 
 from chimuf.core.config import StudyConfig
 from chimuf.core.hyperparameters import PAPER_BEST, Hyperparameters
-from chimuf.core.plan import Plan, Work, training_epochs, trial_epochs
+from chimuf.core.plan import TRAINING, Plan, Work, training_epochs, trial_epochs, trial_unit
 from chimuf.core.results import STAGES, SplitOutcome
 from chimuf.ml.architectures.models import build_model, compile_model, resolve_precision
 from chimuf.ml.architectures.modern import build_modern, compile_modern
 from chimuf.ml.architectures.pretrained import build_pretrained, compile_pretrained
+from chimuf.ml.training.pool import local_gpus, machine_cores, worker_slots
 from chimuf.ml.training.probe import Pace, mean_pace, probe
 from chimuf.tuning.space import search_space
 
@@ -28,6 +29,7 @@ from chimuf.tuning.space import search_space
 # and an epoch's cost grows faster than linearly with the widths, so their mean is not the middle
 # point's (the paper run: timed at the middle, 20 s an epoch; its trials ran 14-34 s).
 SPACE_QUANTILES = (1 / 6, 1 / 2, 5 / 6)
+POOLED = ("train", "kfold")  # the stages whose units run in a pool (chimuf.ml.training.pool.run_units)
 
 
 def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] = (),
@@ -54,8 +56,8 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
     work: list[Work] = []
     for number in t.models if "train" not in done else ():  # timed with augmentation
         pace = paced(f"model{number}").epoch_s(n_train, n_val)
-        work += [Work("train", f"model{number}", epochs, fewest, most, pace),
-                 Work("train", f"model{number}_aug", epochs, fewest, most, pace)]
+        work += [Work("train", f"model{number}", epochs, fewest, most, pace, TRAINING),
+                 Work("train", f"model{number}_aug", epochs, fewest, most, pace, TRAINING)]
     tuned_left = [stage for stage in ("tune", "final", "kfold") if stage not in done]
     paces = [paced("tuned", point) for point in points] if tuned_left else []
     tuned = mean_pace(paces) if paces else None
@@ -63,9 +65,9 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
     for index in range(u.max_trials) if tuned and "tune" not in done else ():
         e, low, high = trial_epochs(index, u.epochs, t.start_from_epoch, t.patience,
                                     u.prune_after if u.prune else None)
-        work.append(Work("tune", f"trial_{index}", e, low, high, tuned.epoch_s(n_train, n_val)))
+        work.append(Work("tune", trial_unit(index), e, low, high, tuned.epoch_s(n_train, n_val)))
     if tuned and "final" not in done:
-        work.append(Work("final", "final", epochs, fewest, most, tuned.epoch_s(n_train, n_val)))
+        work.append(Work("final", "final", epochs, fewest, most, tuned.epoch_s(n_train, n_val), TRAINING))
     k = config.kfold
     if k.early_stopping:
         fold = (epochs, fewest, k.epochs or t.epochs)
@@ -73,7 +75,8 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
         kept = k.epochs or max(1, round(epochs - t.patience))  # the final model's kept epoch
         fold = (float(kept), kept if k.epochs else 1, kept if k.epochs else t.epochs)
     for number in range(1, k.folds + 1) if tuned and "kfold" not in done else ():
-        work.append(Work("kfold", f"fold{number}", *fold, tuned.epoch_s(n_fold_train, n_fold_held)))
+        work.append(Work("kfold", f"fold{number}", *fold, tuned.epoch_s(n_fold_train, n_fold_held),
+                         TRAINING if k.early_stopping else ""))
     if config.modern.enabled and "modern" not in done:
         m = config.modern
         model = build_modern(size, m, precision)
@@ -93,7 +96,19 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
     if off:
         notes.append(f"switched off by the config: {', '.join(s for s in STAGES if s in off)}")
     fixed = {stage: seconds for stage, seconds in fixed_seconds(config, split).items() if stage not in done}
-    return Plan(stages=list(STAGES), work=work, fixed=fixed, notes=notes)
+    return Plan(stages=list(STAGES), work=work, fixed=fixed, notes=notes, slots=pool_widths(config, work))
+
+
+def pool_widths(config: StudyConfig, work: list[Work]) -> dict[str, int]:
+    """How many units of each pooled stage (the trainings, the folds) will run at once: the pool's
+    own rule (chimuf.ml.training.pool) on this machine; the pool says it again as it starts."""
+    t = config.train
+    counts = {stage: sum(w.stage == stage for w in work) for stage in POOLED}
+    if not any(counts.values()):
+        return {}
+    gpus, cores = local_gpus(), machine_cores()
+    return {stage: len(worker_slots(t.workers, t.threads_per_unit, cores, gpus, count))
+            for stage, count in counts.items() if count}
 
 
 def pretrained_work(config: StudyConfig, n_train: int, n_val: int) -> list[Work]:

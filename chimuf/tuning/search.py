@@ -33,7 +33,7 @@ from keras_tuner.src import config as kt_config
 from chimuf.core.console import Console, Progress, format_seconds
 from chimuf.core.errors import Interrupted
 from chimuf.core.files import atomic_write_json, read_json
-from chimuf.core.plan import StudyClock
+from chimuf.core.plan import StudyClock, trial_unit
 from chimuf.core.results import EpochRecord, Trial, from_jsonable
 from chimuf.ml.architectures.models import build_model, compile_model
 from chimuf.ml.training.fit import batch_status, describe
@@ -183,7 +183,7 @@ class SearchTuner(kt.Tuner):
         label = epoch_label(trial, self.oracle.max_trials, epoch + 1, self.watch.max_epochs)
         left = ""
         if self.watch.clock is not None:
-            eta = self.watch.clock.eta("tune", f"trial_{trial.trial_id}")
+            eta = self.watch.clock.eta("tune", trial_unit(trial.trial_id))
             left = f"; {eta(epoch + 1, self.watch.max_epochs, record.wall_s)}"
         self.console.info(f"  {label}: {describe(record)} in {format_seconds(record.wall_s)}{pruned}{left}")
 

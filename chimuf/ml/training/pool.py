@@ -15,10 +15,10 @@ one after another, as they always did.
 Workers live for the whole stage and take one unit after another, because starting TensorFlow
 costs seconds to tens of seconds per process. A worker that dies (killed, out of memory) fails
 its unit with a one-line error and is replaced; the unit's checkpoints stay, so a rerun resumes
-it. The study's clock lives in the study's process: a worker asks it for the ETA after each
-epoch, and the ETA adds the units in flight as if they ran one after another (it overstates the
-time left of a stage in flight by up to the pool's size; see docs/parallel.md). Multi-GPU: one
-worker per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES).
+it. The study's clock lives in the study's process: it is told how many units run at once, a
+worker asks it for the ETA after each epoch, and it hears when each unit ends (chimuf.core.plan
+schedules the stage's units on its workers; see docs/parallel.md). Multi-GPU: one worker per GPU,
+each seeing only its own (CUDA_VISIBLE_DEVICES).
 """
 
 from __future__ import annotations
@@ -123,12 +123,16 @@ def run_units(ctx: StageContext, units: Sequence[Unit[T]], outcome_type: type[T]
     In the study's process (one worker, one unit left to run, or the user's callbacks) a fatal
     failure is raised as it is, as before there was a pool.
     """
-    waiting = sum(saved_outcome(ctx, unit.name, outcome_type) is None for unit in units)
-    slots = worker_slots(workers, threads, machine_cores(), local_gpus(), waiting)
+    saved = [unit.name for unit in units if saved_outcome(ctx, unit.name, outcome_type) is not None]
+    slots = worker_slots(workers, threads, machine_cores(), local_gpus(), len(units) - len(saved))
     if len(slots) > 1 and monitor.callbacks:
         ctx.console.info(f"  Keras callbacks cannot cross processes: the {len(units)} units run one after "
                          "another in this process")
         slots = slots[:1]
+    if monitor.clock is not None:
+        monitor.clock.pooled(ctx.name, len(slots))
+        for name in saved:  # reused: the clock no longer waits for them
+            monitor.clock.unit_done(ctx.name, name, learn=False)
     if len(slots) <= 1:
         return [run_here(ctx, unit, outcome_type, monitor, recorded) for unit in units]
     return Pool(ctx, outcome_type, slots, threads, monitor, recorded).run(units)
@@ -138,9 +142,14 @@ def run_here(ctx: StageContext, unit: Unit[T], outcome_type: type[T], monitor: M
              recorded: Recorded | None) -> T | UnitFailure:
     started, caught = time.monotonic(), recorded() if recorded else ()
     try:
-        return ctx.unit(unit.name, outcome_type, functools.partial(unit.work, ctx, monitor))
+        outcome = ctx.unit(unit.name, outcome_type, functools.partial(unit.work, ctx, monitor))
     except caught as exc:
+        if monitor.clock is not None:  # a failure: no lesson on epochs
+            monitor.clock.unit_done(ctx.name, unit.name, learn=False)
         return UnitFailure(unit.name, f"{type(exc).__name__}: {exc}", False, time.monotonic() - started)
+    if monitor.clock is not None:
+        monitor.clock.unit_done(ctx.name, unit.name)
+    return outcome
 
 
 def saved_outcome(ctx: StageContext, name: str, outcome_type: type[T]) -> T | None:
@@ -237,13 +246,17 @@ class Pool(Generic[T]):
             outcome = saved_outcome(self.ctx, unit, self.outcome_type)
             self.results[unit] = outcome if outcome is not None else UnitFailure(
                 unit, f"{unit}: its worker finished but units/{unit}.json cannot be read back", True)
-            self.free(unit, workers)
+            self.free(unit, workers, finished=outcome is not None)
         elif kind == "failed":
             _, _, error, fatal, wall_s = event
             self.results[unit] = UnitFailure(unit, error, fatal, wall_s)
             self.free(unit, workers)
 
-    def free(self, unit: str, workers: list[Worker]) -> None:
+    def free(self, unit: str, workers: list[Worker], finished: bool = False) -> None:
+        """`unit` has ended: its worker takes the next; the clock stops waiting for it and, when it
+        `finished` (early stopping decided its end, not a failure), learns its epochs."""
+        if self.monitor.clock is not None:
+            self.monitor.clock.unit_done(self.ctx.name, unit, learn=finished)
         for worker in workers:
             if worker.unit == unit:
                 worker.unit = None
@@ -262,7 +275,7 @@ class Pool(Generic[T]):
             self.results[unit] = outcome if outcome is not None else UnitFailure(
                 unit, death_message(unit, worker.process.pid, worker.process.exitcode), False,
                 time.monotonic() - worker.started)
-            worker.unit = None
+            self.free(unit, [worker], finished=outcome is not None)
         return self.start(worker.slot) if replace else worker
 
     def stop(self, workers: list[Worker]) -> None:
