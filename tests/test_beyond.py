@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -290,3 +291,43 @@ def test_the_modern_stage_trains_resumably_and_keeps_its_best_epoch(tiny_run):
     assert rates[0] > 0 and rates[-1] < max(rates)  # warmed up, then decaying
     again = train_modern(ctx, cache, split, cfg, TrainConfig(precision="float32"), AugmentConfig(), seed=3)
     assert [r.val_loss for r in again.history] == [r.val_loss for r in outcome.history]  # not retrained
+
+
+@pytest.mark.slow
+def test_the_modern_recipe_trained_on_smaller_images_is_saved_taking_the_studys_side(tiny_run, tmp_path):
+    """train_scale < 1: trained on a cache of smaller images, then the same weights in a model of the
+    study's side, the file every later stage opens (and trusts by its new digest)."""
+    import tensorflow as tf
+
+    from chimuf.stages.train import train_modern
+
+    run_dir, cache, split = tiny_run
+    big = np.load(cache.images_path)
+    np.save(tmp_path / "small.npy", tf.image.resize(big, (8, 8)).numpy().round().astype(np.uint8))
+    smaller = replace(cache, images_path=str(tmp_path / "small.npy"), image_size=8)
+    ctx = StageContext("modern", run_dir / "modern", run_dir, quiet())
+    ctx.dir.mkdir()
+    cfg = replace(TINY, epochs=2, train_scale=0.5)
+    assert cfg.train_side(SIZE) == 8 and replace(TINY, train_scale=0.9).train_side(SIZE) == SIZE
+    outcome = train_modern(ctx, cache, split, cfg, TrainConfig(precision="float32"), AugmentConfig(), seed=3,
+                           smaller=smaller)
+    assert outcome.trained_side == 8 and outcome.epochs_run == 2
+    path = run_dir / outcome.model_path
+    assert outcome.model_sha256 == modelfile.file_sha256(path)
+    model = modelfile.load_model(path)
+    assert tuple(model.inputs[0].shape[1:]) == (SIZE, SIZE, 3)
+    workdir = run_dir / "modern" / "modern"  # the fit loop's checkpoints: the kept epoch's weights
+    trained = build_modern(8, cfg, "float32")
+    trained.load_weights(workdir / json.loads((workdir / "state.json").read_text())["best_file"])
+    for saved, learnt in zip(model.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, learnt)
+    assert probabilities_of(model, big[:4]).shape == (4,)
+
+
+def test_a_train_scale_out_of_range_is_refused():
+    from chimuf.core.config import load_config
+    from chimuf.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_scale"):
+        load_config(overrides={"modern": {"train_scale": 1.5}})
+    assert load_config(profile="fast").modern.train_side(128) == 112

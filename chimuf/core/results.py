@@ -196,6 +196,7 @@ class TrainingOutcome:
     precision: str  # "float32" | "mixed_bfloat16"
     hyperparameters: Hyperparameters | None = None  # the tuned family's values; None for models 1-3
     model_sha256: str = ""  # of model_path as saved: later stages trust the study's own file by it
+    trained_side: int = 0  # the side it trained at where the saved model takes a larger one; 0: the same
 
 
 @dataclass

@@ -142,7 +142,8 @@ def candidates_of(ctx: StageContext, final: TrainingOutcome, kfold: KFoldOutcome
     final_model = load(final.model_path)
     out = [Candidate(FINAL, "the final model", [final_model], [final.model_path])]
     if modern is not None:
-        out.append(Candidate("modern", "the modern recipe (residual CNN, AdamW, cosine schedule)",
+        smaller = f", trained at {modern.trained_side} px" if modern.trained_side else ""
+        out.append(Candidate("modern", f"the modern recipe (residual CNN, AdamW, cosine schedule{smaller})",
                              [load(modern.model_path)], [modern.model_path]))
     if pretrained is not None:
         out.append(Candidate("pretrained", "the pretrained baseline (an ImageNet backbone, fine-tuned)",

@@ -79,7 +79,7 @@ def plan_study(config: StudyConfig, split: SplitOutcome, done: Collection[str] =
                          TRAINING if k.early_stopping else ""))
     if config.modern.enabled and "modern" not in done:
         m = config.modern
-        model = build_modern(size, m, precision)
+        model = build_modern(m.train_side(size), m, precision)  # it trains (and validates) at that side
         compile_modern(model, m, math.ceil(n_train / m.batch_size))
         pace = probe(model, m.batch_size, config.augment if m.augment else None, config.seed)
         work.append(Work("modern", "modern", m.epochs, m.epochs, m.epochs, pace.epoch_s(n_train, n_val)))

@@ -207,9 +207,19 @@ def run_explain(ctx: StageContext, setting: Setting, got: Inputs) -> ExplainOutc
 # --- beyond the paper ---------------------------------------------------------------------------
 
 
+def modern_inputs(config: StudyConfig, results: Results, setting: Setting | None = None) -> dict[str, Any]:
+    """A training's inputs and the recipe; the audit too where it trains on smaller images (their cache)."""
+    smaller = config.modern.train_side(config.data.image_size) != config.data.image_size
+    return {**training_inputs(config, results), "modern": config.modern,
+            **(upstream(results, "audit") if smaller else {})}
+
+
 def run_modern(ctx: StageContext, setting: Setting, got: Inputs) -> TrainingOutcome:
+    side = got.modern.train_side(got.cache.image_size)
+    smaller = (cache.build_cache(got.audit, setting.data_dir, side, setting.cache_dir, ctx.console)
+               if side != got.cache.image_size else None)
     return train.train_modern(ctx, got.cache, got.split, got.modern, got.train, got.augment, got.seed,
-                              setting.monitor)
+                              setting.monitor, smaller)
 
 
 def pretrained_off(config: StudyConfig) -> str:
@@ -320,7 +330,7 @@ SPECS: tuple[StageSpec[Any], ...] = (
               lambda c, r, s: {**upstream(r, "cache", "split", "final", "evaluate"), "explain": c.explain,
                                "seed": c.seed},
               run_explain),
-    StageSpec("modern", TrainingOutcome, lambda c, r, s: {**training_inputs(c, r), "modern": c.modern},
+    StageSpec("modern", TrainingOutcome, modern_inputs,
               run_modern, trains=True, off=lambda c: "" if c.modern.enabled else "modern.enabled = false"),
     StageSpec("pretrained", TrainingOutcome,
               lambda c, r, s: {**training_inputs(c, r), "pretrained": c.pretrained}, run_pretrained,

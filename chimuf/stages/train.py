@@ -36,8 +36,14 @@ from chimuf.core.results import (
 from chimuf.data.cache import load_images
 from chimuf.ml.architectures import builders as own
 from chimuf.ml.architectures.builders import Builder
-from chimuf.ml.architectures.models import layer_rows, resolve_precision, save_model, seeded_model
-from chimuf.ml.architectures.modern import seeded_modern
+from chimuf.ml.architectures.models import (
+    layer_rows,
+    resolve_precision,
+    save_model,
+    seeded_model,
+    training_strategy,
+)
+from chimuf.ml.architectures.modern import build_modern, compile_modern, seeded_modern
 from chimuf.ml.architectures.pretrained import build_pretrained, compile_pretrained, unfreeze_top
 from chimuf.ml.modelfiles import modelfile
 from chimuf.ml.plots.training_plots import plot_comparison, plot_curves
@@ -203,16 +209,38 @@ def train_final(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome,
 
 def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: ModernConfig,
                  train_cfg: TrainConfig, augment: AugmentConfig, seed: int,
-                 monitor: Monitoring = UNMONITORED) -> TrainingOutcome:
+                 monitor: Monitoring = UNMONITORED, smaller: CacheOutcome | None = None) -> TrainingOutcome:
     """The modern recipe (chimuf.ml.architectures.modern): the whole cosine schedule, no early stopping; the
-    epoch with the lowest val_loss is kept, as the fit loop keeps a best epoch."""
-    images = load_images(cache)
+    epoch with the lowest val_loss is kept, as the fit loop keeps a best epoch.
+
+    With `smaller` (the same photos decoded at `cfg.train_side`), it trains on those and is saved
+    taking `cache`'s side: global pooling makes the weights fit any side, and every later stage
+    (evaluation, Grad-CAM, export) sees a model of the study's side."""
+    images = load_images(smaller or cache)
     fit_cfg = replace(train_cfg, epochs=cfg.epochs, batch_size=cfg.batch_size)
     steps = math.ceil(len(split.train) / cfg.batch_size)
-    model = seeded_modern(images.images.shape[1], cfg, resolve_precision(train_cfg.precision), steps, seed)
-    return train_one(ctx, "modern", "modern", cfg.augment, None, images, split, fit_cfg, augment, seed,
-                     monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix),
-                     stopping=Stopping.best_of_all())
+    precision = resolve_precision(train_cfg.precision)
+    model = seeded_modern(images.images.shape[1], cfg, precision, steps, seed)
+    outcome = train_one(ctx, "modern", "modern", cfg.augment, None, images, split, fit_cfg, augment, seed,
+                        monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix),
+                        stopping=Stopping.best_of_all())
+    if smaller is None or smaller.image_size == cache.image_size:
+        return outcome
+    return at_side(ctx, outcome, model, cache.image_size, cfg, precision, steps, split.classes)
+
+
+def at_side(ctx: StageContext, outcome: TrainingOutcome, model: keras.Model, side: int, cfg: ModernConfig,
+            precision: str, steps: int, classes: list[str]) -> TrainingOutcome:
+    """The trained `model`'s weights in a modern model taking `side`² images, saved in its place."""
+    with training_strategy().scope():
+        full = build_modern(side, cfg, precision, cfg.epochs * steps)
+        compile_modern(full, cfg, steps)
+    full.set_weights(model.get_weights())
+    path = save_model(full, ctx.run_dir / outcome.model_path)
+    modelfile.write_classes(path, classes)
+    ctx.console.info(f"  modern: trained at {model.inputs[0].shape[1]} px, saved to take {side} px images")
+    return replace(outcome, layers=layer_rows(full), model_sha256=modelfile.file_sha256(path),
+                   trained_side=int(model.inputs[0].shape[1]))
 
 
 def train_pretrained(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cfg: PretrainedConfig,
