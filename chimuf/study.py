@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["StudyPaths", "run_study"]
 
+ONEDNN_WAIT_S = 60.0  # at most, for oneDNN's probe before the plan's: a TensorFlow start and one matmul
+
 
 def run_study(config: StudyConfig, paths: StudyPaths, console: Console, stop_after: str = "",
               tune_chief: Address | None = None, callbacks: Sequence[Any] = (),
@@ -162,6 +164,10 @@ class Study:
         after_split = STAGES[STAGES.index("split") + 1:]
         finished = [name for name in after_split if run.outcome_path(name).exists()]
         off = [spec.name for spec in SPECS if self.why_off(spec)]
+        # The timing probe must have the machine to itself: on a machine's first run oneDNN's own
+        # probe (a TensorFlow process, started in __init__) overlapped it and the first architectures
+        # probed took up to 1.8× their real epoch time (the fast profile's final model: 35.9 s, ran 20 s).
+        machine.onednn_isa(self.onednn, wait_s=ONEDNN_WAIT_S)
         study_plan = plan.plan_study(self.config, self.results.split, done=finished, off=off)
         for line in study_plan.lines():
             self.console.info(line)

@@ -71,9 +71,18 @@ def test_early_stopping_and_pruning_rules_bound_the_epochs():
 
 
 @pytest.mark.slow
-def test_plan_only_prints_the_plan_and_stops_after_the_split(tmp_path, capsys):
+def test_plan_only_prints_the_plan_and_stops_after_the_split(tmp_path, capsys, monkeypatch):
+    """... and its probe starts only once oneDNN's own probe (a TensorFlow process a first run on a
+    machine starts in the background: a fresh cache folder here) has answered."""
+    from chimuf import study
     from chimuf.cli import main
     from tests.conftest import make_dataset
+
+    said: list[str] = []
+    asked, planned = study.machine.onednn_isa, study.plan.plan_study
+    monkeypatch.setattr(study.machine, "onednn_isa", lambda target, wait_s=0.0: (
+        said.append(f"oneDNN waited {wait_s:g} s") if wait_s else None, asked(target, wait_s))[1])
+    monkeypatch.setattr(study.plan, "plan_study", lambda *a, **k: (said.append("plan"), planned(*a, **k))[1])
 
     data = make_dataset(tmp_path / "data", per_class=12, size=24)
     config = tmp_path / "tiny.toml"
@@ -87,6 +96,7 @@ def test_plan_only_prints_the_plan_and_stops_after_the_split(tmp_path, capsys):
         assert f"  {stage} " in err
     assert not (tmp_path / "run" / "stages" / "cache.json").exists()  # nothing past the split
     assert '"status": "stopped"' in (tmp_path / "run" / "run.json").read_text()
+    assert said[:2] == [f"oneDNN waited {study.ONEDNN_WAIT_S:g} s", "plan"]
 
 
 def test_a_resumed_plan_leaves_out_and_does_not_probe_the_finished_stages(monkeypatch):
