@@ -224,7 +224,7 @@ def train_modern(ctx: StageContext, cache: CacheOutcome, split: SplitOutcome, cf
     outcome = train_one(ctx, "modern", "modern", cfg.augment, None, images, split, fit_cfg, augment, seed,
                         monitor, model=model, mix=Mixing.of(cfg.mixup, cfg.cutmix),
                         stopping=Stopping.best_of_all())
-    if smaller is None or smaller.image_size == cache.image_size:
+    if smaller is None:  # the stage passes a smaller cache only where the sides differ
         return outcome
     return at_side(ctx, outcome, model, cache.image_size, cfg, precision, steps, split.classes)
 
